@@ -1,0 +1,316 @@
+//! The typed events and error kinds.
+
+use std::any::Any;
+use std::borrow::Cow;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::message::Partition;
+
+/// Everything karafka-rs reports. Each variant has a stable dotted [`name`](Event::name)
+/// (`error.occurred`, ...) for logs and metrics.
+///
+/// The enum is `#[non_exhaustive]`: match with a `_` arm. New events are added as the
+/// framework grows; a name, once published, does not change.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Event {
+    /// `error.occurred`: something failed; see [`ErrorOccurred::kind`].
+    ErrorOccurred(ErrorOccurred),
+    /// An application-defined event (name chosen by the application).
+    Custom(CustomEvent),
+}
+
+impl Event {
+    /// Every built-in event name, in declaration order (custom events excluded).
+    pub const NAMES: &'static [&'static str] = &["error.occurred"];
+
+    /// The event's stable dotted name.
+    pub fn name(&self) -> &str {
+        match self {
+            Event::ErrorOccurred(_) => "error.occurred",
+            Event::Custom(e) => &e.name,
+        }
+    }
+
+    /// How long the instrumented operation took, for events that time something.
+    pub fn duration(&self) -> Option<Duration> {
+        match self {
+            Event::ErrorOccurred(_) => None,
+            Event::Custom(e) => e.duration,
+        }
+    }
+
+    /// A custom event named `name`. Pick names outside karafka-rs' namespaces (not
+    /// starting with `producer.`, `consumer.`, `connection.`, `worker.`, `error.`,
+    /// `statistics.`, `app.`, `swarm.`), e.g. `billing.invoice.sent`.
+    pub fn custom(name: impl Into<Cow<'static, str>>) -> Self {
+        Event::Custom(CustomEvent {
+            name: name.into(),
+            duration: None,
+            payload: None,
+        })
+    }
+}
+
+/// A one-line human summary (what the tracing listener logs).
+impl fmt::Display for Event {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Event::ErrorOccurred(e) => write!(f, "{}: {e}", self.name()),
+            Event::Custom(e) => {
+                f.write_str(&e.name)?;
+                if let Some(d) = e.duration {
+                    write!(f, " in {d:?}")?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// An application-defined event.
+#[derive(Clone)]
+pub struct CustomEvent {
+    /// The event name, dotted.
+    pub name: Cow<'static, str>,
+    /// Duration, when the event times something.
+    pub duration: Option<Duration>,
+    /// Anything the application wants listeners to see (downcast with `payload.downcast_ref`).
+    pub payload: Option<Arc<dyn Any + Send + Sync>>,
+}
+
+impl fmt::Debug for CustomEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CustomEvent")
+            .field("name", &self.name)
+            .field("duration", &self.duration)
+            .field("payload", &self.payload.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+/// Which failure path an `error.occurred` event comes from. The dotted string
+/// ([`as_str`](ErrorKind::as_str)) is stable, for metrics labels and alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorKind {
+    /// `librdkafka.error`: an error librdkafka reported through its error callback.
+    Librdkafka,
+    /// `callbacks.statistics.error`: librdkafka statistics could not be decoded.
+    StatisticsDecode,
+    /// `producer.produce.error`: a message could not be handed to librdkafka.
+    ProducerProduce,
+    /// `producer.delivery.error`: the broker did not acknowledge a message.
+    ProducerDelivery,
+    /// `producer.flush.error`: flushing the buffer failed for some messages.
+    ProducerFlush,
+    /// `producer.queue_full.error`: librdkafka's queue stayed full past the wait limit.
+    ProducerQueueFull,
+    /// `producer.transaction.error`: a transaction failed to begin, commit or abort.
+    ProducerTransaction,
+    /// `producer.close.error`: messages were still undelivered when the producer closed.
+    ProducerClose,
+    /// `consumer.consume.error`: `consume` returned an error or panicked.
+    ConsumerConsume,
+    /// `consumer.revoked.error`: the `revoked` hook failed.
+    ConsumerRevoked,
+    /// `consumer.shutdown.error`: the `shutdown` hook failed.
+    ConsumerShutdown,
+    /// `consumer.eofed.error`: the `eofed` hook failed.
+    ConsumerEofed,
+    /// `consumer.initialized.error`: the `initialized` hook failed.
+    ConsumerInitialized,
+    /// `consumer.deserialization.error`: a payload, key or headers failed to deserialize.
+    Deserialization,
+    /// `consumer.dlq.dispatch.error`: a message could not be sent to its dead-letter queue.
+    DlqDispatch,
+    /// `connection.client.poll.error`: polling the consumer client failed.
+    ConnectionClientPoll,
+    /// `connection.client.commit.error`: committing offsets failed.
+    ConnectionClientCommit,
+    /// `connection.client.rebalance.error`: a rebalance callback failed.
+    ConnectionClientRebalance,
+    /// `connection.listener.error`: the listener loop of a subscription group failed.
+    ConnectionListener,
+    /// `worker.process.error`: a job failed outside user code.
+    WorkerProcess,
+    /// `app.error`: the app's lifecycle (start, stop) failed.
+    App,
+}
+
+impl ErrorKind {
+    /// The stable dotted name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ErrorKind::Librdkafka => "librdkafka.error",
+            ErrorKind::StatisticsDecode => "callbacks.statistics.error",
+            ErrorKind::ProducerProduce => "producer.produce.error",
+            ErrorKind::ProducerDelivery => "producer.delivery.error",
+            ErrorKind::ProducerFlush => "producer.flush.error",
+            ErrorKind::ProducerQueueFull => "producer.queue_full.error",
+            ErrorKind::ProducerTransaction => "producer.transaction.error",
+            ErrorKind::ProducerClose => "producer.close.error",
+            ErrorKind::ConsumerConsume => "consumer.consume.error",
+            ErrorKind::ConsumerRevoked => "consumer.revoked.error",
+            ErrorKind::ConsumerShutdown => "consumer.shutdown.error",
+            ErrorKind::ConsumerEofed => "consumer.eofed.error",
+            ErrorKind::ConsumerInitialized => "consumer.initialized.error",
+            ErrorKind::Deserialization => "consumer.deserialization.error",
+            ErrorKind::DlqDispatch => "consumer.dlq.dispatch.error",
+            ErrorKind::ConnectionClientPoll => "connection.client.poll.error",
+            ErrorKind::ConnectionClientCommit => "connection.client.commit.error",
+            ErrorKind::ConnectionClientRebalance => "connection.client.rebalance.error",
+            ErrorKind::ConnectionListener => "connection.listener.error",
+            ErrorKind::WorkerProcess => "worker.process.error",
+            ErrorKind::App => "app.error",
+        }
+    }
+}
+
+impl fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The payload of `error.occurred`: what failed, where, and the error itself.
+#[derive(Debug, Clone)]
+pub struct ErrorOccurred {
+    /// Which failure path.
+    pub kind: ErrorKind,
+    /// The error (downcast with `error.downcast_ref::<T>()`).
+    pub error: Arc<dyn std::error::Error + Send + Sync + 'static>,
+    /// The producer's or consumer group's id, when known.
+    pub source_id: Option<Arc<str>>,
+    /// The topic involved, when known.
+    pub topic: Option<Arc<str>>,
+    /// The partition involved, when known.
+    pub partition: Option<Partition>,
+    /// The offset involved, when known.
+    pub offset: Option<i64>,
+}
+
+impl ErrorOccurred {
+    /// An error of `kind` without location details.
+    pub fn new(kind: ErrorKind, error: impl std::error::Error + Send + Sync + 'static) -> Self {
+        Self::from_arc(kind, Arc::new(error))
+    }
+
+    /// An error of `kind` from an already shared error.
+    pub fn from_arc(kind: ErrorKind, error: Arc<dyn std::error::Error + Send + Sync>) -> Self {
+        Self {
+            kind,
+            error,
+            source_id: None,
+            topic: None,
+            partition: None,
+            offset: None,
+        }
+    }
+
+    /// Names the producer or consumer group the error belongs to.
+    pub fn source_id(mut self, id: impl Into<Arc<str>>) -> Self {
+        self.source_id = Some(id.into());
+        self
+    }
+
+    /// Names the topic, partition and offset involved.
+    pub fn at(
+        mut self,
+        topic: impl Into<Arc<str>>,
+        partition: Option<Partition>,
+        offset: Option<i64>,
+    ) -> Self {
+        self.topic = Some(topic.into());
+        self.partition = partition;
+        self.offset = offset;
+        self
+    }
+}
+
+impl fmt::Display for ErrorOccurred {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "[{}]", self.kind)?;
+        if let Some(id) = &self.source_id {
+            write!(f, " {id}")?;
+        }
+        if let Some(topic) = &self.topic {
+            write!(f, " {topic}")?;
+            if let Some(p) = self.partition {
+                write!(f, "/{p}")?;
+            }
+            if let Some(o) = self.offset {
+                write!(f, "@{o}")?;
+            }
+        }
+        write!(f, ": {}", self.error)?;
+        let mut source = self.error.source();
+        while let Some(s) = source {
+            write!(f, ": {s}")?;
+            source = s.source();
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_display_names_kind_location_and_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Outer(#[source] std::io::Error);
+        let e = ErrorOccurred::new(
+            ErrorKind::ConsumerConsume,
+            Outer(std::io::Error::other("inner")),
+        )
+        .source_id("orders-group")
+        .at("orders", Some(2), Some(41));
+        assert_eq!(
+            e.to_string(),
+            "[consumer.consume.error] orders-group orders/2@41: outer: inner"
+        );
+        let event = Event::ErrorOccurred(e);
+        assert_eq!(event.name(), "error.occurred");
+        assert!(
+            event
+                .to_string()
+                .starts_with("error.occurred: [consumer.consume.error]")
+        );
+    }
+
+    #[test]
+    fn error_kind_names_are_dotted_and_unique() {
+        use std::collections::HashSet;
+        let kinds = [
+            ErrorKind::Librdkafka,
+            ErrorKind::StatisticsDecode,
+            ErrorKind::ProducerProduce,
+            ErrorKind::ProducerDelivery,
+            ErrorKind::ProducerFlush,
+            ErrorKind::ProducerQueueFull,
+            ErrorKind::ProducerTransaction,
+            ErrorKind::ProducerClose,
+            ErrorKind::ConsumerConsume,
+            ErrorKind::ConsumerRevoked,
+            ErrorKind::ConsumerShutdown,
+            ErrorKind::ConsumerEofed,
+            ErrorKind::ConsumerInitialized,
+            ErrorKind::Deserialization,
+            ErrorKind::DlqDispatch,
+            ErrorKind::ConnectionClientPoll,
+            ErrorKind::ConnectionClientCommit,
+            ErrorKind::ConnectionClientRebalance,
+            ErrorKind::ConnectionListener,
+            ErrorKind::WorkerProcess,
+            ErrorKind::App,
+        ];
+        let names: HashSet<_> = kinds.iter().map(|k| k.as_str()).collect();
+        assert_eq!(names.len(), kinds.len());
+        assert!(names.iter().all(|n| n.contains('.') && !n.contains(' ')));
+    }
+}

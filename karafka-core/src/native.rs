@@ -1,0 +1,136 @@
+//! Glue between karafka-rs' public types and rdkafka's.
+//!
+//! The karafka-rs crates use these to keep rdkafka out of their public signatures. Not part
+//! of the public API: it may change in any release.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use rdkafka::message::{BorrowedHeaders, Header as RdHeader, Headers as _, OwnedHeaders};
+
+use crate::error::KafkaError;
+use crate::message::{Header, Headers, Offset, Timestamp};
+use crate::settings::KafkaSettings;
+
+/// Checks one key and value with librdkafka's configuration parser.
+pub fn check_librdkafka_setting(key: &str, value: &str) -> Result<(), String> {
+    let mut config = rdkafka::ClientConfig::new();
+    config.set(key, value);
+    match config.create_native_config() {
+        Ok(_) => Ok(()),
+        Err(rdkafka::error::KafkaError::ClientConfig(_, description, _, _)) => Err(description),
+        Err(other) => Err(other.to_string()),
+    }
+}
+
+/// An rdkafka `ClientConfig` holding exactly `settings`.
+pub fn client_config(settings: &KafkaSettings) -> rdkafka::ClientConfig {
+    let mut config = rdkafka::ClientConfig::new();
+    for (k, v) in settings.iter() {
+        config.set(k, v);
+    }
+    config
+}
+
+/// Translates an rdkafka error, naming what karafka-rs was doing.
+pub fn kafka_error(
+    operation: impl Into<Cow<'static, str>>,
+    error: &rdkafka::error::KafkaError,
+) -> KafkaError {
+    use rdkafka::error::KafkaError as E;
+    let (message, retriable, fatal, txn_requires_abort) = match error {
+        E::Transaction(inner) => (
+            inner.string(),
+            inner.is_retriable(),
+            inner.is_fatal(),
+            inner.txn_requires_abort(),
+        ),
+        E::ClientConfig(_, description, key, _) => {
+            (format!("{description} (key `{key}`)"), false, false, false)
+        }
+        E::MessageConsumptionFatal(_) => (error.to_string(), false, true, false),
+        other => (other.to_string(), false, false, false),
+    };
+    let code = error.rdkafka_error_code();
+    KafkaError {
+        operation: operation.into(),
+        code: code.map(|c| format!("{c:?}")),
+        code_number: code.map(|c| c as i32),
+        message,
+        retriable,
+        fatal,
+        txn_requires_abort,
+    }
+}
+
+/// Translates an rdkafka error code (as found in delivery reports and partition lists).
+pub fn kafka_code_error(
+    operation: impl Into<Cow<'static, str>>,
+    code: rdkafka::types::RDKafkaErrorCode,
+) -> KafkaError {
+    KafkaError {
+        operation: operation.into(),
+        code: Some(format!("{code:?}")),
+        code_number: Some(code as i32),
+        message: code.to_string(),
+        retriable: false,
+        fatal: false,
+        txn_requires_abort: false,
+    }
+}
+
+/// Our offset as rdkafka's.
+pub fn to_rdkafka_offset(offset: Offset) -> rdkafka::Offset {
+    match offset {
+        Offset::Beginning => rdkafka::Offset::Beginning,
+        Offset::End => rdkafka::Offset::End,
+        Offset::Stored => rdkafka::Offset::Stored,
+        Offset::Invalid => rdkafka::Offset::Invalid,
+        Offset::At(o) => rdkafka::Offset::Offset(o),
+        Offset::Tail(n) => rdkafka::Offset::OffsetTail(n),
+    }
+}
+
+/// rdkafka's offset as ours.
+pub fn from_rdkafka_offset(offset: rdkafka::Offset) -> Offset {
+    match offset {
+        rdkafka::Offset::Beginning => Offset::Beginning,
+        rdkafka::Offset::End => Offset::End,
+        rdkafka::Offset::Stored => Offset::Stored,
+        rdkafka::Offset::Invalid => Offset::Invalid,
+        rdkafka::Offset::Offset(o) => Offset::At(o),
+        rdkafka::Offset::OffsetTail(n) => Offset::Tail(n),
+    }
+}
+
+/// rdkafka's timestamp as ours.
+pub fn from_rdkafka_timestamp(ts: rdkafka::Timestamp) -> Timestamp {
+    match ts {
+        rdkafka::Timestamp::NotAvailable => Timestamp::NotAvailable,
+        rdkafka::Timestamp::CreateTime(ms) => Timestamp::CreateTime(ms),
+        rdkafka::Timestamp::LogAppendTime(ms) => Timestamp::LogAppendTime(ms),
+    }
+}
+
+/// Our headers as rdkafka's owned headers (copied into librdkafka's header list).
+pub fn to_owned_headers(headers: &Headers) -> OwnedHeaders {
+    let mut owned = OwnedHeaders::new_with_capacity(headers.len());
+    for h in headers.iter() {
+        owned = owned.insert(RdHeader {
+            key: &h.key,
+            value: h.value.as_deref(),
+        });
+    }
+    owned
+}
+
+/// rdkafka's headers (borrowed from a consumed message) as ours.
+pub fn from_borrowed_headers(headers: &BorrowedHeaders) -> Headers {
+    headers
+        .iter()
+        .map(|h| Header {
+            key: h.key.to_owned(),
+            value: h.value.map(Bytes::copy_from_slice),
+        })
+        .collect()
+}
