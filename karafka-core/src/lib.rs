@@ -42,7 +42,9 @@ pub mod settings;
 
 pub use contract::{ConfigError, Violation, Violations};
 pub use error::{Error, KafkaError, Result};
-pub use message::{Header, Headers, Offset, Partition, Timestamp, TimestampKind, TopicPartition};
+pub use message::{
+    Header, Headers, Label, Offset, Partition, Timestamp, TimestampKind, TopicPartition,
+};
 pub use settings::KafkaSettings;
 
 /// The librdkafka version linked into this build, e.g. `2.12.1`.

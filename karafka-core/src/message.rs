@@ -1,6 +1,7 @@
 //! Message parts the producer and the consumer share: headers, timestamps, offsets and
 //! topic-partitions.
 
+use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -267,6 +268,64 @@ impl fmt::Display for Offset {
             Offset::Invalid => f.write_str("invalid"),
             Offset::At(o) => write!(f, "{o}"),
             Offset::Tail(n) => write!(f, "end-{n}"),
+        }
+    }
+}
+
+/// A value the application attaches to a produced message and gets back on its delivery
+/// report (and on events about it), to tell which message a report is about. Cheap to clone.
+///
+/// ```
+/// use karafka_core::Label;
+///
+/// let label = Label::new(42_u64);
+/// assert_eq!(label.get::<u64>(), Some(&42));
+/// assert_eq!(Label::from("order-17").as_str(), Some("order-17"));
+/// ```
+#[derive(Clone)]
+pub struct Label(Arc<dyn Any + Send + Sync>);
+
+impl Label {
+    /// A label holding `value`.
+    pub fn new<T: Any + Send + Sync>(value: T) -> Self {
+        Label(Arc::new(value))
+    }
+
+    /// The value, if it is a `T`.
+    pub fn get<T: Any>(&self) -> Option<&T> {
+        self.0.downcast_ref()
+    }
+
+    /// The value, if it is a `String` or a `&'static str`.
+    pub fn as_str(&self) -> Option<&str> {
+        self.get::<String>()
+            .map(String::as_str)
+            .or_else(|| self.get::<&'static str>().copied())
+    }
+}
+
+impl From<&'static str> for Label {
+    fn from(s: &'static str) -> Self {
+        Label::new(s)
+    }
+}
+
+impl From<String> for Label {
+    fn from(s: String) -> Self {
+        Label::new(s)
+    }
+}
+
+impl fmt::Debug for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(s) = self.as_str() {
+            write!(f, "Label({s:?})")
+        } else if let Some(n) = self.get::<u64>() {
+            write!(f, "Label({n})")
+        } else if let Some(n) = self.get::<i64>() {
+            write!(f, "Label({n})")
+        } else {
+            f.write_str("Label(..)")
         }
     }
 }

@@ -24,12 +24,51 @@ pub fn check_librdkafka_setting(key: &str, value: &str) -> Result<(), String> {
 }
 
 /// An rdkafka `ClientConfig` holding exactly `settings`.
+///
+/// librdkafka's log level: the `log_level` setting (syslog 0-7) when given, `debug` level
+/// when `debug` is set, else what `tracing` has enabled for the `librdkafka` target (rdkafka
+/// would otherwise take it from the `log` crate, which tracing users do not configure).
 pub fn client_config(settings: &KafkaSettings) -> rdkafka::ClientConfig {
+    use rdkafka::config::RDKafkaLogLevel as L;
     let mut config = rdkafka::ClientConfig::new();
     for (k, v) in settings.iter() {
         config.set(k, v);
     }
+    let level = match settings.get("log_level").and_then(|l| l.parse::<u8>().ok()) {
+        Some(0) => L::Emerg,
+        Some(1) => L::Alert,
+        Some(2) => L::Critical,
+        Some(3) => L::Error,
+        Some(4) => L::Warning,
+        Some(5) => L::Notice,
+        Some(6) => L::Info,
+        Some(_) => L::Debug,
+        None if settings.contains_key("debug") => L::Debug,
+        None if tracing::enabled!(target: "librdkafka", tracing::Level::DEBUG) => L::Debug,
+        None if tracing::enabled!(target: "librdkafka", tracing::Level::INFO) => L::Info,
+        None if tracing::enabled!(target: "librdkafka", tracing::Level::WARN) => L::Warning,
+        None => L::Error,
+    };
+    config.set_log_level(level);
     config
+}
+
+/// Forwards a librdkafka log line to `tracing` (target `librdkafka`), at the matching level.
+pub fn log_to_tracing(
+    level: rdkafka::config::RDKafkaLogLevel,
+    client: &str,
+    facility: &str,
+    line: &str,
+) {
+    use rdkafka::config::RDKafkaLogLevel as L;
+    match level {
+        L::Emerg | L::Alert | L::Critical | L::Error => {
+            tracing::error!(target: "librdkafka", client, facility, "{line}")
+        }
+        L::Warning => tracing::warn!(target: "librdkafka", client, facility, "{line}"),
+        L::Notice | L::Info => tracing::info!(target: "librdkafka", client, facility, "{line}"),
+        L::Debug => tracing::debug!(target: "librdkafka", client, facility, "{line}"),
+    }
 }
 
 /// Translates an rdkafka error, naming what karafka-rs was doing.

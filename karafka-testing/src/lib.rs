@@ -28,6 +28,11 @@
 //! group's first join waits the initial rebalance delay (3 s on Kafka and by default on the
 //! mock; [`TestBroker::embedded`] lowers it to 500 ms).
 //!
+//! ## Producing without a broker
+//!
+//! [`BufferedClient`]: an in-memory client for `karafka-producer` that records messages per
+//! topic, honours transactions (commit keeps, abort drops) and injects faults.
+//!
 //! ## Helpers
 //!
 //! [`unique_topic`] / [`unique_group`] (no two tests share names), [`wait_until`] /
@@ -47,6 +52,7 @@
 
 mod block_on;
 mod broker;
+mod buffered;
 mod embedded;
 mod names;
 mod wait;
@@ -55,6 +61,7 @@ pub use broker::{
     BROKERS_ENV, BrokerKind, Capability, KIND_ENV, REPORT_ENV, TEST_INITIAL_REBALANCE_DELAY,
     TEST_SESSION_TIMEOUT_MS, TestBroker, client_config,
 };
+pub use buffered::{BufferedClient, Fault, Produced};
 pub use embedded::{
     ApiKey, DEFAULT_INITIAL_REBALANCE_DELAY, EmbeddedCluster, EmbeddedClusterBuilder, ErrorCode,
 };

@@ -6,10 +6,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::message::Partition;
+use super::statistics::Statistics;
+use crate::message::{Label, Partition};
 
 /// Everything karafka-rs reports. Each variant has a stable dotted [`name`](Event::name)
-/// (`error.occurred`, ...) for logs and metrics.
+/// (`error.occurred`, `message.acknowledged`, ...) for logs and metrics.
 ///
 /// The enum is `#[non_exhaustive]`: match with a `_` arm. New events are added as the
 /// framework grows; a name, once published, does not change.
@@ -18,18 +19,143 @@ use crate::message::Partition;
 pub enum Event {
     /// `error.occurred`: something failed; see [`ErrorOccurred::kind`].
     ErrorOccurred(ErrorOccurred),
+    /// `statistics.emitted`: librdkafka statistics of a producer or consumer client.
+    StatisticsEmitted {
+        /// The producer's id or the subscription group's name.
+        source_id: Arc<str>,
+        /// The decoded report.
+        statistics: Arc<Statistics>,
+    },
+    /// `producer.connected`, `producer.closing`, `producer.closed`.
+    ProducerLifecycle {
+        /// The producer's id.
+        producer_id: Arc<str>,
+        /// Which step.
+        stage: ProducerStage,
+    },
+    /// `message.produced_sync`, `message.produced_async`, `messages.produced_sync`,
+    /// `messages.produced_async`: messages were handed to librdkafka.
+    MessagesProduced {
+        /// The producer's id.
+        producer_id: Arc<str>,
+        /// Which dispatch API.
+        dispatch: Dispatch,
+        /// The topic, for a single message.
+        topic: Option<Arc<str>>,
+        /// How many messages.
+        messages: usize,
+        /// For sync dispatch: until the last delivery report; for async: the hand-off.
+        duration: Duration,
+    },
+    /// `message.acknowledged`: the broker acknowledged a message (its delivery report).
+    MessageAcknowledged {
+        /// The producer's id.
+        producer_id: Arc<str>,
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: Partition,
+        /// Offset (-1 when the broker sends no offset, as with `acks=0`).
+        offset: i64,
+        /// The message's label.
+        label: Option<Label>,
+    },
+    /// `message.buffered`, `messages.buffered`: messages were added to the producer's buffer.
+    MessagesBuffered {
+        /// The producer's id.
+        producer_id: Arc<str>,
+        /// How many were added.
+        messages: usize,
+        /// Buffer size after adding.
+        buffered: usize,
+    },
+    /// `buffer.flushed_sync`, `buffer.flushed_async`: the buffer was dispatched.
+    BufferFlushed {
+        /// The producer's id.
+        producer_id: Arc<str>,
+        /// Whether the flush waited for delivery reports.
+        sync: bool,
+        /// Messages dispatched.
+        messages: usize,
+        /// Messages that failed and stayed in the buffer.
+        failed: usize,
+        /// How long the flush took.
+        duration: Duration,
+    },
+    /// `transaction.started`, `transaction.committed`, `transaction.aborted`,
+    /// `transaction.marked_as_consumed`.
+    Transaction {
+        /// The producer's id.
+        producer_id: Arc<str>,
+        /// Which step.
+        stage: TransactionStage,
+        /// How long the step took (commit and abort include librdkafka's flush).
+        duration: Duration,
+    },
     /// An application-defined event (name chosen by the application).
     Custom(CustomEvent),
 }
 
 impl Event {
-    /// Every built-in event name, in declaration order (custom events excluded).
-    pub const NAMES: &'static [&'static str] = &["error.occurred"];
+    /// Every built-in event name (custom events excluded).
+    pub const NAMES: &'static [&'static str] = &[
+        "error.occurred",
+        "statistics.emitted",
+        "producer.connected",
+        "producer.closing",
+        "producer.closed",
+        "message.produced_sync",
+        "message.produced_async",
+        "messages.produced_sync",
+        "messages.produced_async",
+        "message.acknowledged",
+        "message.buffered",
+        "messages.buffered",
+        "buffer.flushed_sync",
+        "buffer.flushed_async",
+        "transaction.started",
+        "transaction.committed",
+        "transaction.aborted",
+        "transaction.marked_as_consumed",
+    ];
 
     /// The event's stable dotted name.
     pub fn name(&self) -> &str {
         match self {
             Event::ErrorOccurred(_) => "error.occurred",
+            Event::StatisticsEmitted { .. } => "statistics.emitted",
+            Event::ProducerLifecycle { stage, .. } => match stage {
+                ProducerStage::Connected => "producer.connected",
+                ProducerStage::Closing => "producer.closing",
+                ProducerStage::Closed => "producer.closed",
+            },
+            Event::MessagesProduced { dispatch, .. } => match dispatch {
+                Dispatch::SingleSync => "message.produced_sync",
+                Dispatch::SingleAsync => "message.produced_async",
+                Dispatch::ManySync => "messages.produced_sync",
+                Dispatch::ManyAsync => "messages.produced_async",
+            },
+            Event::MessageAcknowledged { .. } => "message.acknowledged",
+            Event::MessagesBuffered { messages, .. } => {
+                if *messages == 1 {
+                    "message.buffered"
+                } else {
+                    "messages.buffered"
+                }
+            }
+            Event::BufferFlushed { sync, .. } => {
+                if *sync {
+                    "buffer.flushed_sync"
+                } else {
+                    "buffer.flushed_async"
+                }
+            }
+            Event::Transaction { stage, .. } => match stage {
+                TransactionStage::Started => "transaction.started",
+                TransactionStage::Committed => "transaction.committed",
+                TransactionStage::Aborted => "transaction.aborted",
+                TransactionStage::MarkedAsConsumed => "transaction.marked_as_consumed",
+            },
             Event::Custom(e) => &e.name,
         }
     }
@@ -37,14 +163,18 @@ impl Event {
     /// How long the instrumented operation took, for events that time something.
     pub fn duration(&self) -> Option<Duration> {
         match self {
-            Event::ErrorOccurred(_) => None,
+            Event::MessagesProduced { duration, .. }
+            | Event::BufferFlushed { duration, .. }
+            | Event::Transaction { duration, .. } => Some(*duration),
             Event::Custom(e) => e.duration,
+            _ => None,
         }
     }
 
     /// A custom event named `name`. Pick names outside karafka-rs' namespaces (not
-    /// starting with `producer.`, `consumer.`, `connection.`, `worker.`, `error.`,
-    /// `statistics.`, `app.`, `swarm.`), e.g. `billing.invoice.sent`.
+    /// starting with `producer.`, `message.`, `messages.`, `buffer.`, `transaction.`,
+    /// `consumer.`, `connection.`, `worker.`, `error.`, `statistics.`, `app.`, `swarm.`),
+    /// e.g. `billing.invoice.sent`.
     pub fn custom(name: impl Into<Cow<'static, str>>) -> Self {
         Event::Custom(CustomEvent {
             name: name.into(),
@@ -57,8 +187,58 @@ impl Event {
 /// A one-line human summary (what the tracing listener logs).
 impl fmt::Display for Event {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = self.name();
         match self {
-            Event::ErrorOccurred(e) => write!(f, "{}: {e}", self.name()),
+            Event::ErrorOccurred(e) => write!(f, "{name}: {e}"),
+            Event::StatisticsEmitted {
+                source_id,
+                statistics,
+            } => write!(
+                f,
+                "{name} {source_id}: {} messages queued, {} produced, {} consumed",
+                statistics.msg_cnt, statistics.txmsgs, statistics.rxmsgs
+            ),
+            Event::ProducerLifecycle { producer_id, .. } => write!(f, "{name} {producer_id}"),
+            Event::MessagesProduced {
+                producer_id,
+                topic,
+                messages,
+                duration,
+                ..
+            } => {
+                write!(f, "{name} {producer_id}: {messages} message(s)")?;
+                if let Some(topic) = topic {
+                    write!(f, " to {topic}")?;
+                }
+                write!(f, " in {duration:?}")
+            }
+            Event::MessageAcknowledged {
+                producer_id,
+                topic,
+                partition,
+                offset,
+                ..
+            } => write!(f, "{name} {producer_id}: {topic}/{partition}@{offset}"),
+            Event::MessagesBuffered {
+                producer_id,
+                messages,
+                buffered,
+            } => write!(f, "{name} {producer_id}: +{messages}, {buffered} buffered"),
+            Event::BufferFlushed {
+                producer_id,
+                messages,
+                failed,
+                duration,
+                ..
+            } => write!(
+                f,
+                "{name} {producer_id}: {messages} dispatched, {failed} kept after failing, in {duration:?}"
+            ),
+            Event::Transaction {
+                producer_id,
+                duration,
+                ..
+            } => write!(f, "{name} {producer_id} in {duration:?}"),
             Event::Custom(e) => {
                 f.write_str(&e.name)?;
                 if let Some(d) = e.duration {
@@ -68,6 +248,45 @@ impl fmt::Display for Event {
             }
         }
     }
+}
+
+/// Producer lifecycle steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProducerStage {
+    /// The librdkafka client was created (on first use).
+    Connected,
+    /// `close()` started.
+    Closing,
+    /// The client is gone.
+    Closed,
+}
+
+/// Which dispatch API produced messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Dispatch {
+    /// `produce_sync`.
+    SingleSync,
+    /// `produce_async`.
+    SingleAsync,
+    /// `produce_many_sync`.
+    ManySync,
+    /// `produce_many_async`.
+    ManyAsync,
+}
+
+/// Transaction steps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TransactionStage {
+    /// A transaction began.
+    Started,
+    /// A transaction committed.
+    Committed,
+    /// A transaction aborted.
+    Aborted,
+    /// Consumer offsets were sent within the transaction.
+    MarkedAsConsumed,
 }
 
 /// An application-defined event.

@@ -30,8 +30,12 @@
 
 mod event;
 mod monitor;
+pub mod statistics;
 mod tracing_listener;
 
-pub use event::{CustomEvent, ErrorKind, ErrorOccurred, Event};
+pub use event::{
+    CustomEvent, Dispatch, ErrorKind, ErrorOccurred, Event, ProducerStage, TransactionStage,
+};
 pub use monitor::{FnListener, Listener, Monitor, SubscriptionId};
+pub use statistics::Statistics;
 pub use tracing_listener::TracingListener;

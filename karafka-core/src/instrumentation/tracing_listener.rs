@@ -30,7 +30,13 @@ impl TracingListener {
     pub fn level(event: &Event) -> Level {
         match event {
             Event::ErrorOccurred(_) => Level::ERROR,
-            Event::Custom(_) => Level::TRACE,
+            Event::ProducerLifecycle { .. } => Level::INFO,
+            Event::MessagesProduced { .. }
+            | Event::MessagesBuffered { .. }
+            | Event::BufferFlushed { .. }
+            | Event::Transaction { .. } => Level::DEBUG,
+            Event::MessageAcknowledged { .. } | Event::StatisticsEmitted { .. } => Level::TRACE,
+            _ => Level::TRACE,
         }
     }
 }

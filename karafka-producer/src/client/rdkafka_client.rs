@@ -1,0 +1,583 @@
+//! The librdkafka client: one rdkafka `BaseProducer`, a named thread that serves its delivery
+//! reports, and the topic handles of variants.
+
+use std::collections::HashMap;
+use std::ffi::{CStr, CString, c_void};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor, Statistics};
+use karafka_core::{KafkaError, Partition, TopicPartition, native};
+use rdkafka::ClientContext;
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::message::{DeliveryResult, Message as _};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext, PurgeConfig};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka_sys as sys;
+
+use super::{Client, ClientFactory, ClientSetup, ConsumerGroupMetadata, Rejected, Rejection};
+use crate::delivery::{Delivery, Outcome, Pending, lock};
+use crate::message::Message;
+use crate::variant::TopicConfig;
+
+/// How long a topic's partition count is trusted for partition keys.
+const PARTITION_COUNT_TTL: Duration = Duration::from_secs(30);
+
+pub(crate) struct RdKafkaClientFactory;
+
+impl ClientFactory for RdKafkaClientFactory {
+    fn create(&self, setup: &ClientSetup<'_>) -> Result<Box<dyn Client>, KafkaError> {
+        Ok(Box::new(RdKafkaClient::new(setup)?))
+    }
+}
+
+/// Events from librdkafka, on the poller thread.
+struct Context {
+    producer_id: Arc<str>,
+    monitor: Monitor,
+    // rdkafka 0.39 hands each error event to `error` twice when a BaseProducer polls
+    // (`Client::poll_event`, then `BaseProducer::handle_error_event`); the second is dropped.
+    last_error: Mutex<Option<(String, Instant)>>,
+}
+
+impl ClientContext for Context {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        native::log_to_tracing(level, &self.producer_id, fac, log_message);
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        match Statistics::from_json(statistics) {
+            Ok(stats) => self.monitor.emit(Event::StatisticsEmitted {
+                source_id: self.producer_id.clone(),
+                statistics: Arc::new(stats),
+            }),
+            Err(e) => self.monitor.emit(Event::ErrorOccurred(
+                ErrorOccurred::new(ErrorKind::StatisticsDecode, e)
+                    .source_id(self.producer_id.clone()),
+            )),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let text = format!("{error}: {reason}");
+        {
+            let mut last = lock(&self.last_error);
+            if let Some((previous, at)) = last.as_ref() {
+                if *previous == text && at.elapsed() < Duration::from_millis(50) {
+                    return;
+                }
+            }
+            *last = Some((text, Instant::now()));
+        }
+        let mut translated = native::kafka_error("librdkafka", &error);
+        translated.message = reason.to_owned();
+        self.monitor.emit(Event::ErrorOccurred(
+            ErrorOccurred::new(ErrorKind::Librdkafka, translated)
+                .source_id(self.producer_id.clone()),
+        ));
+    }
+}
+
+impl ProducerContext for Context {
+    type DeliveryOpaque = Box<Pending>;
+
+    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+        let outcome = match result {
+            Ok(m) => Outcome::Delivered {
+                partition: m.partition(),
+                offset: m.offset(),
+            },
+            Err((error, m)) => {
+                let mut message = Message {
+                    topic: pending.topic().clone(),
+                    payload: m.payload().map(bytes::Bytes::copy_from_slice),
+                    key: m.key().map(bytes::Bytes::copy_from_slice),
+                    partition: pending.partition(),
+                    partition_key: None,
+                    timestamp: m.timestamp().to_millis(),
+                    headers: Default::default(),
+                    label: None,
+                };
+                if let Some(h) = m.headers() {
+                    message.headers = native::from_borrowed_headers(h);
+                }
+                Outcome::Failed {
+                    error: native::kafka_error("deliver message", error),
+                    message: Box::new(message),
+                }
+            }
+        };
+        (*pending).complete(outcome);
+    }
+}
+
+/// A topic handle created for a variant; holds librdkafka's app reference so the handle (and
+/// its settings) lives as long as the client.
+struct TopicHandle(NonNull<sys::RDKafkaTopic>);
+
+// SAFETY: librdkafka topic handles are reference-counted objects safe to use and release from
+// any thread; this wrapper only releases its reference, once, in Drop.
+#[allow(unsafe_code)]
+unsafe impl Send for TopicHandle {}
+// SAFETY: no method reads through the pointer; see Send.
+#[allow(unsafe_code)]
+unsafe impl Sync for TopicHandle {}
+
+impl Drop for TopicHandle {
+    fn drop(&mut self) {
+        // SAFETY: the pointer came from rd_kafka_topic_new and this is its only release; the
+        // client (rd_kafka_t) is still alive: handles are dropped before the producer.
+        #[allow(unsafe_code)]
+        unsafe {
+            sys::rd_kafka_topic_destroy(self.0.as_ptr())
+        }
+    }
+}
+
+enum Claim {
+    /// First used with the producer's default topic settings.
+    Default,
+    /// Created with a variant's settings. `config` is boxed: its address marks the handle.
+    Variant {
+        config: Box<TopicConfig>,
+        _handle: TopicHandle,
+    },
+}
+
+impl Claim {
+    fn describe(&self) -> String {
+        match self {
+            Claim::Default => "the producer's default topic settings".to_owned(),
+            Claim::Variant { config, .. } => format!("a variant's {config}"),
+        }
+    }
+}
+
+pub(crate) struct RdKafkaClient {
+    // Field order matters: claims (topic handles) drop before the producer.
+    claims: RwLock<HashMap<Arc<str>, Claim>>,
+    any_variant: AtomicBool,
+    partition_counts: Mutex<HashMap<Arc<str>, (i32, Instant)>>,
+    default_partitioner: String,
+    stop: Arc<AtomicBool>,
+    poller: Mutex<Option<JoinHandle<()>>>,
+    closed: AtomicBool,
+    producer: Arc<BaseProducer<Context>>,
+}
+
+impl std::fmt::Debug for RdKafkaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RdKafkaClient")
+            .field("in_flight", &self.in_flight())
+            .field("closed", &self.closed.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl RdKafkaClient {
+    fn new(setup: &ClientSetup<'_>) -> Result<Self, KafkaError> {
+        let context = Context {
+            producer_id: setup.producer_id.clone(),
+            monitor: setup.monitor.clone(),
+            last_error: Mutex::new(None),
+        };
+        let producer: BaseProducer<Context> = native::client_config(setup.kafka)
+            .create_with_context(context)
+            .map_err(|e| native::kafka_error("create producer client", &e))?;
+        let producer = Arc::new(producer);
+        let stop = Arc::new(AtomicBool::new(false));
+        let poller = {
+            let producer = producer.clone();
+            let stop = stop.clone();
+            std::thread::Builder::new()
+                .name(format!("karafka.producer#{}", setup.producer_id))
+                .spawn(move || {
+                    // poll() blocks in librdkafka until an event arrives or 100 ms pass.
+                    while !stop.load(Ordering::Acquire) {
+                        producer.poll(Duration::from_millis(100));
+                    }
+                })
+                .map_err(|e| KafkaError::other("start the delivery report thread", e.to_string()))?
+        };
+        Ok(RdKafkaClient {
+            claims: RwLock::new(HashMap::new()),
+            any_variant: AtomicBool::new(false),
+            partition_counts: Mutex::new(HashMap::new()),
+            default_partitioner: setup
+                .kafka
+                .get("partitioner")
+                .unwrap_or("consistent_random")
+                .to_owned(),
+            stop,
+            poller: Mutex::new(Some(poller)),
+            closed: AtomicBool::new(false),
+            producer,
+        })
+    }
+
+    /// Makes sure `topic` may be sent with `topic_config` in this client (see
+    /// [`crate::variant`]): variants create the topic handle with their settings on first
+    /// use; anything that would silently use other settings is refused.
+    fn claim(&self, topic: &Arc<str>, topic_config: Option<&TopicConfig>) -> Result<(), Rejection> {
+        let Some(wanted) = topic_config else {
+            if !self.any_variant.load(Ordering::Acquire) {
+                return Ok(());
+            }
+            let claims = self.claims.read().unwrap_or_else(|p| p.into_inner());
+            return match claims.get(topic) {
+                Some(claim @ Claim::Variant { .. }) => Err(Rejection::TopicConflict {
+                    claimed_by: claim.describe(),
+                    requested: "the producer's default topic settings".to_owned(),
+                }),
+                _ => Ok(()),
+            };
+        };
+        let check = |claim: &Claim| match claim {
+            Claim::Variant { config, .. } if **config == *wanted => Ok(()),
+            other => Err(Rejection::TopicConflict {
+                claimed_by: other.describe(),
+                requested: format!("a variant's {wanted}"),
+            }),
+        };
+        if let Some(claim) = self
+            .claims
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(topic)
+        {
+            return check(claim);
+        }
+        let mut claims = self.claims.write().unwrap_or_else(|p| p.into_inner());
+        if let Some(claim) = claims.get(topic) {
+            return check(claim);
+        }
+        self.any_variant.store(true, Ordering::Release);
+        let config = Box::new(wanted.clone());
+        match self.create_topic_handle(topic, &config)? {
+            Some(handle) => {
+                claims.insert(
+                    topic.clone(),
+                    Claim::Variant {
+                        config,
+                        _handle: handle,
+                    },
+                );
+                Ok(())
+            }
+            None => {
+                let claim = Claim::Default;
+                let refused = check(&claim);
+                claims.insert(topic.clone(), claim);
+                refused
+            }
+        }
+    }
+
+    /// Creates `topic`'s handle with `config` on top of the client's default topic settings.
+    /// `Ok(None)` when librdkafka already had a handle for the topic (created with other
+    /// settings, which it keeps).
+    fn create_topic_handle(
+        &self,
+        topic: &str,
+        config: &TopicConfig,
+    ) -> Result<Option<TopicHandle>, Rejection> {
+        let fail = |message: String| {
+            Rejection::Kafka(KafkaError::other("apply variant topic settings", message))
+        };
+        let name = CString::new(topic)
+            .map_err(|_| fail(format!("topic `{topic}` contains a NUL byte")))?;
+        let marker = config as *const TopicConfig as *mut c_void;
+        let rk = self.producer.client().native_ptr();
+        // SAFETY: `rk` is this client's live handle. The topic conf is created here and either
+        // destroyed here on error or handed to rd_kafka_topic_new, which takes ownership. The
+        // strings are NUL-terminated and outlive the calls; `errstr` is a writable buffer of the
+        // length passed. The marker is only compared, never dereferenced by librdkafka (no custom
+        // partitioner is installed).
+        #[allow(unsafe_code)]
+        unsafe {
+            let conf = sys::rd_kafka_default_topic_conf_dup(rk);
+            for (key, value) in config.iter() {
+                let (k, v) = match (CString::new(key), CString::new(value)) {
+                    (Ok(k), Ok(v)) => (k, v),
+                    _ => {
+                        sys::rd_kafka_topic_conf_destroy(conf);
+                        return Err(fail(format!("`{key}` = `{value}` contains a NUL byte")));
+                    }
+                };
+                let mut errstr = [0 as std::ffi::c_char; 512];
+                let res = sys::rd_kafka_topic_conf_set(
+                    conf,
+                    k.as_ptr(),
+                    v.as_ptr(),
+                    errstr.as_mut_ptr(),
+                    errstr.len(),
+                );
+                if res != sys::rd_kafka_conf_res_t::RD_KAFKA_CONF_OK {
+                    sys::rd_kafka_topic_conf_destroy(conf);
+                    let why = CStr::from_ptr(errstr.as_ptr())
+                        .to_string_lossy()
+                        .into_owned();
+                    return Err(fail(format!(
+                        "librdkafka rejects `{key}` = `{value}`: {why}"
+                    )));
+                }
+            }
+            sys::rd_kafka_topic_conf_set_opaque(conf, marker);
+            let rkt = sys::rd_kafka_topic_new(rk, name.as_ptr(), conf);
+            let Some(rkt) = NonNull::new(rkt) else {
+                let code = RDKafkaErrorCode::from(sys::rd_kafka_last_error());
+                return Err(fail(format!(
+                    "librdkafka could not create topic `{topic}` with {config} ({code}); \
+                     its log names the incompatible setting"
+                )));
+            };
+            let handle = TopicHandle(rkt);
+            if sys::rd_kafka_topic_opaque(rkt.as_ptr()) != marker {
+                // The handle existed before: librdkafka discarded our settings. Dropping
+                // `handle` releases the reference rd_kafka_topic_new took.
+                return Ok(None);
+            }
+            Ok(Some(handle))
+        }
+    }
+
+    fn partition_count(&self, topic: &Arc<str>) -> Result<i32, KafkaError> {
+        if let Some((count, at)) = lock(&self.partition_counts).get(topic) {
+            if at.elapsed() < PARTITION_COUNT_TTL {
+                return Ok(*count);
+            }
+        }
+        let metadata = self
+            .producer
+            .client()
+            .fetch_metadata(Some(topic), Duration::from_secs(10))
+            .map_err(|e| native::kafka_error(format!("fetch metadata of `{topic}`"), &e))?;
+        let found = metadata.topics().iter().find(|t| t.name() == &**topic);
+        let count = match found {
+            Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                t.partitions().len() as i32
+            }
+            Some(t) => {
+                return Err(KafkaError::other(
+                    format!("fetch metadata of `{topic}`"),
+                    format!(
+                        "the topic has no partitions available ({:?})",
+                        t.error().map(RDKafkaErrorCode::from)
+                    ),
+                ));
+            }
+            None => {
+                return Err(KafkaError::other(
+                    format!("fetch metadata of `{topic}`"),
+                    "the broker does not know the topic",
+                ));
+            }
+        };
+        lock(&self.partition_counts).insert(topic.clone(), (count, Instant::now()));
+        Ok(count)
+    }
+}
+
+/// Hashes a non-empty `key` with librdkafka's own deterministic partitioner functions.
+fn hash_partition(partitioner: &str, key: &[u8], count: i32) -> Partition {
+    let function = match partitioner {
+        "murmur2" | "murmur2_random" => sys::rd_kafka_msg_partitioner_murmur2,
+        "fnv1a" | "fnv1a_random" => sys::rd_kafka_msg_partitioner_fnv1a,
+        // consistent, consistent_random (librdkafka's default), and random (which a partition
+        // key overrides): CRC32 of the key.
+        _ => sys::rd_kafka_msg_partitioner_consistent,
+    };
+    // SAFETY: these three partitioners only hash `key` (valid for `key.len()` bytes) modulo
+    // `count` and read neither the topic handle nor the opaques (librdkafka rdkafka_msg.c), so
+    // null pointers are fine; `key` is non-empty and `count` positive (checked by callers).
+    #[allow(unsafe_code)]
+    unsafe {
+        function(
+            std::ptr::null(),
+            key.as_ptr().cast(),
+            key.len(),
+            count,
+            std::ptr::null_mut(),
+            std::ptr::null_mut(),
+        )
+    }
+}
+
+impl Client for RdKafkaClient {
+    #[allow(clippy::result_large_err)]
+    fn produce(
+        &self,
+        message: Message,
+        topic_config: Option<&TopicConfig>,
+        delivery: Delivery,
+    ) -> Result<(), Rejected> {
+        if let Err(reason) = self.claim(&message.topic, topic_config) {
+            return Err(Rejected {
+                reason,
+                message,
+                delivery,
+            });
+        }
+        let headers =
+            (!message.headers.is_empty()).then(|| native::to_owned_headers(&message.headers));
+        let mut record: BaseRecord<'_, [u8], [u8], Box<Pending>> =
+            BaseRecord::with_opaque_to(&message.topic, delivery.into_box());
+        if let Some(payload) = &message.payload {
+            record = record.payload(payload);
+        }
+        if let Some(key) = &message.key {
+            record = record.key(key);
+        }
+        if let Some(partition) = message.partition {
+            record = record.partition(partition);
+        }
+        if let Some(ts) = message.timestamp {
+            record = record.timestamp(ts);
+        }
+        if let Some(headers) = headers {
+            record = record.headers(headers);
+        }
+        match self.producer.send(record) {
+            Ok(()) => Ok(()),
+            Err((error, record)) => {
+                let delivery = Delivery::from_box(record.delivery_opaque);
+                let reason = if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
+                    Rejection::QueueFull
+                } else {
+                    Rejection::Kafka(native::kafka_error("produce", &error))
+                };
+                Err(Rejected {
+                    reason,
+                    message,
+                    delivery,
+                })
+            }
+        }
+    }
+
+    fn partition_for_key(
+        &self,
+        topic: &str,
+        topic_config: Option<&TopicConfig>,
+        partition_key: &[u8],
+    ) -> Result<Partition, KafkaError> {
+        let topic: Arc<str> = topic.into();
+        // The metadata request below creates the topic's handle when missing: claim first.
+        match self.claim(&topic, topic_config) {
+            Ok(()) => {}
+            Err(Rejection::TopicConflict {
+                claimed_by,
+                requested,
+            }) => {
+                return Err(KafkaError::other(
+                    "choose a partition for a partition key",
+                    format!("topic `{topic}` is used with {claimed_by}; {requested} cannot apply"),
+                ));
+            }
+            Err(Rejection::Kafka(e)) => return Err(e),
+            Err(other) => {
+                return Err(KafkaError::other(
+                    "choose a partition for a partition key",
+                    format!("{other:?}"),
+                ));
+            }
+        }
+        let count = self.partition_count(&topic)?;
+        let partitioner = topic_config
+            .and_then(|c| c.get("partitioner"))
+            .unwrap_or(&self.default_partitioner);
+        Ok(hash_partition(partitioner, partition_key, count))
+    }
+
+    fn flush(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .flush(timeout)
+            .map_err(|e| native::kafka_error("flush", &e))
+    }
+
+    fn in_flight(&self) -> usize {
+        usize::try_from(self.producer.in_flight_count()).unwrap_or(0)
+    }
+
+    fn close(&self, timeout: Duration) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        // Serve the remaining reports on this thread from here on.
+        self.stop.store(true, Ordering::Release);
+        if let Some(poller) = lock(&self.poller).take() {
+            let _ = poller.join();
+        }
+        if self.producer.flush(timeout).is_err() || self.in_flight() > 0 {
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            // Purged messages come back as failed delivery reports, completing their handles.
+            let _ = self.producer.flush(Duration::from_secs(5));
+        }
+        self.claims
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
+
+    fn init_transactions(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .init_transactions(timeout)
+            .map_err(|e| native::kafka_error("init transactions", &e))
+    }
+
+    fn begin_transaction(&self) -> Result<(), KafkaError> {
+        self.producer
+            .begin_transaction()
+            .map_err(|e| native::kafka_error("begin transaction", &e))
+    }
+
+    fn send_offsets_to_transaction(
+        &self,
+        offsets: &[(TopicPartition, i64)],
+        group: &ConsumerGroupMetadata,
+        timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        let native_group = group.native().ok_or_else(|| {
+            KafkaError::other(
+                "send offsets to transaction",
+                format!(
+                    "the metadata of group `{}` was not taken from a live consumer; librdkafka \
+                     needs the consumer's own group metadata",
+                    group.group_id()
+                ),
+            )
+        })?;
+        let mut list = rdkafka::TopicPartitionList::with_capacity(offsets.len());
+        for (tp, offset) in offsets {
+            list.add_partition_offset(&tp.topic, tp.partition, rdkafka::Offset::Offset(*offset))
+                .map_err(|e| native::kafka_error("send offsets to transaction", &e))?;
+        }
+        self.producer
+            .send_offsets_to_transaction(&list, native_group, timeout)
+            .map_err(|e| native::kafka_error("send offsets to transaction", &e))
+    }
+
+    fn commit_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .commit_transaction(timeout)
+            .map_err(|e| native::kafka_error("commit transaction", &e))
+    }
+
+    fn abort_transaction(&self, timeout: Duration) -> Result<(), KafkaError> {
+        self.producer
+            .abort_transaction(timeout)
+            .map_err(|e| native::kafka_error("abort transaction", &e))
+    }
+}
+
+impl Drop for RdKafkaClient {
+    fn drop(&mut self) {
+        // Normally closed by the producer already; this keeps an abandoned client from leaking
+        // the delivery sinks of messages still in librdkafka.
+        self.close(Duration::ZERO);
+    }
+}
