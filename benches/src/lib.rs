@@ -1,8 +1,103 @@
 //! # karafka-benches
 //!
 //! Benchmarks of karafka-rs, always side by side with the raw rdkafka baseline measured in
-//! the same run, on the same broker, over the same data (see `BENCHMARKING.md` of the
-//! project's shared notes). Not published.
+//! the same run, on the same broker, over the same data (see the project's
+//! `BENCHMARKING.md`). Not published.
 //!
+//! - `cargo bench -p karafka-benches --bench producer`: producer throughput
+//!   (`produce_many_async`, 1M × 100 B) and `produce_sync` latency against raw
+//!   `BaseProducer`, alternating runs, printed as a table with ratios.
+//! - `cargo bench -p karafka-benches --bench producer_overhead`: criterion micro-benchmarks of
+//!   the producer's per-message work before librdkafka.
 //! - `cargo bench -p karafka-benches --bench core_overhead`: criterion micro-benchmarks of
-//!   per-message work done before librdkafka (header conversion, event emission).
+//!   header conversion and event emission.
+//!
+//! This library holds what the scenario benchmarks share: summaries and CPU time.
+
+use std::time::Duration;
+
+/// min / median / max of a set of samples.
+#[derive(Debug, Clone, Copy)]
+pub struct Summary {
+    /// Smallest sample.
+    pub min: f64,
+    /// Median sample.
+    pub median: f64,
+    /// Largest sample.
+    pub max: f64,
+}
+
+impl Summary {
+    /// Summarizes `samples` (at least one).
+    pub fn of(samples: &[f64]) -> Summary {
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(|a, b| a.total_cmp(b));
+        let n = sorted.len();
+        let median = if n == 0 {
+            f64::NAN
+        } else if n % 2 == 1 {
+            sorted[n / 2]
+        } else {
+            (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+        };
+        Summary {
+            min: sorted.first().copied().unwrap_or(f64::NAN),
+            median,
+            max: sorted.last().copied().unwrap_or(f64::NAN),
+        }
+    }
+}
+
+/// The `q` quantile (0..=1) of `samples`, nearest rank.
+pub fn quantile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    if sorted.is_empty() {
+        return Duration::ZERO;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1]
+}
+
+/// CPU time (user + system) this process used so far, from `/proc/self/stat`.
+pub fn process_cpu() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may contain spaces) start after the last ')'.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    // Clock ticks: 100 per second on Linux (sysconf(_SC_CLK_TCK) on every mainstream kernel).
+    Some(Duration::from_millis((utime + stime) * 10))
+}
+
+/// Formats a rate in msg/s with thousands separators.
+pub fn rate(per_second: f64) -> String {
+    let n = per_second.round() as u64;
+    let s = n.to_string();
+    let mut out = String::new();
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn summaries_and_quantiles() {
+        let s = Summary::of(&[3.0, 1.0, 2.0]);
+        assert_eq!((s.min, s.median, s.max), (1.0, 2.0, 3.0));
+        assert_eq!(Summary::of(&[1.0, 2.0, 3.0, 4.0]).median, 2.5);
+        let d: Vec<Duration> = (1..=100).map(Duration::from_micros).collect();
+        assert_eq!(quantile(&d, 0.5), Duration::from_micros(50));
+        assert_eq!(quantile(&d, 0.99), Duration::from_micros(99));
+        assert_eq!(rate(1234567.4), "1,234,567");
+        assert!(process_cpu().is_some());
+    }
+}

@@ -1,9 +1,10 @@
 //! Delivery reports, the handles that wait for them, and the completion sink clients call.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -21,7 +22,8 @@ pub struct DeliveryReport {
     pub topic: Arc<str>,
     /// Partition it was written to.
     pub partition: Partition,
-    /// Its offset; `-1` when the broker does not return one (`acks=0`).
+    /// Its offset; `-1` when the broker does not return one (`acks=0`: librdkafka then
+    /// reports its invalid offset, -1001, which karafka-rs reports as -1).
     pub offset: i64,
     /// The message's label.
     pub label: Option<Label>,
@@ -98,23 +100,31 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// the message's fate is known. Dropping it uncompleted completes it with a failure, so no
 /// waiter hangs (and the message is reported lost).
 pub struct Delivery {
-    pending: Option<Box<Pending>>,
+    repr: Repr,
+}
+
+enum Repr {
+    /// One message: its own slot.
+    Single(Box<Pending>),
+    /// Entry `index` of the registered batch `batch` (see [`crate::batches`]).
+    Entry { batch: u32, index: u32 },
+    /// Completed, cancelled or converted.
+    Taken,
 }
 
 pub(crate) struct Pending {
-    topic: Arc<str>,
     partition: Option<Partition>,
     label: Option<Label>,
-    target: Target,
+    slot: Arc<Slot>,
+    topic: Arc<str>,
 }
 
-enum Target {
-    Single(Arc<Slot>),
-    Batch {
-        state: Arc<BatchState>,
-        index: usize,
-    },
-}
+/// Tags a batch entry in librdkafka's opaque pointer (user-space pointers never set it).
+const ENTRY_TAG: usize = 1 << 63;
+const _: () = assert!(
+    usize::BITS == 64,
+    "karafka-producer needs a 64-bit target (delivery tokens pack a batch id and an index)"
+);
 
 impl Delivery {
     pub(crate) fn single(
@@ -124,77 +134,123 @@ impl Delivery {
         slot: Arc<Slot>,
     ) -> Self {
         Delivery {
-            pending: Some(Box::new(Pending {
-                topic,
+            repr: Repr::Single(Box::new(Pending {
                 partition,
                 label,
-                target: Target::Single(slot),
+                slot,
+                topic,
             })),
         }
     }
 
-    pub(crate) fn batch(
-        topic: Arc<str>,
-        partition: Option<Partition>,
-        label: Option<Label>,
-        state: Arc<BatchState>,
-        index: usize,
-    ) -> Self {
+    /// The delivery of entry `index` of `state` (whose topic, partition and label the
+    /// dispatcher recorded in `state`).
+    pub(crate) fn entry(state: &BatchState, index: usize) -> Self {
         Delivery {
-            pending: Some(Box::new(Pending {
-                topic,
-                partition,
-                label,
-                target: Target::Batch { state, index },
-            })),
+            repr: Repr::Entry {
+                batch: state.id(),
+                index: index as u32,
+            },
         }
     }
 
     /// The topic of the message this delivery belongs to.
-    pub fn topic(&self) -> &str {
-        self.pending.as_ref().map_or("", |p| &p.topic)
+    pub fn topic(&self) -> Arc<str> {
+        match &self.repr {
+            Repr::Single(p) => p.topic.clone(),
+            Repr::Entry { batch, index } => crate::batches::get(*batch)
+                .map_or_else(|| Arc::from(""), |s| s.topic_of(*index as usize)),
+            Repr::Taken => Arc::from(""),
+        }
+    }
+
+    /// The partition the message was sent to explicitly (or by partition key), if any.
+    pub(crate) fn requested_partition(&self) -> Option<Partition> {
+        match &self.repr {
+            Repr::Single(p) => p.partition,
+            Repr::Entry { batch, index } => {
+                crate::batches::get(*batch).and_then(|s| s.requested_partition(*index as usize))
+            }
+            Repr::Taken => None,
+        }
     }
 
     /// Reports the message's fate. Emits `message.acknowledged` or `error.occurred`
     /// (`producer.delivery.error`) and wakes whoever waits for it.
     pub fn complete(mut self, outcome: Outcome) {
-        if let Some(pending) = self.pending.take() {
-            (*pending).complete(outcome);
+        match std::mem::replace(&mut self.repr, Repr::Taken) {
+            Repr::Single(pending) => (*pending).complete(outcome),
+            Repr::Entry { batch, index } => {
+                crate::batches::with(batch, |state| state.complete(index as usize, outcome));
+            }
+            Repr::Taken => {}
         }
     }
 
     /// Disarms a delivery whose message was not taken, giving its label back (nothing is
-    /// reported: the caller reports the failure itself).
+    /// reported: the caller reports the failure itself; a batch entry is settled by the
+    /// dispatcher).
     pub(crate) fn cancel(mut self) -> Option<Label> {
-        self.pending.take().and_then(|p| p.label)
-    }
-
-    pub(crate) fn into_box(mut self) -> Box<Pending> {
-        self.pending
-            .take()
-            .expect("a delivery is completed or converted once")
-    }
-
-    pub(crate) fn from_box(pending: Box<Pending>) -> Self {
-        Delivery {
-            pending: Some(pending),
+        match std::mem::replace(&mut self.repr, Repr::Taken) {
+            Repr::Single(pending) => pending.label,
+            Repr::Entry { batch, index } => {
+                crate::batches::get(batch).and_then(|s| s.take_label(index as usize))
+            }
+            Repr::Taken => None,
         }
+    }
+
+    /// The delivery as librdkafka's per-message opaque pointer.
+    pub(crate) fn into_opaque(mut self) -> usize {
+        match std::mem::replace(&mut self.repr, Repr::Taken) {
+            Repr::Single(pending) => Box::into_raw(pending) as usize,
+            Repr::Entry { batch, index } => ENTRY_TAG | (batch as usize) << 32 | index as usize,
+            Repr::Taken => 0,
+        }
+    }
+
+    /// The delivery back from librdkafka's opaque pointer.
+    ///
+    /// # Safety
+    ///
+    /// `opaque` must come from [`into_opaque`](Self::into_opaque), and be turned back exactly
+    /// once (librdkafka hands each message's opaque back once: to its delivery report, or to
+    /// the caller when it refuses the message).
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn from_opaque(opaque: usize) -> Self {
+        let repr = if opaque == 0 {
+            Repr::Taken
+        } else if opaque & ENTRY_TAG != 0 {
+            Repr::Entry {
+                batch: ((opaque & !ENTRY_TAG) >> 32) as u32,
+                index: opaque as u32,
+            }
+        } else {
+            // SAFETY: per this function's contract the value is a pointer from
+            // `Box::into_raw` in `into_opaque` (user-space pointers never carry ENTRY_TAG),
+            // reclaimed once.
+            Repr::Single(unsafe { Box::from_raw(opaque as *mut Pending) })
+        };
+        Delivery { repr }
     }
 }
 
 impl Drop for Delivery {
     fn drop(&mut self) {
-        if let Some(pending) = self.pending.take() {
-            let topic = pending.topic.clone();
-            let message = Box::new(Message::new(topic, bytes::Bytes::new()));
-            pending.complete(Outcome::Failed {
-                error: KafkaError::other(
-                    "deliver message",
-                    "the client dropped the message without reporting its delivery; its payload is unknown",
-                ),
-                message,
-            });
+        if matches!(self.repr, Repr::Taken) {
+            return;
         }
+        let message = Box::new(Message::new(self.topic(), bytes::Bytes::new()));
+        let delivery = Delivery {
+            repr: std::mem::replace(&mut self.repr, Repr::Taken),
+        };
+        delivery.complete(Outcome::Failed {
+            error: KafkaError::other(
+                "deliver message",
+                "the client dropped the message without reporting its delivery; its payload is unknown",
+            ),
+            message,
+        });
     }
 }
 
@@ -207,35 +263,15 @@ impl fmt::Debug for Delivery {
 }
 
 impl Pending {
-    pub(crate) fn topic(&self) -> &Arc<str> {
-        &self.topic
-    }
-
-    pub(crate) fn partition(&self) -> Option<Partition> {
-        self.partition
-    }
-
-    pub(crate) fn complete(self, outcome: Outcome) {
+    fn complete(self, outcome: Outcome) {
         let Pending {
-            topic,
-            label,
-            target,
-            ..
+            label, slot, topic, ..
         } = self;
-        let shared = match &target {
-            Target::Single(slot) => &slot.shared,
-            Target::Batch { state, .. } => &state.shared,
-        };
+        let shared = &slot.shared;
         shared.room.released();
         let result = match outcome {
             Outcome::Delivered { partition, offset } => {
-                shared.monitor.emit_with(|| Event::MessageAcknowledged {
-                    producer_id: shared.producer_id.clone(),
-                    topic: topic.clone(),
-                    partition,
-                    offset,
-                    label: label.clone(),
-                });
+                shared.acknowledged(&topic, partition, offset, label.as_ref());
                 Ok(DeliveryReport {
                     topic,
                     partition,
@@ -245,26 +281,45 @@ impl Pending {
             }
             Outcome::Failed { error, mut message } => {
                 message.label = label;
-                if let Some(collected) = lock(&shared.undelivered).as_mut() {
-                    collected.push((*message).clone());
-                }
-                let partition = message.partition;
-                shared.monitor.emit_with(|| {
-                    Event::ErrorOccurred(
-                        ErrorOccurred::new(ErrorKind::ProducerDelivery, error.clone())
-                            .source_id(shared.producer_id.clone())
-                            .at(topic.clone(), partition, None),
-                    )
-                });
-                Err(Error::Delivery {
-                    source: error,
-                    message,
-                })
+                Err(shared.failed(error, message))
             }
         };
-        match target {
-            Target::Single(slot) => slot.fill(result),
-            Target::Batch { state, index } => state.fill(index, result),
+        slot.fill(result);
+    }
+}
+
+impl Shared {
+    fn acknowledged(
+        &self,
+        topic: &Arc<str>,
+        partition: Partition,
+        offset: i64,
+        label: Option<&Label>,
+    ) {
+        self.monitor.emit_with(|| Event::MessageAcknowledged {
+            producer_id: self.producer_id.clone(),
+            topic: topic.clone(),
+            partition,
+            offset,
+            label: label.cloned(),
+        });
+    }
+
+    /// Reports a failed delivery (event, close collector) and builds its error.
+    fn failed(&self, error: KafkaError, message: Box<Message>) -> Error {
+        if let Some(collected) = lock(&self.undelivered).as_mut() {
+            collected.push((*message).clone());
+        }
+        self.monitor.emit_with(|| {
+            Event::ErrorOccurred(
+                ErrorOccurred::new(ErrorKind::ProducerDelivery, error.clone())
+                    .source_id(self.producer_id.clone())
+                    .at(message.topic.clone(), message.partition, None),
+            )
+        });
+        Error::Delivery {
+            source: error,
+            message,
         }
     }
 }
@@ -396,11 +451,33 @@ impl fmt::Debug for DeliveryHandle {
 // ---------------------------------------------------------------------------------------------
 // Many messages.
 
-type ResultSlot = Mutex<Option<Result<DeliveryReport, Error>>>;
+/// A batch entry's partition while no report is in.
+const PENDING: i32 = i32::MIN;
+/// A batch entry's partition once its delivery failed (the error is in `failures`).
+const FAILED: i32 = i32::MIN + 1;
+/// No explicit partition requested.
+const ANY_PARTITION: i32 = -1;
+
+/// One batch entry, 24 bytes: a batch of a million messages needs 24 MB here.
+struct Cell {
+    partition: AtomicI32,
+    topic: AtomicU32,
+    offset: AtomicI64,
+    requested: AtomicI32,
+}
 
 pub(crate) struct BatchState {
+    /// The id it is registered under in [`crate::batches`] (0 for an empty batch); set once,
+    /// before any entry is handed out.
+    id: AtomicU32,
     shared: Arc<Shared>,
-    results: Box<[ResultSlot]>,
+    /// Distinct topics of the batch; cells refer to them by index.
+    topics: Mutex<Vec<Arc<str>>>,
+    cells: Box<[Cell]>,
+    /// Failed entries (rare), by index.
+    failures: Mutex<Vec<(usize, Error)>>,
+    /// Labels of entries that have one, by index (most batches have none).
+    labels: Mutex<HashMap<usize, Label>>,
     remaining: AtomicUsize,
     wait: Mutex<BatchWait>,
     ready: Condvar,
@@ -413,64 +490,216 @@ struct BatchWait {
 }
 
 impl BatchState {
+    /// A batch of `len` entries, registered (when not empty) until every entry is settled.
     pub(crate) fn new(shared: Arc<Shared>, len: usize) -> Arc<Self> {
-        Arc::new(BatchState {
+        let state = Arc::new(BatchState {
+            id: AtomicU32::new(0),
             shared,
-            results: (0..len).map(|_| Mutex::new(None)).collect(),
+            topics: Mutex::new(Vec::new()),
+            cells: (0..len)
+                .map(|_| Cell {
+                    partition: AtomicI32::new(PENDING),
+                    topic: AtomicU32::new(0),
+                    offset: AtomicI64::new(-1),
+                    requested: AtomicI32::new(ANY_PARTITION),
+                })
+                .collect(),
+            failures: Mutex::new(Vec::new()),
+            labels: Mutex::new(HashMap::new()),
             remaining: AtomicUsize::new(len),
-            wait: Mutex::new(BatchWait::default()),
+            wait: Mutex::new(BatchWait {
+                done: len == 0,
+                waker: None,
+            }),
             ready: Condvar::new(),
-        })
+        });
+        if len > 0 {
+            let id = crate::batches::register(&state);
+            state.id.store(id, Ordering::Release);
+        }
+        state
     }
 
-    fn fill(&self, index: usize, result: Result<DeliveryReport, Error>) {
-        if let Some(slot) = self.results.get(index) {
-            let mut slot = lock(slot);
-            if slot.is_none() {
-                *slot = Some(result);
-            } else {
-                return;
+    fn id(&self) -> u32 {
+        self.id.load(Ordering::Acquire)
+    }
+
+    /// Whether some entry is not settled yet.
+    pub(crate) fn is_open(&self) -> bool {
+        self.remaining.load(Ordering::Acquire) > 0
+    }
+
+    /// Registers `topic` and returns its index (dispatchers call this when the topic changes
+    /// from one message to the next, not for every message).
+    pub(crate) fn topic_index(&self, topic: &Arc<str>) -> u32 {
+        let mut topics = lock(&self.topics);
+        if let Some(i) = topics.iter().position(|t| t == topic) {
+            return i as u32;
+        }
+        topics.push(topic.clone());
+        (topics.len() - 1) as u32
+    }
+
+    /// Records entry `index` before it is handed to the client: its topic, the partition it
+    /// asks for, and its label.
+    pub(crate) fn prepare_entry(
+        &self,
+        index: usize,
+        topic_index: u32,
+        partition: Option<Partition>,
+        label: Option<Label>,
+    ) {
+        if let Some(cell) = self.cells.get(index) {
+            cell.topic.store(topic_index, Ordering::Relaxed);
+            if let Some(p) = partition {
+                cell.requested.store(p, Ordering::Relaxed);
+            }
+        }
+        if let Some(label) = label {
+            lock(&self.labels).insert(index, label);
+        }
+    }
+
+    fn topic_of(&self, index: usize) -> Arc<str> {
+        let t = self
+            .cells
+            .get(index)
+            .map_or(0, |c| c.topic.load(Ordering::Relaxed) as usize);
+        lock(&self.topics)
+            .get(t)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(""))
+    }
+
+    fn requested_partition(&self, index: usize) -> Option<Partition> {
+        self.cells
+            .get(index)
+            .map(|c| c.requested.load(Ordering::Relaxed))
+            .filter(|p| *p != ANY_PARTITION)
+    }
+
+    fn take_label(&self, index: usize) -> Option<Label> {
+        lock(&self.labels).remove(&index)
+    }
+
+    fn label(&self, index: usize) -> Option<Label> {
+        lock(&self.labels).get(&index).cloned()
+    }
+
+    /// Records entry `index`'s outcome (once), then settles it.
+    fn complete(&self, index: usize, outcome: Outcome) {
+        let Some(cell) = self.cells.get(index) else {
+            return;
+        };
+        if cell.partition.load(Ordering::Acquire) != PENDING {
+            return;
+        }
+        self.shared.room.released();
+        match outcome {
+            Outcome::Delivered { partition, offset } => {
+                if self.shared.monitor.has_listeners() {
+                    let label = self.label(index);
+                    self.shared.acknowledged(
+                        &self.topic_of(index),
+                        partition,
+                        offset,
+                        label.as_ref(),
+                    );
+                }
+                cell.offset.store(offset, Ordering::Relaxed);
+                cell.partition.store(partition, Ordering::Release);
+            }
+            Outcome::Failed { error, mut message } => {
+                message.label = self.take_label(index);
+                let failure = self.shared.failed(error, message);
+                lock(&self.failures).push((index, failure));
+                cell.partition.store(FAILED, Ordering::Release);
             }
         }
         self.settle(1);
     }
 
-    /// Counts `n` entries as settled (filled, or never dispatched); wakes waiters at zero.
+    /// Counts `n` entries as settled (reported, or never dispatched); at zero, wakes waiters
+    /// and leaves the registry.
     pub(crate) fn settle(&self, n: usize) {
         if n == 0 {
-            if self.remaining.load(Ordering::Acquire) == 0 {
-                self.finish();
-            }
             return;
         }
         if self.remaining.fetch_sub(n, Ordering::AcqRel) == n {
-            self.finish();
+            let waker = {
+                let mut wait = lock(&self.wait);
+                wait.done = true;
+                wait.waker.take()
+            };
+            self.ready.notify_all();
+            if let Some(w) = waker {
+                w.wake();
+            }
+            crate::batches::unregister(self.id());
         }
     }
 
-    fn finish(&self) {
-        let waker = {
-            let mut wait = lock(&self.wait);
-            wait.done = true;
-            wait.waker.take()
-        };
-        self.ready.notify_all();
-        if let Some(w) = waker {
-            w.wake();
+    /// Every entry's report when all of the first `len` were delivered; otherwise every
+    /// entry's result, in order. Once: labels and failures are moved out.
+    fn take_reports(
+        &self,
+        len: usize,
+    ) -> Result<Vec<DeliveryReport>, Vec<Result<DeliveryReport, Error>>> {
+        let cells = &self.cells[..len.min(self.cells.len())];
+        let topics = lock(&self.topics).clone();
+        let mut labels = std::mem::take(&mut *lock(&self.labels));
+        let report =
+            |i: usize, cell: &Cell, partition: Partition, labels: &mut HashMap<usize, Label>| {
+                DeliveryReport {
+                    topic: topics
+                        .get(cell.topic.load(Ordering::Relaxed) as usize)
+                        .cloned()
+                        .unwrap_or_else(|| Arc::from("")),
+                    partition,
+                    offset: cell.offset.load(Ordering::Relaxed),
+                    label: if labels.is_empty() {
+                        None
+                    } else {
+                        labels.remove(&i)
+                    },
+                }
+            };
+        let all_delivered = cells.iter().all(|c| {
+            let p = c.partition.load(Ordering::Acquire);
+            p != FAILED && p != PENDING
+        });
+        if all_delivered {
+            return Ok(cells
+                .iter()
+                .enumerate()
+                .map(|(i, c)| report(i, c, c.partition.load(Ordering::Acquire), &mut labels))
+                .collect());
         }
+        let mut failures: HashMap<usize, Error> = std::mem::take(&mut *lock(&self.failures))
+            .into_iter()
+            .collect();
+        Err(cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| match c.partition.load(Ordering::Acquire) {
+                FAILED => Err(failures.remove(&i).unwrap_or_else(|| {
+                    Error::Core(karafka_core::Error::Closed {
+                        what: "batch delivery (its results were already taken)".into(),
+                    })
+                })),
+                PENDING => Err(Error::Core(karafka_core::Error::Closed {
+                    what: "batch delivery (an entry was never reported)".into(),
+                })),
+                partition => Ok(report(i, c, partition, &mut labels)),
+            })
+            .collect())
     }
 
     fn take_results(&self, len: usize) -> Vec<Result<DeliveryReport, Error>> {
-        self.results[..len]
-            .iter()
-            .map(|slot| {
-                lock(slot).take().unwrap_or_else(|| {
-                    Err(Error::Core(karafka_core::Error::Closed {
-                        what: "batch delivery (its results were already taken)".into(),
-                    }))
-                })
-            })
-            .collect()
+        match self.take_reports(len) {
+            Ok(reports) => reports.into_iter().map(Ok).collect(),
+            Err(results) => results,
+        }
     }
 }
 
@@ -505,16 +734,7 @@ impl BatchDelivery {
     /// Blocks until every report is in, then returns each message's result in order; fails
     /// only with [`Error::WaitTimeout`](crate::Error::WaitTimeout).
     pub fn wait_all(self, timeout: Duration) -> Result<Vec<Result<DeliveryReport, Error>>, Error> {
-        let wait = lock(&self.state.wait);
-        let (wait, timed_out) = self
-            .state
-            .ready
-            .wait_timeout_while(wait, timeout, |w| !w.done)
-            .unwrap_or_else(|p| p.into_inner());
-        if timed_out.timed_out() && !wait.done {
-            return Err(Error::WaitTimeout { timeout });
-        }
-        drop(wait);
+        self.block(timeout)?;
         Ok(self.state.take_results(self.len))
     }
 
@@ -522,19 +742,32 @@ impl BatchDelivery {
     /// otherwise [`Error::DeliveriesFailed`](crate::Error::DeliveriesFailed) listing each
     /// result (failed ones own their message).
     pub fn wait(self, timeout: Duration) -> Result<Vec<DeliveryReport>, Error> {
-        collect_reports(self.wait_all(timeout)?)
+        self.block(timeout)?;
+        reports_or_error(self.state.take_reports(self.len))
+    }
+
+    fn block(&self, timeout: Duration) -> Result<(), Error> {
+        let wait = lock(&self.state.wait);
+        let (wait, _) = self
+            .state
+            .ready
+            .wait_timeout_while(wait, timeout, |w| !w.done)
+            .unwrap_or_else(|p| p.into_inner());
+        if wait.done {
+            Ok(())
+        } else {
+            Err(Error::WaitTimeout { timeout })
+        }
     }
 }
 
-pub(crate) fn collect_reports(
-    results: Vec<Result<DeliveryReport, Error>>,
+fn reports_or_error(
+    outcome: Result<Vec<DeliveryReport>, Vec<Result<DeliveryReport, Error>>>,
 ) -> Result<Vec<DeliveryReport>, Error> {
-    let failed = results.iter().filter(|r| r.is_err()).count();
-    if failed == 0 {
-        Ok(results.into_iter().filter_map(Result::ok).collect())
-    } else {
-        Err(Error::DeliveriesFailed { failed, results })
-    }
+    outcome.map_err(|results| Error::DeliveriesFailed {
+        failed: results.iter().filter(|r| r.is_err()).count(),
+        results,
+    })
 }
 
 impl Future for BatchDelivery {
@@ -548,7 +781,7 @@ impl Future for BatchDelivery {
                 return Poll::Pending;
             }
         }
-        Poll::Ready(collect_reports(self.state.take_results(self.len)))
+        Poll::Ready(reports_or_error(self.state.take_reports(self.len)))
     }
 }
 

@@ -18,7 +18,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     /// The message broke a rule and was not sent (topic name, payload size, tombstone
     /// without key, ...). Every broken rule is listed.
-    #[error("message to `{topic}` was not sent: {reason}")]
+    #[error("message to `{topic}` was not sent: {}", rules(reason))]
     InvalidMessage {
         /// The destination topic.
         topic: Arc<str>,
@@ -140,6 +140,15 @@ pub enum Error {
     /// Anything else from the shared core (client creation, flush, ...).
     #[error(transparent)]
     Core(#[from] karafka_core::Error),
+}
+
+fn rules(reason: &ConfigError) -> String {
+    reason
+        .violations()
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl Error {

@@ -45,6 +45,7 @@
 //! # Ok(()) }
 //! ```
 
+mod batches;
 pub mod client;
 mod config;
 mod delivery;

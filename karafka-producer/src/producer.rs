@@ -325,25 +325,30 @@ impl Producer {
         self.inner.close(timeout)
     }
 
-    fn emit_single(&self, dispatch: Dispatch, topic: &Arc<str>, started: Instant) {
+    /// A start time for a dispatch event, taken only when someone listens.
+    fn clock(&self) -> Option<Instant> {
+        self.inner.shared.monitor.has_listeners().then(Instant::now)
+    }
+
+    fn emit_single(&self, dispatch: Dispatch, topic: &Arc<str>, started: Option<Instant>) {
         let shared = &self.inner.shared;
         shared.monitor.emit_with(|| Event::MessagesProduced {
             producer_id: shared.producer_id.clone(),
             dispatch,
             topic: Some(topic.clone()),
             messages: 1,
-            duration: started.elapsed(),
+            duration: started.map_or(Duration::ZERO, |s| s.elapsed()),
         });
     }
 
-    fn emit_many(&self, dispatch: Dispatch, messages: usize, started: Instant) {
+    fn emit_many(&self, dispatch: Dispatch, messages: usize, started: Option<Instant>) {
         let shared = &self.inner.shared;
         shared.monitor.emit_with(|| Event::MessagesProduced {
             producer_id: shared.producer_id.clone(),
             dispatch,
             topic: None,
             messages,
-            duration: started.elapsed(),
+            duration: started.map_or(Duration::ZERO, |s| s.elapsed()),
         });
     }
 }
@@ -391,7 +396,7 @@ impl Dispatcher<'_> {
     }
 
     pub(crate) fn produce_sync(&self, message: Message) -> Result<DeliveryReport> {
-        let started = Instant::now();
+        let started = self.producer.clock();
         let topic = message.topic.clone();
         let wait = self.max_wait_timeout;
         let report = self.maybe_wrapped(
@@ -405,7 +410,7 @@ impl Dispatcher<'_> {
     }
 
     pub(crate) fn produce_async(&self, message: Message) -> Result<DeliveryHandle> {
-        let started = Instant::now();
+        let started = self.producer.clock();
         let topic = message.topic.clone();
         let handle = self.maybe_wrapped(message, |m| vec![m.clone()], |m| self.send_one(m))?;
         self.producer
@@ -414,7 +419,7 @@ impl Dispatcher<'_> {
     }
 
     pub(crate) fn produce_many_sync(&self, messages: Vec<Message>) -> Result<Vec<DeliveryReport>> {
-        let started = Instant::now();
+        let started = self.producer.clock();
         let count = messages.len();
         let wait = self.max_wait_timeout;
         let reports =
@@ -424,7 +429,7 @@ impl Dispatcher<'_> {
     }
 
     pub(crate) fn produce_many_async(&self, messages: Vec<Message>) -> Result<BatchDelivery> {
-        let started = Instant::now();
+        let started = self.producer.clock();
         let count = messages.len();
         let delivery = self.maybe_wrapped(messages, |m| m.clone(), |m| self.send_many(m))?;
         self.producer.emit_many(Dispatch::ManyAsync, count, started);
@@ -474,27 +479,31 @@ impl Dispatcher<'_> {
                 });
             }
         };
-        let mut rest = messages.into_iter().enumerate();
-        while let Some((index, mut message)) = rest.next() {
-            let sent = self
-                .resolve_partition(&client, &mut message)
-                .and_then(|()| {
-                    let delivery = Delivery::batch(
-                        message.topic.clone(),
-                        message.partition,
-                        message.label.take(),
-                        state.clone(),
-                        index,
-                    );
-                    self.enqueue(&client, message, delivery)
-                });
-            if let Err(failure) = sent {
+        let mut messages = messages;
+        let mut last_topic: Option<(Arc<str>, u32)> = None;
+        for index in 0..count {
+            let message = &mut messages[index];
+            let topic_index = match &last_topic {
+                Some((t, i)) if Arc::ptr_eq(t, &message.topic) || *t == message.topic => *i,
+                _ => {
+                    let i = state.topic_index(&message.topic);
+                    last_topic = Some((message.topic.clone(), i));
+                    i
+                }
+            };
+            let sent = self.resolve_partition(&client, message).and_then(|()| {
+                state.prepare_entry(index, topic_index, message.partition, message.label.take());
+                self.enqueue(&client, message, Delivery::entry(&state, index))
+            });
+            if let Err(refused) = sent {
                 state.settle(count - index);
+                let mut not_sent = messages.split_off(index);
+                let failed = not_sent.remove(0);
                 return Err(Error::PartiallyDispatched {
                     dispatched: index,
                     delivery: Box::new(BatchDelivery::new(state, index)),
-                    failure: Box::new(failure),
-                    not_sent: rest.map(|(_, m)| m).collect(),
+                    failure: Box::new(refused.into_error(inner, failed)),
+                    not_sent,
                 });
             }
         }
@@ -506,113 +515,131 @@ impl Dispatcher<'_> {
         client: &Arc<ClientBox>,
         mut message: Message,
     ) -> Result<DeliveryHandle> {
-        self.resolve_partition(client, &mut message)?;
         let slot = Slot::new(self.inner().shared.clone());
         let topic = message.topic.clone();
-        let delivery = Delivery::single(
-            topic.clone(),
-            message.partition,
-            message.label.take(),
-            slot.clone(),
-        );
-        self.enqueue(client, message, delivery)?;
-        Ok(DeliveryHandle::new(slot, topic))
+        let sent = self.resolve_partition(client, &mut message).and_then(|()| {
+            let delivery = Delivery::single(
+                topic.clone(),
+                message.partition,
+                message.label.take(),
+                slot.clone(),
+            );
+            self.enqueue(client, &message, delivery)
+        });
+        match sent {
+            Ok(()) => Ok(DeliveryHandle::new(slot, topic)),
+            Err(refused) => Err(refused.into_error(self.inner(), message)),
+        }
     }
 
     /// Turns a partition key into a partition (an explicit partition wins).
-    fn resolve_partition(&self, client: &Arc<ClientBox>, message: &mut Message) -> Result<()> {
+    fn resolve_partition(
+        &self,
+        client: &Arc<ClientBox>,
+        message: &mut Message,
+    ) -> std::result::Result<(), Refused> {
         if message.partition.is_some() {
             return Ok(());
         }
         let Some(key) = &message.partition_key else {
             return Ok(());
         };
-        match client
+        let partition = client
             .0
             .partition_for_key(&message.topic, self.topic_config.map(|c| &**c), key)
-        {
-            Ok(partition) => {
-                message.partition = Some(partition);
-                Ok(())
-            }
-            Err(source) => {
-                let inner = self.inner();
-                inner.report(ErrorKind::ProducerProduce, source.clone(), Some(message));
-                Err(Error::Produce {
-                    source,
-                    message: Box::new(std::mem::replace(message, Message::new("", ""))),
-                })
-            }
-        }
+            .map_err(|source| Refused {
+                reason: Rejection::Kafka(source),
+                label: None,
+                waited: Duration::ZERO,
+            })?;
+        message.partition = Some(partition);
+        Ok(())
     }
 
-    /// Hands one message to the client, waiting for room while the queue is full.
-    fn enqueue(&self, client: &Arc<ClientBox>, message: Message, delivery: Delivery) -> Result<()> {
-        let inner = self.inner();
-        let config = &inner.config;
-        let started = Instant::now();
-        let (mut message, mut delivery) = (message, delivery);
+    /// Hands one message to the client, waiting for room while the queue is full. The caller
+    /// keeps the message; on failure, [`Refused::into_error`] gives it to the error.
+    fn enqueue(
+        &self,
+        client: &Arc<ClientBox>,
+        message: &Message,
+        delivery: Delivery,
+    ) -> std::result::Result<(), Refused> {
+        let config = &self.inner().config;
+        let topic_config = self.topic_config.map(|c| &**c);
+        let mut delivery = delivery;
+        let mut started: Option<Instant> = None;
         loop {
-            let rejected =
-                match client
-                    .0
-                    .produce(message, self.topic_config.map(|c| &**c), delivery)
-                {
-                    Ok(()) => return Ok(()),
-                    Err(rejected) => rejected,
-                };
             let Rejected {
                 reason,
-                message: m,
-                delivery: d,
-            } = rejected;
-            match reason {
-                Rejection::QueueFull => {
-                    let waited = started.elapsed();
-                    if config.wait_on_queue_full && waited < config.wait_timeout_on_queue_full {
-                        let step = config
-                            .wait_backoff_on_queue_full
-                            .min(config.wait_timeout_on_queue_full - waited);
-                        inner.shared.room.wait(step);
-                        (message, delivery) = (m, d);
-                        continue;
-                    }
-                    let mut m = m;
-                    m.label = d.cancel();
-                    let error = Error::QueueFull {
-                        waited,
-                        message: Box::new(m),
-                    };
-                    inner.report_error(ErrorKind::ProducerQueueFull, &error);
-                    return Err(error);
-                }
-                Rejection::TopicConflict {
-                    claimed_by,
-                    requested,
-                } => {
-                    let mut m = m;
-                    m.label = d.cancel();
-                    let error = Error::VariantConflict {
-                        topic: m.topic.clone(),
-                        claimed_by,
-                        requested,
-                        message: Box::new(m),
-                    };
-                    inner.report_error(ErrorKind::ProducerProduce, &error);
-                    return Err(error);
-                }
-                Rejection::Kafka(source) => {
-                    let mut m = m;
-                    m.label = d.cancel();
-                    let error = Error::Produce {
-                        source,
-                        message: Box::new(m),
-                    };
-                    inner.report_error(ErrorKind::ProducerProduce, &error);
-                    return Err(error);
+                delivery: back,
+            } = match client.0.produce(message, topic_config, delivery) {
+                Ok(()) => return Ok(()),
+                Err(rejected) => rejected,
+            };
+            let waited = started.map_or(Duration::ZERO, |s| s.elapsed());
+            if let Rejection::QueueFull = reason {
+                let since = *started.get_or_insert_with(Instant::now);
+                let waited = since.elapsed();
+                if config.wait_on_queue_full && waited < config.wait_timeout_on_queue_full {
+                    let step = config
+                        .wait_backoff_on_queue_full
+                        .min(config.wait_timeout_on_queue_full - waited);
+                    self.inner().shared.room.wait(step);
+                    delivery = back;
+                    continue;
                 }
             }
+            return Err(Refused {
+                reason,
+                label: back.cancel(),
+                waited,
+            });
         }
+    }
+}
+
+/// Why a message was not handed over; becomes an [`Error`] owning the message.
+struct Refused {
+    reason: Rejection,
+    label: Option<karafka_core::Label>,
+    waited: Duration,
+}
+
+impl Refused {
+    fn into_error(self, inner: &Inner, mut message: Message) -> Error {
+        if self.label.is_some() {
+            message.label = self.label;
+        }
+        let (kind, error) = match self.reason {
+            Rejection::QueueFull => (
+                ErrorKind::ProducerQueueFull,
+                Error::QueueFull {
+                    waited: self.waited,
+                    message: Box::new(message),
+                },
+            ),
+            Rejection::TopicConflict {
+                claimed_by,
+                requested,
+            } => (
+                ErrorKind::ProducerProduce,
+                Error::VariantConflict {
+                    topic: message.topic.clone(),
+                    claimed_by,
+                    requested,
+                    message: Box::new(message),
+                },
+            ),
+            Rejection::Kafka(source) => (
+                ErrorKind::ProducerProduce,
+                Error::Produce {
+                    source,
+                    message: Box::new(message),
+                },
+            ),
+        };
+        inner.report_error(kind, &error);
+        error
     }
 }
 
@@ -662,21 +689,33 @@ impl Inner {
         }
     }
 
-    /// Prepares every message; on the first invalid one, sends nothing and gives all back.
-    fn prepare_all(&self, messages: Vec<Message>) -> Result<Vec<Message>> {
-        let mut prepared = Vec::with_capacity(messages.len());
-        let mut iter = messages.into_iter();
-        while let Some(message) = iter.next() {
-            match self.prepare(message) {
-                Ok(m) => prepared.push(m),
-                Err(failure) => {
-                    let mut not_sent = prepared;
-                    not_sent.extend(iter);
-                    return Err(self.batch_failure(failure, 0, not_sent));
-                }
+    /// Prepares every message in place; on the first invalid one, sends nothing and gives all
+    /// back.
+    fn prepare_all(&self, mut messages: Vec<Message>) -> Result<Vec<Message>> {
+        // Batches usually share one topic `Arc`: its name is checked once.
+        let mut checked_topic: Option<Arc<str>> = None;
+        for index in 0..messages.len() {
+            self.middleware.run(&mut messages[index]);
+            let message = &messages[index];
+            let known = checked_topic
+                .as_ref()
+                .is_some_and(|t| Arc::ptr_eq(t, &message.topic));
+            let verdict = self.check_message(message, !known);
+            if verdict.is_ok() && !known {
+                checked_topic = Some(message.topic.clone());
+            }
+            if let Err(reason) = verdict {
+                let message = messages.remove(index);
+                let failure = Error::InvalidMessage {
+                    topic: message.topic.clone(),
+                    reason,
+                    message: Box::new(message),
+                };
+                self.report_error(ErrorKind::ProducerProduce, &failure);
+                return Err(self.batch_failure(failure, 0, messages));
             }
         }
-        Ok(prepared)
+        Ok(messages)
     }
 
     fn batch_failure(&self, failure: Error, dispatched: usize, not_sent: Vec<Message>) -> Error {
@@ -691,8 +730,18 @@ impl Inner {
     }
 
     fn check(&self, message: &Message) -> std::result::Result<(), ConfigError> {
+        self.check_message(message, true)
+    }
+
+    fn check_message(
+        &self,
+        message: &Message,
+        check_topic: bool,
+    ) -> std::result::Result<(), ConfigError> {
         let mut v = Violations::new();
-        v.check_name("message.topic", &message.topic);
+        if check_topic {
+            v.check_name("message.topic", &message.topic);
+        }
         let size = message.payload_len();
         v.check(
             size <= self.config.max_payload_size,
@@ -792,13 +841,10 @@ impl Inner {
         }
     }
 
-    /// Closes a client once no dispatch uses it any more.
+    /// Closes a client taken out of service. A dispatch still holding it gets its message
+    /// back (a closed client refuses new messages); what is in flight is flushed for up to
+    /// `timeout`, then purged and reported failed.
     fn retire(client: Arc<ClientBox>, timeout: Duration) {
-        // Dispatches hold a clone only while handing messages over; wait them out.
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Arc::strong_count(&client) > 1 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
         client.0.close(timeout);
     }
 
@@ -829,18 +875,15 @@ impl Inner {
             }
         };
         if let Some(client) = &client {
-            for message in buffered {
-                let delivery = Delivery::batch(
-                    message.topic.clone(),
-                    message.partition,
-                    message.label.clone(),
-                    BatchState::new(self.shared.clone(), 1),
-                    0,
-                );
-                if let Err(rejected) = client.0.produce(message, None, delivery) {
-                    let mut m = rejected.message;
-                    m.label = rejected.delivery.cancel();
-                    undelivered.push(m);
+            for mut message in buffered {
+                let state = BatchState::new(self.shared.clone(), 1);
+                let topic_index = state.topic_index(&message.topic);
+                state.prepare_entry(0, topic_index, message.partition, message.label.take());
+                if let Err(rejected) = client.0.produce(&message, None, Delivery::entry(&state, 0))
+                {
+                    message.label = rejected.delivery.cancel();
+                    state.settle(1);
+                    undelivered.push(message);
                 }
             }
         }

@@ -66,8 +66,17 @@ impl BrokerKind {
             (_, FaultInjection) => false,
             (BrokerKind::Kafka, _) => true,
             (BrokerKind::Mock, ConsumerProtocol | ExactHighWatermarks | Transactions) => true,
-            (BrokerKind::Mock, ReadCommittedFiltersAborted | AdminCreateTopics) => false,
-            (BrokerKind::Tansu, AdminCreateTopics | Transactions) => true,
+            (
+                BrokerKind::Mock,
+                ReadCommittedFiltersAborted
+                | AdminCreateTopics
+                | TransactionalOffsetCommit
+                | ProducerFencing,
+            ) => false,
+            (
+                BrokerKind::Tansu,
+                AdminCreateTopics | Transactions | TransactionalOffsetCommit | ProducerFencing,
+            ) => true,
             (
                 BrokerKind::Tansu,
                 ConsumerProtocol | ReadCommittedFiltersAborted | ExactHighWatermarks,
@@ -95,8 +104,14 @@ pub enum Capability {
     AdminCreateTopics,
     /// High watermarks are exact after multi-record batches. Mock and Kafka; not Tansu.
     ExactHighWatermarks,
-    /// Transactional producers (begin/commit/abort, offsets in transactions).
+    /// Transactional producers (begin, commit, abort).
     Transactions,
+    /// Consumer offsets sent in a transaction become the group's committed offsets on
+    /// commit. Tansu and Kafka; the mock accepts them without storing them.
+    TransactionalOffsetCommit,
+    /// A second producer with the same `transactional.id` fences the first. Tansu and
+    /// Kafka; the mock gives every producer a new id instead of bumping the epoch.
+    ProducerFencing,
     /// Faults can be injected (broker down, request errors, latency): the embedded cluster.
     FaultInjection,
 }
@@ -112,6 +127,10 @@ impl Capability {
             Capability::AdminCreateTopics => "topic creation through the Admin API",
             Capability::ExactHighWatermarks => "exact high watermarks after multi-record batches",
             Capability::Transactions => "transactional producers",
+            Capability::TransactionalOffsetCommit => {
+                "storing consumer offsets committed inside transactions"
+            }
+            Capability::ProducerFencing => "fencing of producers that share a transactional.id",
             Capability::FaultInjection => "fault injection (only the embedded cluster)",
         }
     }
@@ -431,6 +450,10 @@ mod tests {
         assert!(!BrokerKind::Mock.supports(AdminCreateTopics));
         assert!(BrokerKind::Kafka.supports(ReadCommittedFiltersAborted));
         assert!(!BrokerKind::Kafka.supports(FaultInjection));
+        assert!(!BrokerKind::Mock.supports(TransactionalOffsetCommit));
+        assert!(!BrokerKind::Mock.supports(ProducerFencing));
+        assert!(BrokerKind::Tansu.supports(TransactionalOffsetCommit));
+        assert!(BrokerKind::Tansu.supports(ProducerFencing));
     }
 
     #[test]

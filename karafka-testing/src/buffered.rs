@@ -52,6 +52,7 @@ struct State {
     aborts: usize,
     faults: VecDeque<Fault>,
     closed: bool,
+    clients_created: usize,
 }
 
 #[derive(Debug, Default)]
@@ -165,6 +166,11 @@ impl BufferedClient {
             .collect()
     }
 
+    /// How many times a producer created this client (1 normally; more after rebuilds).
+    pub fn clients_created(&self) -> usize {
+        self.state().clients_created
+    }
+
     /// Forgets everything recorded (not the injected faults).
     pub fn clear(&self) {
         let mut s = self.state();
@@ -197,7 +203,16 @@ fn choose_partition(count: i32, key: Option<&[u8]>) -> Partition {
 
 impl ClientFactory for BufferedClient {
     fn create(&self, _setup: &ClientSetup<'_>) -> Result<Box<dyn Client>, KafkaError> {
-        self.state().closed = false;
+        let mut state = self.state();
+        state.closed = false;
+        state.clients_created += 1;
+        // A new client starts without a transaction; one left open by the previous client is
+        // abandoned, as a broker aborts it.
+        if let Some(abandoned) = state.transaction.take() {
+            state.aborted.extend(abandoned.messages);
+            state.aborts += 1;
+        }
+        drop(state);
         Ok(Box::new(self.clone()))
     }
 }
@@ -205,7 +220,7 @@ impl ClientFactory for BufferedClient {
 impl Client for BufferedClient {
     fn produce(
         &self,
-        mut message: Message,
+        message: &Message,
         topic_config: Option<&TopicConfig>,
         delivery: Delivery,
     ) -> Result<(), Rejected> {
@@ -216,7 +231,6 @@ impl Client for BufferedClient {
                     "produce",
                     "the buffered client is closed",
                 )),
-                message,
                 delivery,
             });
         }
@@ -226,19 +240,18 @@ impl Client for BufferedClient {
             Some(Fault::QueueFull) => {
                 return Err(Rejected {
                     reason: Rejection::QueueFull,
-                    message,
                     delivery,
                 });
             }
             Some(Fault::Refuse(e)) => {
                 return Err(Rejected {
                     reason: Rejection::Kafka(e),
-                    message,
                     delivery,
                 });
             }
             _ => {}
         }
+        let mut message = message.clone();
         if let Some(Fault::FailDelivery(error)) =
             Self::take_fault(&mut state, |f| matches!(f, Fault::FailDelivery(_)))
         {

@@ -57,28 +57,24 @@ pub enum Rejection {
     Kafka(KafkaError),
 }
 
-/// A message the client did not take, given back with its delivery sink.
+/// A message the client did not take: why, and its delivery sink back, not completed.
 #[derive(Debug)]
 pub struct Rejected {
     /// Why.
     pub reason: Rejection,
-    /// The message, untouched.
-    pub message: Message,
-    /// Its delivery sink, not completed.
+    /// The message's delivery sink, not completed.
     pub delivery: Delivery,
 }
 
 /// A Kafka producer client. All methods may be called from several threads at once.
 pub trait Client: Send + Sync + fmt::Debug + 'static {
     /// Takes `message` for delivery with `topic_config` (a variant's topic settings, `None`
-    /// for the producer's own). On `Ok`, the client must later call
-    /// [`Delivery::complete`] exactly once; on `Err`, it gives both back untouched.
-    // The error carries the message back by value: it is rare (a full queue) and boxing it
-    // would cost an allocation exactly when the producer is under pressure.
-    #[allow(clippy::result_large_err)]
+    /// for the producer's own), copying what it needs (the producer keeps the message, to give
+    /// it back if the client refuses it). On `Ok`, the client must later call
+    /// [`Delivery::complete`] exactly once; on `Err`, it gives the delivery back uncompleted.
     fn produce(
         &self,
-        message: Message,
+        message: &Message,
         topic_config: Option<&TopicConfig>,
         delivery: Delivery,
     ) -> Result<(), Rejected>;

@@ -19,7 +19,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use rdkafka_sys as sys;
 
 use super::{Client, ClientFactory, ClientSetup, ConsumerGroupMetadata, Rejected, Rejection};
-use crate::delivery::{Delivery, Outcome, Pending, lock};
+use crate::delivery::{Delivery, Outcome, lock};
 use crate::message::Message;
 use crate::variant::TopicConfig;
 
@@ -82,20 +82,26 @@ impl ClientContext for Context {
 }
 
 impl ProducerContext for Context {
-    type DeliveryOpaque = Box<Pending>;
+    type DeliveryOpaque = usize;
 
-    fn delivery(&self, result: &DeliveryResult<'_>, pending: Box<Pending>) {
+    fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
+        // SAFETY: every message this client sends carries `Delivery::into_opaque`, and
+        // librdkafka hands it back exactly once, here.
+        #[allow(unsafe_code)]
+        let delivery = unsafe { Delivery::from_opaque(opaque) };
         let outcome = match result {
+            // Without a broker answer (acks=0) librdkafka 2.x reports RD_KAFKA_OFFSET_INVALID
+            // (-1001); reports use -1 for every unknown offset.
             Ok(m) => Outcome::Delivered {
                 partition: m.partition(),
-                offset: m.offset(),
+                offset: m.offset().max(-1),
             },
             Err((error, m)) => {
                 let mut message = Message {
-                    topic: pending.topic().clone(),
+                    topic: delivery.topic(),
                     payload: m.payload().map(bytes::Bytes::copy_from_slice),
                     key: m.key().map(bytes::Bytes::copy_from_slice),
-                    partition: pending.partition(),
+                    partition: delivery.requested_partition(),
                     partition_key: None,
                     timestamp: m.timestamp().to_millis(),
                     headers: Default::default(),
@@ -110,7 +116,7 @@ impl ProducerContext for Context {
                 }
             }
         };
-        (*pending).complete(outcome);
+        delivery.complete(outcome);
     }
 }
 
@@ -407,24 +413,28 @@ fn hash_partition(partitioner: &str, key: &[u8], count: i32) -> Partition {
 }
 
 impl Client for RdKafkaClient {
-    #[allow(clippy::result_large_err)]
     fn produce(
         &self,
-        message: Message,
+        message: &Message,
         topic_config: Option<&TopicConfig>,
         delivery: Delivery,
     ) -> Result<(), Rejected> {
-        if let Err(reason) = self.claim(&message.topic, topic_config) {
+        if self.closed.load(Ordering::Acquire) {
             return Err(Rejected {
-                reason,
-                message,
+                reason: Rejection::Kafka(KafkaError::other(
+                    "produce",
+                    "the client is closed (the producer closed or rebuilt it)",
+                )),
                 delivery,
             });
         }
+        if let Err(reason) = self.claim(&message.topic, topic_config) {
+            return Err(Rejected { reason, delivery });
+        }
         let headers =
             (!message.headers.is_empty()).then(|| native::to_owned_headers(&message.headers));
-        let mut record: BaseRecord<'_, [u8], [u8], Box<Pending>> =
-            BaseRecord::with_opaque_to(&message.topic, delivery.into_box());
+        let mut record: BaseRecord<'_, [u8], [u8], usize> =
+            BaseRecord::with_opaque_to(&message.topic, delivery.into_opaque());
         if let Some(payload) = &message.payload {
             record = record.payload(payload);
         }
@@ -443,17 +453,16 @@ impl Client for RdKafkaClient {
         match self.producer.send(record) {
             Ok(()) => Ok(()),
             Err((error, record)) => {
-                let delivery = Delivery::from_box(record.delivery_opaque);
+                // SAFETY: the opaque was made by `into_opaque` above, and librdkafka gives a refused
+                // record's opaque back (here) instead of reporting its delivery.
+                #[allow(unsafe_code)]
+                let delivery = unsafe { Delivery::from_opaque(record.delivery_opaque) };
                 let reason = if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
                     Rejection::QueueFull
                 } else {
                     Rejection::Kafka(native::kafka_error("produce", &error))
                 };
-                Err(Rejected {
-                    reason,
-                    message,
-                    delivery,
-                })
+                Err(Rejected { reason, delivery })
             }
         }
     }
@@ -576,8 +585,14 @@ impl Client for RdKafkaClient {
 
 impl Drop for RdKafkaClient {
     fn drop(&mut self) {
-        // Normally closed by the producer already; this keeps an abandoned client from leaking
-        // the delivery sinks of messages still in librdkafka.
+        // Normally closed by the producer already. A message handed over while the close ran
+        // would otherwise stay in librdkafka with nobody serving its report: purge and serve
+        // the reports here, so every delivery sink completes.
         self.close(Duration::ZERO);
+        if self.in_flight() > 0 {
+            self.producer
+                .purge(PurgeConfig::default().queue().inflight());
+            let _ = self.producer.flush(Duration::from_secs(5));
+        }
     }
 }
