@@ -24,7 +24,8 @@ fn statistics_are_decoded_and_emitted() {
         .kafka("statistics.interval.ms", "100")
         .build()
         .unwrap();
-    let latest: Arc<Mutex<Option<(String, Arc<Statistics>)>>> = Arc::default();
+    type Latest = Arc<Mutex<Option<(String, Arc<Statistics>)>>>;
+    let latest: Latest = Arc::default();
     let sink = latest.clone();
     producer.monitor().subscribe_fn(move |e| {
         if let Event::StatisticsEmitted {

@@ -5,6 +5,9 @@
 //! abort, fatal ones rebuild the client; consumer offsets commit inside a transaction; a
 //! fenced producer rebuilds and recovers on a real broker.
 
+// Transaction results carry the producer's `Error`, which owns a full `KafkaError`.
+#![allow(clippy::result_large_err)]
+
 mod common;
 
 use std::sync::mpsc;

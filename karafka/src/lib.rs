@@ -15,8 +15,8 @@
 //! | Pro features | `karafka-pro` | `pro` (feature `pro`) |
 //! | tests: embedded cluster, fixtures | `karafka-testing` | `testing` (feature `testing`) |
 //!
-//! **Status:** the shared core (settings, contracts, instrumentation, message types) and the
-//! test fixtures are ready; the producer and consumer are under construction.
+//! **Status:** the shared core (settings, contracts, instrumentation, message types), the
+//! producer and the test fixtures are ready; the consumer is under construction.
 //!
 //! ```
 //! use karafka::KafkaSettings;
