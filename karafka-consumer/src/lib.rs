@@ -1,7 +1,89 @@
 //! # karafka-consumer
 //!
-//! The consumer framework of karafka-rs: routing (consumer groups, subscription groups,
-//! topics), one listener per librdkafka client, a worker pool, offsets that are stored only
-//! for processed work, retries with back-off, dead-letter queues and rebalance handling.
+//! The consumer framework of karafka-rs: declare routes (topic → consumer type) and it runs
+//! the connections, batch polling, a worker pool, offsets that are stored only for processed
+//! work, retries with back-off, dead-letter queues and rebalance handling.
 //!
-//! **Status:** under construction. This crate exports nothing usable yet.
+//! ## A short tour
+//!
+//! - [`App`] / [`AppBuilder`]: librdkafka settings, processing settings (`concurrency`,
+//!   `shutdown_timeout`, retry back-off) and [`routing`] (consumer groups, subscription
+//!   groups, topics), all validated at `build()` with every problem listed.
+//! - [`Consumer`]: one `async fn consume(&mut self, ctx)`, plus optional hooks (`revoked`,
+//!   `shutdown`, `eofed`, `initialized`). One instance per assigned partition.
+//! - [`Context`]: the batch ([`Messages`], with [`BatchMetadata`] and its two lags), marking
+//!   (`mark_as_consumed`, `mark_as_consumed_sync`), `seek`, `pause`/`resume`, `is_revoked`,
+//!   the attempt number, the producer.
+//! - [`payload`]: what payloads decode into ([`payload::Json`] by default choice,
+//!   [`payload::Raw`], [`payload::Text`]); decoding is lazy and failures are retried, then
+//!   dead-lettered.
+//!
+//! ## How it runs
+//!
+//! One librdkafka client per subscription group, polled by a listener on a named thread
+//! (`karafka.listener#<group>.<subscription group>`); jobs (consume, revoked, shutdown,
+//! eofed) run on a tokio runtime, at most `concurrency` at once, one at a time per partition.
+//! A listener hands out its next batch only when the jobs of its previous one finished.
+//!
+//! Offsets: `enable.auto.offset.store=false`; after a successful batch the framework stores
+//! its last offset + 1 (unless offsets are managed manually, or the consumer seeked or paused)
+//! and librdkafka commits stored offsets in the background; revocation and shutdown commit
+//! synchronously. A failed batch is never marked: it is retried from its first unmarked
+//! message after a back-off (`pause_timeout`, doubling, capped at `pause_max_timeout`), and
+//! with a dead-letter queue the message that keeps failing is dispatched and skipped.
+//!
+//! ```no_run
+//! use karafka_consumer::{App, Consumer, ConsumeResult, Context};
+//! use karafka_consumer::payload::Json;
+//! use karafka_consumer::routing::DeadLetterQueue;
+//!
+//! #[derive(serde::Deserialize)]
+//! struct Visit { page: String }
+//!
+//! #[derive(Default)]
+//! struct Visits { count: u64 }
+//!
+//! impl Consumer for Visits {
+//!     type Payload = Json<Visit>;
+//!     async fn consume(&mut self, ctx: &Context<Json<Visit>>) -> ConsumeResult {
+//!         for message in ctx.messages() {
+//!             let visit = message.payload()?;
+//!             self.count += 1;
+//!             println!("{} visited", visit.page);
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let app = App::builder()
+//!     .kafka("bootstrap.servers", "127.0.0.1:9092")
+//!     .topic("visits", |t| {
+//!         t.consumer(Visits::default)
+//!             .dead_letter_queue(DeadLetterQueue::new("visits-dlq").max_retries(3))
+//!     })
+//!     .build()?;
+//! let running = app.start()?;
+//! // ... until it is time to stop:
+//! running.stop()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod app;
+pub(crate) mod connection;
+mod consumer;
+mod context;
+mod error;
+mod message;
+pub mod payload;
+pub(crate) mod processing;
+pub mod routing;
+mod settings;
+
+pub use app::{App, AppBuilder, Running};
+pub use consumer::{ConsumeResult, Consumer, NoConsumer};
+pub use context::{ClientOps, Context};
+pub use error::{Error, Result};
+pub use message::{BatchMetadata, DeserializationError, Message, Messages};
+pub use settings::{
+    DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::statistics::Statistics;
-use crate::message::{Label, Partition};
+use crate::message::{Label, Partition, TopicPartition};
 
 /// Everything karafka-rs reports. Each variant has a stable dotted [`name`](Event::name)
 /// (`error.occurred`, `message.acknowledged`, ...) for logs and metrics.
@@ -92,8 +92,213 @@ pub enum Event {
         /// How long the step took (commit and abort include librdkafka's flush).
         duration: Duration,
     },
+    /// `connection.listener.fetch_loop.received`: a listener polled a batch.
+    BatchReceived {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Subscription group (one client, one listener).
+        subscription_group: Arc<str>,
+        /// Messages in the batch.
+        messages: usize,
+        /// Distinct partitions in the batch.
+        partitions: usize,
+        /// How long the poll took.
+        duration: Duration,
+    },
+    /// `consumer.consume`: a batch is handed to a consumer.
+    Consume {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: Partition,
+        /// Messages in the batch.
+        messages: usize,
+        /// First offset of the batch.
+        first_offset: i64,
+        /// Last offset of the batch.
+        last_offset: i64,
+    },
+    /// `consumer.consumed`: a consumer processed a batch successfully.
+    Consumed {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: Partition,
+        /// Messages in the batch.
+        messages: usize,
+        /// First offset of the batch.
+        first_offset: i64,
+        /// Last offset of the batch.
+        last_offset: i64,
+        /// Time in `consume`.
+        duration: Duration,
+        /// Milliseconds from the last message's create time to the start of processing.
+        consumption_lag_ms: i64,
+        /// Milliseconds the batch waited between being polled and being processed.
+        processing_lag_ms: i64,
+    },
+    /// `consumer.revoked`, `consumer.shutdown`, `consumer.eofed`, `consumer.initialized`: a
+    /// lifecycle hook of a consumer ran.
+    ConsumerHook {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: Partition,
+        /// Which hook.
+        job: JobKind,
+        /// Time in the hook.
+        duration: Duration,
+    },
+    /// `worker.process`: a worker picked up a job.
+    WorkerProcess {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: Partition,
+        /// Which job.
+        job: JobKind,
+    },
+    /// `worker.processed`: a worker finished a job (successfully or not).
+    WorkerProcessed {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: Partition,
+        /// Which job.
+        job: JobKind,
+        /// Time from pickup to finish.
+        duration: Duration,
+    },
+    /// `rebalance.partitions_assigned`, `rebalance.partitions_revoked`,
+    /// `rebalance.partitions_lost`: a rebalance changed a client's assignment.
+    Rebalance {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Subscription group.
+        subscription_group: Arc<str>,
+        /// What happened.
+        change: AssignmentChange,
+        /// The partitions concerned.
+        partitions: Vec<TopicPartition>,
+    },
+    /// `client.pause`: a partition was paused.
+    Paused {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: Partition,
+        /// Offset to resume from.
+        offset: i64,
+        /// How long.
+        timeout: Duration,
+        /// Why.
+        reason: PauseReason,
+    },
+    /// `client.resume`: a paused partition was resumed.
+    Resumed {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: Partition,
+    },
+    /// `consumer.consuming.retry`: a failed batch will be retried after a back-off.
+    Retry {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Topic.
+        topic: Arc<str>,
+        /// Partition.
+        partition: Partition,
+        /// Attempt about to start (2 = first retry).
+        attempt: u32,
+        /// Offset processing resumes from.
+        offset: i64,
+        /// Back-off before the retry.
+        backoff: Duration,
+    },
+    /// `dead_letter_queue.dispatched`: a message that kept failing was sent to the DLQ topic and
+    /// skipped.
+    DlqDispatched {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// Source topic.
+        topic: Arc<str>,
+        /// Source partition.
+        partition: Partition,
+        /// Source offset.
+        offset: i64,
+        /// Dead-letter topic.
+        dlq_topic: Arc<str>,
+        /// Attempts made before giving up on the message.
+        attempts: u32,
+    },
     /// An application-defined event (name chosen by the application).
     Custom(CustomEvent),
+}
+
+/// Consumer jobs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum JobKind {
+    /// `consume` with a batch.
+    Consume,
+    /// `revoked`: the partition was taken away.
+    Revoked,
+    /// `shutdown`: the app stops.
+    Shutdown,
+    /// `eofed`: the end of the partition was reached.
+    Eofed,
+    /// `initialized`: the consumer instance was created.
+    Initialized,
+}
+
+impl JobKind {
+    /// `consume`, `revoked`, `shutdown`, `eofed`, `initialized`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            JobKind::Consume => "consume",
+            JobKind::Revoked => "revoked",
+            JobKind::Shutdown => "shutdown",
+            JobKind::Eofed => "eofed",
+            JobKind::Initialized => "initialized",
+        }
+    }
+}
+
+/// How a rebalance changed an assignment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum AssignmentChange {
+    /// Partitions were assigned.
+    Assigned,
+    /// Partitions were revoked (offsets were committed first).
+    Revoked,
+    /// Partitions were lost (the member was considered dead; no commit was possible).
+    Lost,
+}
+
+/// Why a partition was paused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PauseReason {
+    /// Processing failed; it resumes after the back-off.
+    Retry,
+    /// The consumer asked for it (`Context::pause`).
+    User,
 }
 
 impl Event {
@@ -117,6 +322,22 @@ impl Event {
         "transaction.committed",
         "transaction.aborted",
         "transaction.marked_as_consumed",
+        "connection.listener.fetch_loop.received",
+        "consumer.consume",
+        "consumer.consumed",
+        "consumer.revoked",
+        "consumer.shutdown",
+        "consumer.eofed",
+        "consumer.initialized",
+        "worker.process",
+        "worker.processed",
+        "rebalance.partitions_assigned",
+        "rebalance.partitions_revoked",
+        "rebalance.partitions_lost",
+        "client.pause",
+        "client.resume",
+        "consumer.consuming.retry",
+        "dead_letter_queue.dispatched",
     ];
 
     /// The event's stable dotted name.
@@ -156,6 +377,27 @@ impl Event {
                 TransactionStage::Aborted => "transaction.aborted",
                 TransactionStage::MarkedAsConsumed => "transaction.marked_as_consumed",
             },
+            Event::BatchReceived { .. } => "connection.listener.fetch_loop.received",
+            Event::Consume { .. } => "consumer.consume",
+            Event::Consumed { .. } => "consumer.consumed",
+            Event::ConsumerHook { job, .. } => match job {
+                JobKind::Revoked => "consumer.revoked",
+                JobKind::Shutdown => "consumer.shutdown",
+                JobKind::Eofed => "consumer.eofed",
+                JobKind::Initialized => "consumer.initialized",
+                JobKind::Consume => "consumer.consumed",
+            },
+            Event::WorkerProcess { .. } => "worker.process",
+            Event::WorkerProcessed { .. } => "worker.processed",
+            Event::Rebalance { change, .. } => match change {
+                AssignmentChange::Assigned => "rebalance.partitions_assigned",
+                AssignmentChange::Revoked => "rebalance.partitions_revoked",
+                AssignmentChange::Lost => "rebalance.partitions_lost",
+            },
+            Event::Paused { .. } => "client.pause",
+            Event::Resumed { .. } => "client.resume",
+            Event::Retry { .. } => "consumer.consuming.retry",
+            Event::DlqDispatched { .. } => "dead_letter_queue.dispatched",
             Event::Custom(e) => &e.name,
         }
     }
@@ -165,7 +407,11 @@ impl Event {
         match self {
             Event::MessagesProduced { duration, .. }
             | Event::BufferFlushed { duration, .. }
-            | Event::Transaction { duration, .. } => Some(*duration),
+            | Event::Transaction { duration, .. }
+            | Event::BatchReceived { duration, .. }
+            | Event::Consumed { duration, .. }
+            | Event::ConsumerHook { duration, .. }
+            | Event::WorkerProcessed { duration, .. } => Some(*duration),
             Event::Custom(e) => e.duration,
             _ => None,
         }
@@ -239,6 +485,93 @@ impl fmt::Display for Event {
                 duration,
                 ..
             } => write!(f, "{name} {producer_id} in {duration:?}"),
+            Event::BatchReceived {
+                subscription_group,
+                messages,
+                partitions,
+                duration,
+                ..
+            } => write!(
+                f,
+                "{name} {subscription_group}: {messages} message(s) from {partitions} partition(s) in {duration:?}"
+            ),
+            Event::Consume {
+                topic,
+                partition,
+                messages,
+                first_offset,
+                last_offset,
+                ..
+            } => write!(f, "{name} {topic}/{partition}: {messages} message(s) {first_offset}..={last_offset}"),
+            Event::Consumed {
+                topic,
+                partition,
+                messages,
+                duration,
+                consumption_lag_ms,
+                ..
+            } => write!(
+                f,
+                "{name} {topic}/{partition}: {messages} message(s) in {duration:?} (lag {consumption_lag_ms} ms)"
+            ),
+            Event::ConsumerHook {
+                topic,
+                partition,
+                duration,
+                ..
+            } => write!(f, "{name} {topic}/{partition} in {duration:?}"),
+            Event::WorkerProcess {
+                topic, partition, job, ..
+            } => write!(f, "{name} {} {topic}/{partition}", job.as_str()),
+            Event::WorkerProcessed {
+                topic,
+                partition,
+                job,
+                duration,
+                ..
+            } => write!(f, "{name} {} {topic}/{partition} in {duration:?}", job.as_str()),
+            Event::Rebalance {
+                subscription_group,
+                partitions,
+                ..
+            } => {
+                write!(f, "{name} {subscription_group}:")?;
+                for tp in partitions {
+                    write!(f, " {tp}")?;
+                }
+                Ok(())
+            }
+            Event::Paused {
+                topic,
+                partition,
+                offset,
+                timeout,
+                reason,
+                ..
+            } => write!(f, "{name} {topic}/{partition} until offset {offset} resumes in {timeout:?} ({reason:?})"),
+            Event::Resumed { topic, partition, .. } => write!(f, "{name} {topic}/{partition}"),
+            Event::Retry {
+                topic,
+                partition,
+                attempt,
+                offset,
+                backoff,
+                ..
+            } => write!(
+                f,
+                "{name} {topic}/{partition}: attempt {attempt} from offset {offset} after {backoff:?}"
+            ),
+            Event::DlqDispatched {
+                topic,
+                partition,
+                offset,
+                dlq_topic,
+                attempts,
+                ..
+            } => write!(
+                f,
+                "{name} {topic}/{partition}@{offset} -> {dlq_topic} after {attempts} attempt(s)"
+            ),
             Event::Custom(e) => {
                 f.write_str(&e.name)?;
                 if let Some(d) = e.duration {

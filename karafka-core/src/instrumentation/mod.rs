@@ -34,7 +34,8 @@ pub mod statistics;
 mod tracing_listener;
 
 pub use event::{
-    CustomEvent, Dispatch, ErrorKind, ErrorOccurred, Event, ProducerStage, TransactionStage,
+    AssignmentChange, CustomEvent, Dispatch, ErrorKind, ErrorOccurred, Event, JobKind,
+    PauseReason, ProducerStage, TransactionStage,
 };
 pub use monitor::{FnListener, Listener, Monitor, SubscriptionId};
 pub use statistics::Statistics;

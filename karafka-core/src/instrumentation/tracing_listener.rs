@@ -30,7 +30,13 @@ impl TracingListener {
     pub fn level(event: &Event) -> Level {
         match event {
             Event::ErrorOccurred(_) => Level::ERROR,
-            Event::ProducerLifecycle { .. } => Level::INFO,
+            Event::ProducerLifecycle { .. } | Event::Rebalance { .. } => Level::INFO,
+            Event::Retry { .. } | Event::DlqDispatched { .. } => Level::WARN,
+            Event::Paused { .. } | Event::Resumed { .. } | Event::ConsumerHook { .. } => Level::DEBUG,
+            Event::Consumed { .. } | Event::BatchReceived { .. } => Level::DEBUG,
+            Event::Consume { .. } | Event::WorkerProcess { .. } | Event::WorkerProcessed { .. } => {
+                Level::TRACE
+            }
             Event::MessagesProduced { .. }
             | Event::MessagesBuffered { .. }
             | Event::BufferFlushed { .. }

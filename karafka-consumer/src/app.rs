@@ -1,0 +1,501 @@
+//! The app: settings, routes, and starting and stopping its listeners.
+
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use karafka_core::instrumentation::Monitor;
+use karafka_core::{ConfigError, KafkaSettings, Violations};
+use karafka_producer::Producer;
+
+use crate::consumer::Consumer;
+use crate::error::{Error, Result};
+use crate::routing::{self, ConsumerGroupBuilder, Routes, TopicBuilder, TopicSettings};
+use crate::settings::{
+    DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
+    ProcessingSettings,
+};
+
+/// Flags every listener of a running app watches.
+#[derive(Debug, Default)]
+pub(crate) struct Control {
+    pub(crate) stop: AtomicBool,
+    /// Jobs in flight, for the shutdown report: (listener, job description, started).
+    pub(crate) in_flight: Mutex<Vec<(String, String, Instant)>>,
+}
+
+impl Control {
+    pub(crate) fn stopping(&self) -> bool {
+        self.stop.load(Ordering::Acquire)
+    }
+}
+
+/// Configures an [`App`]: librdkafka settings, processing settings and routes.
+///
+/// ```
+/// use karafka_consumer::{App, Consumer, ConsumeResult, Context, payload::Raw};
+///
+/// struct Printer;
+/// impl Consumer for Printer {
+///     type Payload = Raw;
+///     async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
+///         println!("{} messages", ctx.messages().len());
+///         Ok(())
+///     }
+/// }
+///
+/// let app = App::builder()
+///     .kafka("bootstrap.servers", "127.0.0.1:9092")
+///     .concurrency(10)
+///     .topic("events", |t| t.consumer(|| Printer).max_messages(500))
+///     .build()
+///     .unwrap();
+/// assert_eq!(app.routes().consumer_groups().count(), 1);
+/// ```
+pub struct AppBuilder {
+    name: String,
+    kafka: KafkaSettings,
+    concurrency: usize,
+    shutdown_timeout: Duration,
+    pause_timeout: Duration,
+    pause_max_timeout: Duration,
+    pause_exponential: bool,
+    defaults: TopicSettings,
+    groups: Vec<ConsumerGroupBuilder>,
+    monitor: Option<Monitor>,
+    producer: Option<Producer>,
+}
+
+impl Default for AppBuilder {
+    fn default() -> Self {
+        AppBuilder {
+            name: "karafka".to_owned(),
+            kafka: KafkaSettings::new(),
+            concurrency: DEFAULT_CONCURRENCY,
+            shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+            pause_timeout: DEFAULT_PAUSE_TIMEOUT,
+            pause_max_timeout: DEFAULT_PAUSE_MAX_TIMEOUT,
+            pause_exponential: true,
+            defaults: TopicSettings::default(),
+            groups: Vec::new(),
+            monitor: None,
+            producer: None,
+        }
+    }
+}
+
+impl fmt::Debug for AppBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AppBuilder")
+            .field("name", &self.name)
+            .field("kafka", &self.kafka)
+            .field("concurrency", &self.concurrency)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("consumer_groups", &self.groups)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AppBuilder {
+    /// The app's name: the default consumer group's id (default `karafka`).
+    pub fn name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
+    }
+
+    /// A librdkafka setting for every connection (`bootstrap.servers` is required).
+    pub fn kafka(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.kafka.set(key, value);
+        self
+    }
+
+    /// Every librdkafka setting of `settings`.
+    pub fn kafka_settings(mut self, settings: &KafkaSettings) -> Self {
+        self.kafka = self.kafka.merged(settings);
+        self
+    }
+
+    /// How many jobs run at once, across the app (default 5).
+    pub fn concurrency(mut self, jobs: usize) -> Self {
+        self.concurrency = jobs;
+        self
+    }
+
+    /// How long stopping may take before it gives up and reports what blocked (default 60 s;
+    /// must exceed every topic's `max_wait_time`).
+    pub fn shutdown_timeout(mut self, timeout: Duration) -> Self {
+        self.shutdown_timeout = timeout;
+        self
+    }
+
+    /// First retry back-off after a failed batch (default 1 s).
+    pub fn pause_timeout(mut self, timeout: Duration) -> Self {
+        self.pause_timeout = timeout;
+        self
+    }
+
+    /// Cap of the retry back-off (default 30 s).
+    pub fn pause_max_timeout(mut self, timeout: Duration) -> Self {
+        self.pause_max_timeout = timeout;
+        self
+    }
+
+    /// Whether the back-off doubles with each retry (default true).
+    pub fn pause_with_exponential_backoff(mut self, exponential: bool) -> Self {
+        self.pause_exponential = exponential;
+        self
+    }
+
+    /// Settings every topic starts from (its own settings override them).
+    pub fn defaults(mut self, f: impl FnOnce(TopicBuilder) -> TopicBuilder) -> Self {
+        self.defaults = f(TopicBuilder::new("defaults")).settings;
+        self
+    }
+
+    /// Routes a topic in the default consumer group (named after the app).
+    pub fn topic<C: Consumer>(mut self, name: &str, f: impl FnOnce(TopicBuilder) -> TopicBuilder<C>) -> Self {
+        let group = self.name.clone();
+        let index = match self.groups.iter().position(|g| g.name == group) {
+            Some(i) => i,
+            None => {
+                self.groups.push(ConsumerGroupBuilder::new(group));
+                self.groups.len() - 1
+            }
+        };
+        let builder = std::mem::replace(&mut self.groups[index], ConsumerGroupBuilder::new(""));
+        self.groups[index] = builder.topic(name, f);
+        self
+    }
+
+    /// Routes topics in the consumer group `name`.
+    pub fn consumer_group(mut self, name: &str, f: impl FnOnce(ConsumerGroupBuilder) -> ConsumerGroupBuilder) -> Self {
+        self.groups.push(f(ConsumerGroupBuilder::new(name)));
+        self
+    }
+
+    /// Where events go (default: a new monitor, see [`App::monitor`]).
+    pub fn monitor(mut self, monitor: Monitor) -> Self {
+        self.monitor = Some(monitor);
+        self
+    }
+
+    /// The producer consumers reach through their context and dead-letter queues use
+    /// (default: one built from this app's connection settings, connected on first use).
+    pub fn producer(mut self, producer: Producer) -> Self {
+        self.producer = Some(producer);
+        self
+    }
+
+    /// Validates everything and builds the app (nothing connects yet).
+    pub fn build(self) -> Result<App, ConfigError> {
+        let mut v = Violations::new();
+        let monitor = self.monitor.unwrap_or_default();
+        v.check(
+            self.kafka.get("bootstrap.servers").is_some_and(|s| !s.trim().is_empty()),
+            "app.kafka.bootstrap.servers",
+            || "is required: the brokers to connect to, e.g. `127.0.0.1:9092`".into(),
+        );
+        v.extend(self.kafka.validate("app.kafka"));
+        v.check(self.concurrency >= 1, "app.concurrency", || "must be at least 1".into());
+        v.check(!self.pause_timeout.is_zero(), "app.pause_timeout", || "must be greater than 0".into());
+        v.check(self.pause_timeout <= self.pause_max_timeout, "app.pause_timeout", || {
+            format!(
+                "is {:?}, longer than pause_max_timeout ({:?}); the back-off can never reach it",
+                self.pause_timeout, self.pause_max_timeout
+            )
+        });
+        let routes = routing::resolve(&self.kafka, &self.defaults, self.groups, &monitor, &mut v);
+        for group in &routes.consumer_groups {
+            for topic in &group.topics {
+                v.check(
+                    self.shutdown_timeout > topic.max_wait_time,
+                    "app.shutdown_timeout",
+                    || {
+                        format!(
+                            "is {:?}, not longer than the max_wait_time of `{}` ({:?}): a listener could \
+                             still be waiting for a batch when the shutdown gives up",
+                            self.shutdown_timeout, topic.name, topic.max_wait_time
+                        )
+                    },
+                );
+            }
+        }
+        let producer = match self.producer {
+            Some(p) => Some(p),
+            None if v.is_empty() => match default_producer(&self.kafka, &monitor) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    v.absorb(e);
+                    None
+                }
+            },
+            None => None,
+        };
+        v.into_result()?;
+        let Some(producer) = producer else {
+            return Err(ConfigError::single("app.producer", "could not be built"));
+        };
+        Ok(App {
+            inner: Arc::new(AppInner {
+                name: self.name,
+                routes,
+                monitor,
+                producer,
+                settings: ProcessingSettings {
+                    concurrency: self.concurrency,
+                    shutdown_timeout: self.shutdown_timeout,
+                    pause_timeout: self.pause_timeout,
+                    pause_max_timeout: self.pause_max_timeout,
+                    pause_exponential: self.pause_exponential,
+                },
+                running: AtomicBool::new(false),
+            }),
+        })
+    }
+}
+
+/// Keys of the app's connection settings the default producer inherits.
+const PRODUCER_KEYS: &[&str] = &[
+    "bootstrap.servers",
+    "client.id",
+    "security.protocol",
+    "socket.",
+    "ssl.",
+    "sasl.",
+    "broker.address.family",
+    "log_level",
+];
+
+fn default_producer(kafka: &KafkaSettings, monitor: &Monitor) -> std::result::Result<Producer, ConfigError> {
+    let inherited: KafkaSettings = kafka
+        .iter()
+        .filter(|(k, _)| PRODUCER_KEYS.iter().any(|p| if p.ends_with('.') { k.starts_with(p) } else { k == p }))
+        .collect();
+    Producer::builder()
+        .id("karafka-app")
+        .kafka_settings(&inherited)
+        .monitor(monitor.clone())
+        .build()
+}
+
+pub(crate) struct AppInner {
+    pub(crate) name: String,
+    pub(crate) routes: Routes,
+    pub(crate) monitor: Monitor,
+    pub(crate) producer: Producer,
+    pub(crate) settings: ProcessingSettings,
+    running: AtomicBool,
+}
+
+/// A built app: routes and settings, ready to [`start`](App::start). Cheap to clone.
+#[derive(Clone)]
+pub struct App {
+    pub(crate) inner: Arc<AppInner>,
+}
+
+impl App {
+    /// A builder with every default.
+    pub fn builder() -> AppBuilder {
+        AppBuilder::default()
+    }
+
+    /// The app's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The validated routes.
+    pub fn routes(&self) -> &Routes {
+        &self.inner.routes
+    }
+
+    /// The monitor (subscribe listeners here).
+    pub fn monitor(&self) -> &Monitor {
+        &self.inner.monitor
+    }
+
+    /// The app's producer.
+    pub fn producer(&self) -> &Producer {
+        &self.inner.producer
+    }
+
+    /// Starts a listener thread per subscription group; jobs run on the current tokio runtime
+    /// if called inside one, otherwise on a runtime the returned handle owns.
+    pub fn start(&self) -> Result<Running> {
+        if self.inner.running.swap(true, Ordering::AcqRel) {
+            return Err(Error::AlreadyRunning);
+        }
+        let started = self.start_listeners();
+        if started.is_err() {
+            self.inner.running.store(false, Ordering::Release);
+        }
+        started
+    }
+
+    fn start_listeners(&self) -> Result<Running> {
+        let inner = &self.inner;
+        let (runtime, handle) = match tokio::runtime::Handle::try_current() {
+            Ok(handle) => (None, handle),
+            Err(_) => {
+                let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+                let runtime = tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(workers)
+                    .thread_name("karafka.worker")
+                    .enable_all()
+                    .build()
+                    .map_err(|e| karafka_core::Error::Io {
+                        operation: "start the worker runtime".into(),
+                        source: e,
+                    })?;
+                let handle = runtime.handle().clone();
+                (Some(runtime), handle)
+            }
+        };
+        let control = Arc::new(Control::default());
+        let semaphore = Arc::new(tokio::sync::Semaphore::new(inner.settings.concurrency));
+        let (done_tx, done_rx) = mpsc::channel();
+        let mut listeners = Vec::new();
+        for group in &inner.routes.consumer_groups {
+            for sg in &group.subscription_groups {
+                let listener = crate::connection::listener::Listener::new(
+                    sg.clone(),
+                    self.clone(),
+                    control.clone(),
+                    handle.clone(),
+                    semaphore.clone(),
+                );
+                let listener = match listener {
+                    Ok(l) => l,
+                    Err(e) => {
+                        control.stop.store(true, Ordering::Release);
+                        for (_, t) in listeners {
+                            let _ = JoinHandle::join(t);
+                        }
+                        return Err(e);
+                    }
+                };
+                let name = format!("karafka.listener#{}.{}", group.name, sg.name);
+                let done = done_tx.clone();
+                let label = name.clone();
+                let thread = std::thread::Builder::new()
+                    .name(name.clone())
+                    .spawn(move || {
+                        listener.run();
+                        let _ = done.send(label);
+                    })
+                    .map_err(|e| karafka_core::Error::Io {
+                        operation: "start a listener thread".into(),
+                        source: e,
+                    })?;
+                listeners.push((name, thread));
+            }
+        }
+        Ok(Running {
+            app: self.clone(),
+            control,
+            listeners,
+            done: done_rx,
+            runtime,
+        })
+    }
+}
+
+impl fmt::Debug for App {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("App")
+            .field("name", &self.inner.name)
+            .field("routes", &self.inner.routes)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A started app. [`stop`](Running::stop) it to finish in-flight jobs, commit and leave the
+/// groups; dropping it stops it too.
+pub struct Running {
+    app: App,
+    control: Arc<Control>,
+    listeners: Vec<(String, JoinHandle<()>)>,
+    done: mpsc::Receiver<String>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Running {
+    /// Whether every listener is still running.
+    pub fn is_running(&self) -> bool {
+        !self.control.stopping() && self.listeners.iter().all(|(_, t)| !t.is_finished())
+    }
+
+    /// Stops: no new batches; in-flight jobs finish; `shutdown` hooks run; offsets are
+    /// committed; groups are left. Waits up to `shutdown_timeout`, then fails with a report
+    /// of what was still running.
+    pub fn stop(mut self) -> Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> Result<()> {
+        self.control.stop.store(true, Ordering::Release);
+        let timeout = self.app.inner.settings.shutdown_timeout;
+        let deadline = Instant::now() + timeout;
+        let mut remaining: Vec<String> = self.listeners.iter().map(|(n, _)| n.clone()).collect();
+        while !remaining.is_empty() {
+            let now = Instant::now();
+            if now >= deadline {
+                return Err(Error::ShutdownTimeout {
+                    timeout,
+                    report: self.report(&remaining),
+                });
+            }
+            match self.done.recv_timeout(deadline - now) {
+                Ok(name) => remaining.retain(|n| *n != name),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            }
+        }
+        for (_, thread) in self.listeners.drain(..) {
+            let _ = thread.join();
+        }
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_timeout(Duration::from_secs(1));
+        }
+        self.app.inner.running.store(false, Ordering::Release);
+        Ok(())
+    }
+
+    fn report(&self, listeners: &[String]) -> String {
+        let mut report = String::new();
+        for name in listeners {
+            report.push_str(&format!("  listener {name} is still running\n"));
+        }
+        for (listener, job, since) in self.control.in_flight.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+            report.push_str(&format!(
+                "  job {job} of {listener} has been running for {:?}\n",
+                since.elapsed()
+            ));
+        }
+        report
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if !self.listeners.is_empty() {
+            let _ = self.stop_inner();
+        }
+        // A runtime must not be dropped inside another one's context: shut it down in the
+        // background when stopping timed out.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running")
+            .field("app", &self.app.inner.name)
+            .field("listeners", &self.listeners.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .finish()
+    }
+}

@@ -1,0 +1,212 @@
+//! The librdkafka side of a subscription group: its context (rebalances, commits, statistics,
+//! errors) and the offset operations jobs use.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use karafka_core::instrumentation::{AssignmentChange, ErrorKind, ErrorOccurred, Event, Monitor, Statistics};
+use karafka_core::{KafkaError, TopicPartition, native};
+use karafka_producer::{ConsumerGroupMetadata, Producer};
+use rdkafka::config::RDKafkaLogLevel;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::types::RDKafkaErrorCode;
+use rdkafka::{ClientContext, Offset, TopicPartitionList};
+
+use crate::app::Control;
+use crate::context::ClientOps;
+use crate::processing::coordinator::Coordinator;
+use crate::routing::SubscriptionGroupRoute;
+use crate::settings::ProcessingSettings;
+
+/// State of one subscription group shared by its listener, the rebalance callbacks (which run
+/// on the listener thread, inside `poll`) and its jobs.
+pub(crate) struct GroupShared {
+    pub(crate) route: Arc<SubscriptionGroupRoute>,
+    pub(crate) monitor: Monitor,
+    pub(crate) producer: Producer,
+    pub(crate) settings: ProcessingSettings,
+    pub(crate) control: Arc<Control>,
+    /// Every assigned partition that has had a batch. Evicted on revocation.
+    pub(crate) coordinators: Mutex<HashMap<TopicPartition, Arc<Coordinator>>>,
+    /// Partitions revoked (true: lost) during the last poll, for the listener to act on.
+    pub(crate) revocations: Mutex<Vec<(TopicPartition, bool)>>,
+    /// Set once the listener shuts down: the final revocation runs no hooks.
+    pub(crate) closing: AtomicBool,
+}
+
+impl GroupShared {
+    pub(crate) fn error(&self, kind: ErrorKind, error: impl std::error::Error + Send + Sync + 'static, tp: Option<&TopicPartition>) {
+        self.monitor.emit_with(|| {
+            let mut e = ErrorOccurred::new(kind, error).source_id(self.route.consumer_group.clone());
+            if let Some(tp) = tp {
+                e = e.at(tp.topic.clone(), Some(tp.partition), None);
+            }
+            Event::ErrorOccurred(e)
+        });
+    }
+
+    pub(crate) fn coordinator(&self, tp: &TopicPartition) -> Arc<Coordinator> {
+        self.coordinators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(tp.clone())
+            .or_insert_with(|| Arc::new(Coordinator::new(tp.clone())))
+            .clone()
+    }
+}
+
+fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
+    list.elements()
+        .iter()
+        .map(|e| TopicPartition::new(e.topic(), e.partition()))
+        .collect()
+}
+
+/// The rdkafka context of a subscription group's client.
+pub(crate) struct GroupContext {
+    pub(crate) shared: Arc<GroupShared>,
+}
+
+impl ClientContext for GroupContext {
+    fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
+        native::log_to_tracing(level, &self.shared.route.name, fac, log_message);
+    }
+
+    fn stats_raw(&self, statistics: &[u8]) {
+        let shared = &self.shared;
+        match Statistics::from_json(statistics) {
+            Ok(stats) => shared.monitor.emit(Event::StatisticsEmitted {
+                source_id: shared.route.name.clone(),
+                statistics: Arc::new(stats),
+            }),
+            Err(e) => shared.error(ErrorKind::StatisticsDecode, e, None),
+        }
+    }
+
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        let mut translated = native::kafka_error("librdkafka", &error);
+        translated.message = reason.to_owned();
+        self.shared.error(ErrorKind::Librdkafka, translated, None);
+    }
+}
+
+impl ConsumerContext for GroupContext {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        let shared = &self.shared;
+        match rebalance {
+            Rebalance::Revoke(list) => {
+                let revoked = partitions(list);
+                if revoked.is_empty() {
+                    return;
+                }
+                let lost = consumer.assignment_lost();
+                if !lost {
+                    // Commit what was processed while the partitions are still ours. Jobs never
+                    // run during a poll, so nothing is half-done here.
+                    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
+                        if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+                            shared.error(
+                                ErrorKind::ConnectionClientCommit,
+                                native::kafka_error("commit offsets of revoked partitions", &e),
+                                None,
+                            );
+                        }
+                    }
+                }
+                {
+                    let mut coordinators = shared.coordinators.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut revocations = shared.revocations.lock().unwrap_or_else(|p| p.into_inner());
+                    for tp in &revoked {
+                        if let Some(c) = coordinators.remove(tp) {
+                            c.revoke();
+                        }
+                        revocations.push((tp.clone(), lost));
+                    }
+                }
+                shared.monitor.emit_with(|| Event::Rebalance {
+                    consumer_group: shared.route.consumer_group.clone(),
+                    subscription_group: shared.route.name.clone(),
+                    change: if lost { AssignmentChange::Lost } else { AssignmentChange::Revoked },
+                    partitions: revoked.clone(),
+                });
+            }
+            Rebalance::Assign(_) => {}
+            Rebalance::Error(e) => {
+                shared.error(ErrorKind::ConnectionClientRebalance, native::kafka_error("rebalance", e), None);
+            }
+        }
+    }
+
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Assign(list) = rebalance {
+            let assigned = partitions(list);
+            if assigned.is_empty() {
+                return;
+            }
+            let shared = &self.shared;
+            shared.monitor.emit_with(|| Event::Rebalance {
+                consumer_group: shared.route.consumer_group.clone(),
+                subscription_group: shared.route.name.clone(),
+                change: AssignmentChange::Assigned,
+                partitions: assigned,
+            });
+        }
+    }
+
+    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+        if let Err(e) = result {
+            if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+                self.shared.error(
+                    ErrorKind::ConnectionClientCommit,
+                    native::kafka_error("commit offsets", &e),
+                    None,
+                );
+            }
+        }
+    }
+}
+
+/// Offset operations of jobs, on the subscription group's client.
+pub(crate) struct KafkaOps {
+    pub(crate) consumer: Arc<BaseConsumer<GroupContext>>,
+    pub(crate) group_id: Arc<str>,
+}
+
+fn single(tp: &TopicPartition, next_offset: i64) -> Option<TopicPartitionList> {
+    let mut list = TopicPartitionList::with_capacity(1);
+    list.add_partition_offset(&tp.topic, tp.partition, Offset::Offset(next_offset))
+        .ok()?;
+    Some(list)
+}
+
+impl ClientOps for KafkaOps {
+    fn store_offset(&self, tp: &TopicPartition, next_offset: i64) -> bool {
+        single(tp, next_offset).is_some_and(|list| self.consumer.store_offsets(&list).is_ok())
+    }
+
+    fn commit_sync(&self, tp: &TopicPartition, next_offset: i64) -> bool {
+        single(tp, next_offset).is_some_and(|list| self.consumer.commit(&list, CommitMode::Sync).is_ok())
+    }
+
+    fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
+        self.consumer
+            .group_metadata()
+            .map(|m| ConsumerGroupMetadata::from_native(self.group_id.clone(), m))
+    }
+}
+
+/// Partition operations the listener performs on its client.
+pub(crate) fn seek(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition, offset: i64) -> Result<(), KafkaError> {
+    consumer
+        .seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(10))
+        .map_err(|e| native::kafka_error(format!("seek {tp} to {offset}"), &e))
+}
+
+pub(crate) fn pause(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition, resume: bool) -> Result<(), KafkaError> {
+    let mut list = TopicPartitionList::with_capacity(1);
+    list.add_partition(&tp.topic, tp.partition);
+    let result = if resume { consumer.resume(&list) } else { consumer.pause(&list) };
+    result.map_err(|e| native::kafka_error(format!("{} {tp}", if resume { "resume" } else { "pause" }), &e))
+}

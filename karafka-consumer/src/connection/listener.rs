@@ -1,0 +1,633 @@
+//! The listener of one subscription group, on its own named thread.
+//!
+//! Each turn of its loop: resume partitions whose pause ended; poll a batch (up to
+//! `max_messages`, waiting at most `max_wait_time` for the first message); turn revocations
+//! (recorded by the rebalance callbacks during the poll) and the batch (split by partition)
+//! into jobs; run them on the workers and **wait for all of them** before polling again (the
+//! blocking-poll rule: librdkafka keeps prefetching underneath); then act on each job's
+//! outcome (mark, retry after a back-off, dead-letter).
+//!
+//! Rebalance callbacks run inside `poll`, on this thread, so a partition is never revoked
+//! while one of its jobs runs.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use karafka_core::instrumentation::{ErrorKind, Event, JobKind, PauseReason};
+use karafka_core::{Headers, TopicPartition, native};
+use karafka_producer::Message as Outgoing;
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::message::BorrowedMessage;
+use rdkafka::types::RDKafkaErrorCode;
+use tokio::runtime::Handle;
+use tokio::sync::Semaphore;
+
+use crate::app::{App, Control};
+use crate::connection::client::{self, GroupContext, GroupShared, KafkaOps};
+use crate::consumer::ErasedConsumer;
+use crate::context::{ClientOps, JobInput};
+use crate::error::Result;
+use crate::message::{RawBatch, RawMessage};
+use crate::processing::backoff::backoff;
+use crate::processing::coordinator::{Coordinator, Intents, Pause};
+use crate::processing::executor::{self, Done, Job};
+use crate::processing::strategy::{Decision, Facts, decide};
+use crate::routing::{DeadLetterQueue, SubscriptionGroupRoute, TopicRoute};
+
+pub(crate) struct Listener {
+    name: Arc<str>,
+    shared: Arc<GroupShared>,
+    consumer: Arc<BaseConsumer<GroupContext>>,
+    ops: Arc<dyn ClientOps>,
+    topics: HashMap<Arc<str>, Arc<TopicRoute>>,
+    /// Consumer instances, one per partition that has had a batch.
+    instances: HashMap<TopicPartition, Box<dyn ErasedConsumer>>,
+    runtime: Handle,
+    semaphore: Arc<Semaphore>,
+    eof_enabled: bool,
+}
+
+impl Listener {
+    pub(crate) fn new(
+        route: Arc<SubscriptionGroupRoute>,
+        app: App,
+        control: Arc<Control>,
+        runtime: Handle,
+        semaphore: Arc<Semaphore>,
+    ) -> Result<Self> {
+        let inner = &app.inner;
+        let shared = Arc::new(GroupShared {
+            route: route.clone(),
+            monitor: inner.monitor.clone(),
+            producer: inner.producer.clone(),
+            settings: inner.settings.clone(),
+            control,
+            coordinators: Mutex::new(HashMap::new()),
+            revocations: Mutex::new(Vec::new()),
+            closing: Default::default(),
+        });
+        let consumer: BaseConsumer<GroupContext> = native::client_config(&route.kafka)
+            .create_with_context(GroupContext {
+                shared: shared.clone(),
+            })
+            .map_err(|e| native::kafka_error(format!("create the client of {}", route.name), &e))?;
+        let topics: HashMap<Arc<str>, Arc<TopicRoute>> =
+            route.topics.iter().map(|t| (t.name.clone(), t.clone())).collect();
+        let names: Vec<&str> = route.topics.iter().map(|t| &*t.name).collect();
+        consumer
+            .subscribe(&names)
+            .map_err(|e| native::kafka_error(format!("subscribe {} to {names:?}", route.name), &e))?;
+        let consumer = Arc::new(consumer);
+        let ops: Arc<dyn ClientOps> = Arc::new(KafkaOps {
+            consumer: consumer.clone(),
+            group_id: route.consumer_group.clone(),
+        });
+        Ok(Listener {
+            name: format!("{}.{}", route.consumer_group, route.name).into(),
+            eof_enabled: route.kafka.get("enable.partition.eof") == Some("true"),
+            shared,
+            consumer,
+            ops,
+            topics,
+            instances: HashMap::new(),
+            runtime,
+            semaphore,
+        })
+    }
+
+    pub(crate) fn run(mut self) {
+        while !self.shared.control.stopping() {
+            self.resume_due();
+            let (batch, eofs, polled_for) = self.poll_batch();
+            let mut jobs = self.revocation_jobs();
+            if !batch.is_empty() {
+                let partitions = jobs.len();
+                jobs.extend(self.consume_jobs(batch.clone()));
+                let shared = &self.shared;
+                shared.monitor.emit_with(|| Event::BatchReceived {
+                    consumer_group: shared.route.consumer_group.clone(),
+                    subscription_group: shared.route.name.clone(),
+                    messages: batch.len(),
+                    partitions: jobs.len() - partitions,
+                    duration: polled_for,
+                });
+            }
+            jobs.extend(self.eof_jobs(&eofs));
+            if jobs.is_empty() {
+                continue;
+            }
+            for done in self.execute(jobs) {
+                self.after(done);
+            }
+        }
+        self.shutdown();
+    }
+
+    // -- polling ----------------------------------------------------------------------------
+
+    /// Polls up to `max_messages`, waiting at most `max_wait_time` (or until the next pause
+    /// ends) for the first message; after it, takes only what is already fetched.
+    fn poll_batch(&mut self) -> (Vec<RawMessage>, Vec<i32>, Duration) {
+        let route = &self.shared.route;
+        let started = Instant::now();
+        let mut wake_at = started + route.max_wait_time;
+        if let Some(next_resume) = self.next_resume() {
+            wake_at = wake_at.min(next_resume);
+        }
+        let mut messages = Vec::with_capacity(route.max_messages.min(1024));
+        let mut eofs = Vec::new();
+        while messages.len() < route.max_messages {
+            let now = Instant::now();
+            let timeout = if messages.is_empty() {
+                wake_at.saturating_duration_since(now)
+            } else {
+                Duration::ZERO
+            };
+            match self.consumer.poll(timeout) {
+                Some(Ok(message)) => messages.push(self.raw(&message)),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => eofs.push(partition),
+                Some(Err(e)) => {
+                    self.shared.error(
+                        ErrorKind::ConnectionClientPoll,
+                        native::kafka_error("poll", &e),
+                        None,
+                    );
+                    if Instant::now() >= wake_at {
+                        break;
+                    }
+                }
+                None => {
+                    // Nothing more fetched, the wait is over, or a rebalance was served (its
+                    // revocations must be acted on before more messages).
+                    let rebalanced = !self
+                        .shared
+                        .revocations
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .is_empty();
+                    if !messages.is_empty() || rebalanced || Instant::now() >= wake_at || self.shared.control.stopping() {
+                        break;
+                    }
+                }
+            }
+        }
+        (messages, eofs, started.elapsed())
+    }
+
+    fn raw(&self, m: &BorrowedMessage<'_>) -> RawMessage {
+        let topic = self
+            .topics
+            .get_key_value(m.topic())
+            .map_or_else(|| Arc::from(m.topic()), |(name, _)| name.clone());
+        RawMessage {
+            topic,
+            partition: m.partition(),
+            offset: m.offset(),
+            key: m.key().map(Bytes::copy_from_slice),
+            payload: m.payload().map(Bytes::copy_from_slice),
+            headers: m
+                .headers()
+                .map(native::from_borrowed_headers)
+                .unwrap_or_default(),
+            timestamp: native::from_rdkafka_timestamp(m.timestamp()),
+        }
+    }
+
+    // -- jobs -------------------------------------------------------------------------------
+
+    fn input(&self, tp: TopicPartition, batch: Arc<RawBatch>, coordinator: Arc<Coordinator>) -> JobInput {
+        JobInput {
+            tp,
+            batch,
+            coordinator,
+            ops: self.ops.clone(),
+            producer: self.shared.producer.clone(),
+            monitor: self.shared.monitor.clone(),
+            consumer_group: self.shared.route.consumer_group.clone(),
+        }
+    }
+
+    fn empty_batch() -> Arc<RawBatch> {
+        Arc::new(RawBatch {
+            messages: Vec::new(),
+            polled_at: SystemTime::now(),
+        })
+    }
+
+    fn instance(&mut self, tp: &TopicPartition, topic: &TopicRoute) -> Option<Box<dyn ErasedConsumer>> {
+        self.instances
+            .remove(tp)
+            .or_else(|| topic.factory.as_ref().map(|make| make()))
+    }
+
+    /// `revoked` jobs for partitions taken away during the last poll; their state is gone.
+    fn revocation_jobs(&mut self) -> Vec<Job> {
+        let revoked: Vec<(TopicPartition, bool)> =
+            std::mem::take(&mut *self.shared.revocations.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut jobs = Vec::new();
+        for (tp, _lost) in revoked {
+            let Some(consumer) = self.instances.remove(&tp) else {
+                continue;
+            };
+            if self.shared.closing.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
+                continue;
+            };
+            let coordinator = Arc::new(Coordinator::new(tp.clone()));
+            coordinator.revoke();
+            jobs.push(Job {
+                kind: JobKind::Revoked,
+                topic,
+                consumer,
+                input: self.input(tp, Self::empty_batch(), coordinator),
+            });
+        }
+        jobs
+    }
+
+    /// One job per partition of the batch, in offset order. Messages of paused partitions are
+    /// dropped: they are fetched again when the partition resumes (from its resume offset).
+    fn consume_jobs(&mut self, batch: Vec<RawMessage>) -> Vec<Job> {
+        let polled_at = SystemTime::now();
+        let mut by_partition: Vec<(TopicPartition, Vec<RawMessage>)> = Vec::new();
+        for message in batch {
+            match by_partition
+                .iter_mut()
+                .find(|(tp, _)| tp.partition == message.partition && tp.topic == message.topic)
+            {
+                Some((_, messages)) => messages.push(message),
+                None => by_partition.push((
+                    TopicPartition::new(message.topic.clone(), message.partition),
+                    vec![message],
+                )),
+            }
+        }
+        let mut jobs = Vec::with_capacity(by_partition.len());
+        for (tp, messages) in by_partition {
+            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
+                continue;
+            };
+            let coordinator = self.shared.coordinator(&tp);
+            if coordinator.is_paused() || coordinator.is_revoked() {
+                continue;
+            }
+            let Some(consumer) = self.instance(&tp, &topic) else {
+                continue;
+            };
+            let batch = Arc::new(RawBatch { messages, polled_at });
+            jobs.push(Job {
+                kind: JobKind::Consume,
+                topic,
+                consumer,
+                input: self.input(tp, batch, coordinator),
+            });
+        }
+        jobs
+    }
+
+    /// `eofed` jobs (with `enable.partition.eof=true`). librdkafka names only the partition
+    /// number, so the topic is the assigned one with that partition; when several topics of
+    /// the subscription group have it, the event is skipped.
+    fn eof_jobs(&mut self, eofs: &[i32]) -> Vec<Job> {
+        if !self.eof_enabled || eofs.is_empty() {
+            return Vec::new();
+        }
+        let assignment = self.consumer.assignment().ok();
+        let mut jobs = Vec::new();
+        for partition in eofs {
+            let candidates: Vec<TopicPartition> = assignment
+                .iter()
+                .flat_map(|list| list.elements())
+                .filter(|e| e.partition() == *partition)
+                .map(|e| TopicPartition::new(e.topic(), e.partition()))
+                .collect();
+            let [tp] = candidates.as_slice() else {
+                tracing::debug!(target: "karafka", partition, "end of partition reached on several topics; eofed skipped");
+                continue;
+            };
+            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
+                continue;
+            };
+            let coordinator = self.shared.coordinator(tp);
+            let Some(consumer) = self.instance(tp, &topic) else {
+                continue;
+            };
+            jobs.push(Job {
+                kind: JobKind::Eofed,
+                topic,
+                consumer,
+                input: self.input(tp.clone(), Self::empty_batch(), coordinator),
+            });
+        }
+        jobs
+    }
+
+    /// Runs the jobs on the workers (at most `concurrency` at once across the app) and waits
+    /// for every one of them.
+    fn execute(&self, jobs: Vec<Job>) -> Vec<Done> {
+        let handles: Vec<_> = jobs
+            .into_iter()
+            .map(|job| {
+                let semaphore = self.semaphore.clone();
+                let monitor = self.shared.monitor.clone();
+                let control = self.shared.control.clone();
+                let name = self.name.clone();
+                self.runtime.spawn(async move {
+                    let _permit = semaphore.acquire_owned().await.ok();
+                    executor::run(job, monitor, control, name).await
+                })
+            })
+            .collect();
+        let shared = self.shared.clone();
+        self.runtime.block_on(async move {
+            let mut done = Vec::with_capacity(handles.len());
+            for handle in handles {
+                match handle.await {
+                    Ok(d) => done.push(d),
+                    // The runtime went away under the job: its instance is lost and is
+                    // created again for the next batch.
+                    Err(e) => shared.error(ErrorKind::WorkerProcess, e, None),
+                }
+            }
+            done
+        })
+    }
+
+    // -- after a job --------------------------------------------------------------------------
+
+    fn after(&mut self, done: Done) {
+        match done.kind {
+            JobKind::Consume => self.after_consume(done),
+            JobKind::Eofed => {
+                if !done.coordinator.is_revoked() {
+                    self.instances.insert(done.tp, done.consumer);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn after_consume(&mut self, done: Done) {
+        let Done {
+            tp,
+            topic,
+            consumer,
+            batch,
+            coordinator,
+            outcome,
+            stored_before,
+            ..
+        } = done;
+        if coordinator.is_revoked() {
+            return;
+        }
+        self.instances.insert(tp.clone(), consumer);
+        let intents = coordinator.take_intents();
+        let (first_offset, last_offset) = match (batch.messages.first(), batch.messages.last()) {
+            (Some(f), Some(l)) => (f.offset, l.offset),
+            _ => return,
+        };
+        let settings = &self.shared.settings;
+        let facts = Facts {
+            succeeded: outcome.is_ok(),
+            attempt: coordinator.attempt(),
+            first_offset,
+            last_offset,
+            stored_before,
+            stored_after: coordinator.stored(),
+            manual: topic.manual_offset_management,
+            took_control: intents.took_control(),
+            dlq: topic.dead_letter_queue.as_ref(),
+            pause_timeout: settings.pause_timeout,
+            pause_max_timeout: settings.pause_max_timeout,
+            exponential: settings.pause_exponential,
+        };
+        match decide(&facts) {
+            Decision::Mark { next } => {
+                coordinator.set_attempt(1);
+                if coordinator.mark(next) {
+                    self.ops.store_offset(&tp, next);
+                }
+                self.apply(&tp, &coordinator, intents);
+            }
+            Decision::Keep => {
+                if outcome.is_ok() {
+                    coordinator.set_attempt(1);
+                    self.apply(&tp, &coordinator, intents);
+                } else {
+                    coordinator.set_attempt(1);
+                }
+            }
+            Decision::Retry {
+                attempt,
+                resume_from,
+                backoff,
+            } => {
+                coordinator.set_attempt(attempt);
+                let shared = &self.shared;
+                shared.monitor.emit_with(|| Event::Retry {
+                    consumer_group: shared.route.consumer_group.clone(),
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    attempt,
+                    offset: resume_from,
+                    backoff,
+                });
+                self.pause(&tp, &coordinator, resume_from, backoff, PauseReason::Retry);
+            }
+            Decision::DeadLetter { offset, attempts } => {
+                let dlq = topic.dead_letter_queue.clone();
+                match (dlq, batch.messages.iter().find(|m| m.offset == offset)) {
+                    (Some(dlq), Some(raw)) => self.dead_letter(&tp, &coordinator, &dlq, raw, attempts),
+                    _ => {
+                        // Cannot happen (the offset comes from this batch); retry rather than skip.
+                        let wait = backoff(attempts, settings.pause_timeout, settings.pause_max_timeout, settings.pause_exponential);
+                        self.pause(&tp, &coordinator, offset, wait, PauseReason::Retry);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Carries out what the consumer asked for during a successful job.
+    fn apply(&self, tp: &TopicPartition, coordinator: &Arc<Coordinator>, intents: Intents) {
+        if let Some(offset) = intents.seek {
+            if let Err(e) = client::seek(&self.consumer, tp, offset) {
+                self.shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
+            }
+        }
+        if let Some((offset, timeout)) = intents.pause {
+            self.pause(tp, coordinator, offset, timeout, PauseReason::User);
+        }
+        if intents.resume && coordinator.is_paused() {
+            self.resume(tp, coordinator);
+        }
+    }
+
+    /// Sends the message at `raw` to the dead-letter queue and skips it; if the dispatch fails,
+    /// the batch is retried later (the message is never dropped).
+    fn dead_letter(
+        &self,
+        tp: &TopicPartition,
+        coordinator: &Arc<Coordinator>,
+        dlq: &DeadLetterQueue,
+        raw: &RawMessage,
+        attempts: u32,
+    ) {
+        let shared = &self.shared;
+        let mut headers: Headers = raw.headers.clone();
+        headers
+            .append("source_topic", raw.topic.to_string())
+            .append("source_partition", raw.partition.to_string())
+            .append("source_offset", raw.offset.to_string())
+            .append("source_consumer_group", shared.route.consumer_group.to_string());
+        let mut message = Outgoing {
+            payload: raw.payload.clone(),
+            key: raw.key.clone(),
+            headers,
+            ..Outgoing::new(dlq.topic(), Bytes::new())
+        };
+        if raw.payload.is_none() && raw.key.is_none() {
+            // A null key and payload cannot be a tombstone; keep it as an empty payload.
+            message.payload = Some(Bytes::new());
+        }
+        match shared.producer.produce_sync(message) {
+            Ok(_) => {
+                let next = raw.offset + 1;
+                coordinator.set_attempt(1);
+                if coordinator.mark(next) {
+                    self.ops.store_offset(tp, next);
+                }
+                if let Err(e) = client::seek(&self.consumer, tp, next) {
+                    shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
+                }
+                shared.monitor.emit_with(|| Event::DlqDispatched {
+                    consumer_group: shared.route.consumer_group.clone(),
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset: raw.offset,
+                    dlq_topic: dlq.topic().into(),
+                    attempts,
+                });
+            }
+            Err(e) => {
+                shared.error(ErrorKind::DlqDispatch, e, Some(tp));
+                // Try again after a back-off: the next failure dispatches again.
+                coordinator.set_attempt(attempts);
+                let settings = &shared.settings;
+                let wait = backoff(attempts, settings.pause_timeout, settings.pause_max_timeout, settings.pause_exponential);
+                self.pause(tp, coordinator, raw.offset, wait, PauseReason::Retry);
+            }
+        }
+    }
+
+    // -- pauses -------------------------------------------------------------------------------
+
+    fn pause(&self, tp: &TopicPartition, coordinator: &Arc<Coordinator>, resume_from: i64, timeout: Duration, reason: PauseReason) {
+        let shared = &self.shared;
+        if let Err(e) = client::pause(&self.consumer, tp, false) {
+            shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
+        }
+        coordinator.set_pause(Some(Pause {
+            until: Instant::now() + timeout,
+            resume_from,
+        }));
+        shared.monitor.emit_with(|| Event::Paused {
+            consumer_group: shared.route.consumer_group.clone(),
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            offset: resume_from,
+            timeout,
+            reason,
+        });
+    }
+
+    /// Seeks to the resume offset and resumes.
+    fn resume(&self, tp: &TopicPartition, coordinator: &Arc<Coordinator>) {
+        let shared = &self.shared;
+        if let Some(pause) = coordinator.pause() {
+            if let Err(e) = client::seek(&self.consumer, tp, pause.resume_from) {
+                shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
+            }
+        }
+        if let Err(e) = client::pause(&self.consumer, tp, true) {
+            shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
+        }
+        coordinator.set_pause(None);
+        shared.monitor.emit_with(|| Event::Resumed {
+            consumer_group: shared.route.consumer_group.clone(),
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+        });
+    }
+
+    fn resume_due(&self) {
+        let now = Instant::now();
+        let due: Vec<Arc<Coordinator>> = self
+            .shared
+            .coordinators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| c.pause().is_some_and(|p| p.until <= now))
+            .cloned()
+            .collect();
+        for coordinator in due {
+            self.resume(&coordinator.tp.clone(), &coordinator);
+        }
+    }
+
+    fn next_resume(&self) -> Option<Instant> {
+        self.shared
+            .coordinators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|c| c.pause().map(|p| p.until))
+            .min()
+    }
+
+    // -- shutdown -----------------------------------------------------------------------------
+
+    /// Runs `shutdown` hooks, commits what was processed and leaves the group.
+    fn shutdown(mut self) {
+        let instances: Vec<(TopicPartition, Box<dyn ErasedConsumer>)> = self.instances.drain().collect();
+        let mut jobs = Vec::new();
+        for (tp, consumer) in instances {
+            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
+                continue;
+            };
+            let coordinator = self.shared.coordinator(&tp);
+            jobs.push(Job {
+                kind: JobKind::Shutdown,
+                topic,
+                consumer,
+                input: self.input(tp, Self::empty_batch(), coordinator),
+            });
+        }
+        if !jobs.is_empty() {
+            drop(self.execute(jobs));
+        }
+        self.shared.closing.store(true, Ordering::Release);
+        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
+            if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
+                self.shared.error(
+                    ErrorKind::ConnectionClientCommit,
+                    native::kafka_error("commit offsets on shutdown", &e),
+                    None,
+                );
+            }
+        }
+        // Dropping the last reference closes the client: it leaves the group (the final
+        // revocation commits again and runs no hooks).
+        let Listener { consumer, ops, .. } = self;
+        drop(ops);
+        drop(consumer);
+    }
+}

@@ -1,0 +1,5 @@
+//! Connections: one librdkafka client per subscription group, its rebalance callbacks, and
+//! the listener thread that polls it.
+
+pub(crate) mod client;
+pub(crate) mod listener;

@@ -1,0 +1,196 @@
+//! Running one job on a worker: the consumer's code under `catch_unwind`, instrumented, its
+//! instance handed back whatever happens.
+
+use std::future::Future;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
+use std::time::Instant;
+
+use karafka_core::TopicPartition;
+use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, JobKind, Monitor};
+
+use crate::app::Control;
+use crate::consumer::ErasedConsumer;
+use crate::context::JobInput;
+use crate::message::RawBatch;
+use crate::payload::BoxError;
+use crate::processing::coordinator::Coordinator;
+use crate::routing::TopicRoute;
+
+pub(crate) struct Job {
+    pub(crate) kind: JobKind,
+    pub(crate) topic: Arc<TopicRoute>,
+    pub(crate) consumer: Box<dyn ErasedConsumer>,
+    pub(crate) input: JobInput,
+}
+
+/// How a job failed.
+#[derive(Debug)]
+pub(crate) enum Failure {
+    Error(BoxError),
+    Panic(String),
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::Error(e) => write!(f, "{e}"),
+            Failure::Panic(p) => write!(f, "panicked: {p}"),
+        }
+    }
+}
+
+impl std::error::Error for Failure {}
+
+pub(crate) struct Done {
+    pub(crate) kind: JobKind,
+    pub(crate) tp: TopicPartition,
+    pub(crate) topic: Arc<TopicRoute>,
+    pub(crate) consumer: Box<dyn ErasedConsumer>,
+    pub(crate) batch: Arc<RawBatch>,
+    pub(crate) coordinator: Arc<Coordinator>,
+    pub(crate) outcome: Result<(), Failure>,
+    /// The stored offset before the job ran (to tell whether it made progress).
+    pub(crate) stored_before: Option<i64>,
+}
+
+fn error_kind(job: JobKind) -> ErrorKind {
+    match job {
+        JobKind::Revoked => ErrorKind::ConsumerRevoked,
+        JobKind::Shutdown => ErrorKind::ConsumerShutdown,
+        JobKind::Eofed => ErrorKind::ConsumerEofed,
+        JobKind::Initialized => ErrorKind::ConsumerInitialized,
+        _ => ErrorKind::ConsumerConsume,
+    }
+}
+
+fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".to_owned())
+}
+
+/// Runs `job` on the current task. Never panics: user panics become [`Failure::Panic`].
+pub(crate) async fn run(job: Job, monitor: Monitor, control: Arc<Control>, listener: Arc<str>) -> Done {
+    let Job {
+        kind,
+        topic,
+        mut consumer,
+        input,
+    } = job;
+    let tp = input.tp.clone();
+    let batch = input.batch.clone();
+    let coordinator = input.coordinator.clone();
+    let stored_before = coordinator.stored();
+    let consumer_group = input.consumer_group.clone();
+    let (first, last) = (
+        batch.messages.first().map_or(-1, |m| m.offset),
+        batch.messages.last().map_or(-1, |m| m.offset),
+    );
+    monitor.emit_with(|| Event::WorkerProcess {
+        consumer_group: consumer_group.clone(),
+        topic: tp.topic.clone(),
+        partition: tp.partition,
+        job: kind,
+    });
+    if kind == JobKind::Consume {
+        monitor.emit_with(|| Event::Consume {
+            consumer_group: consumer_group.clone(),
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            messages: batch.messages.len(),
+            first_offset: first,
+            last_offset: last,
+        });
+    }
+    let label = format!("{} {tp} offsets {first}..={last}", kind.as_str());
+    let started = Instant::now();
+    control
+        .in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .push((listener.to_string(), label.clone(), started));
+
+    let outcome = match (CatchUnwind(consumer.run(kind, input))).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(Failure::Error(e)),
+        Err(panic) => Err(Failure::Panic(panic_message(panic))),
+    };
+    let took = started.elapsed();
+    control
+        .in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|(l, j, s)| !(l == &*listener && j == &label && *s == started));
+
+    match &outcome {
+        Ok(()) if kind == JobKind::Consume => {
+            let polled = batch.polled_at;
+            monitor.emit_with(|| {
+                let metadata = crate::message::BatchMetadata::new(&batch.messages, polled, std::time::SystemTime::now() - took);
+                Event::Consumed {
+                    consumer_group: consumer_group.clone(),
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    messages: batch.messages.len(),
+                    first_offset: first,
+                    last_offset: last,
+                    duration: took,
+                    consumption_lag_ms: metadata.as_ref().map_or(-1, |m| m.consumption_lag_ms),
+                    processing_lag_ms: metadata.as_ref().map_or(0, |m| m.processing_lag_ms),
+                }
+            });
+        }
+        Ok(()) => monitor.emit_with(|| Event::ConsumerHook {
+            consumer_group: consumer_group.clone(),
+            topic: tp.topic.clone(),
+            partition: tp.partition,
+            job: kind,
+            duration: took,
+        }),
+        Err(failure) => monitor.emit_with(|| {
+            Event::ErrorOccurred(
+                ErrorOccurred::new(error_kind(kind), std::io::Error::other(failure.to_string()))
+                    .source_id(consumer_group.clone())
+                    .at(tp.topic.clone(), Some(tp.partition), (first >= 0).then_some(first)),
+            )
+        }),
+    }
+    monitor.emit_with(|| Event::WorkerProcessed {
+        consumer_group: consumer_group.clone(),
+        topic: tp.topic.clone(),
+        partition: tp.partition,
+        job: kind,
+        duration: took,
+    });
+    Done {
+        kind,
+        tp,
+        topic,
+        consumer,
+        batch,
+        coordinator,
+        outcome,
+        stored_before,
+    }
+}
+
+/// Polls the wrapped future, turning a panic into an `Err`.
+struct CatchUnwind<F>(F);
+
+impl<F: Future + Unpin> Future for CatchUnwind<F> {
+    type Output = std::thread::Result<F::Output>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        let inner = Pin::new(&mut self.0);
+        match catch_unwind(AssertUnwindSafe(move || inner.poll(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(out)) => Poll::Ready(Ok(out)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        }
+    }
+}

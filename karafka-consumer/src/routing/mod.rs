@@ -1,0 +1,474 @@
+//! Routing: consumer groups, subscription groups and topics.
+//!
+//! - A **consumer group** is a Kafka group (`group.id`): its members share its topics'
+//!   partitions.
+//! - A **subscription group** is one librdkafka connection (and one listener thread) of a
+//!   consumer group. Topics whose connection settings differ (kafka overrides,
+//!   `max_messages`, `max_wait_time`, `initial_offset`) get separate subscription groups
+//!   automatically; [`ConsumerGroupBuilder::subscription_group`] names one explicitly.
+//! - A **topic** routes to a [`Consumer`](crate::Consumer) type.
+//!
+//! Routes are declared on the [`AppBuilder`](crate::AppBuilder) and validated by its
+//! `build()`, which lists every problem at once.
+
+mod topic;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor};
+use karafka_core::{KafkaSettings, Violations};
+
+pub(crate) use topic::{TopicDraft, TopicSettings};
+pub use topic::{DeadLetterQueue, InitialOffset, TopicBuilder};
+
+use crate::consumer::{Consumer, Factory};
+use crate::message::RawMessage;
+use crate::payload::BoxError;
+
+/// Built-in `max_messages`.
+pub const DEFAULT_MAX_MESSAGES: usize = 100;
+/// Built-in `max_wait_time`.
+pub const DEFAULT_MAX_WAIT_TIME: Duration = Duration::from_secs(1);
+
+/// Declares a consumer group's topics (and, optionally, named subscription groups).
+pub struct ConsumerGroupBuilder {
+    pub(crate) name: String,
+    pub(crate) drafts: Vec<(Option<String>, TopicDraft)>,
+    pub(crate) subscription_kafka: BTreeMap<String, KafkaSettings>,
+}
+
+impl ConsumerGroupBuilder {
+    pub(crate) fn new(name: impl Into<String>) -> Self {
+        ConsumerGroupBuilder {
+            name: name.into(),
+            drafts: Vec::new(),
+            subscription_kafka: BTreeMap::new(),
+        }
+    }
+
+    /// Routes `name` to the consumer `f` sets: `.topic("orders", |t| t.consumer(Orders::default))`.
+    pub fn topic<C: Consumer>(mut self, name: &str, f: impl FnOnce(TopicBuilder) -> TopicBuilder<C>) -> Self {
+        self.drafts.push((None, f(TopicBuilder::new(name)).into_draft()));
+        self
+    }
+
+    /// A named subscription group: its topics share one connection.
+    pub fn subscription_group(
+        mut self,
+        name: &str,
+        f: impl FnOnce(SubscriptionGroupBuilder) -> SubscriptionGroupBuilder,
+    ) -> Self {
+        let group = f(SubscriptionGroupBuilder {
+            drafts: Vec::new(),
+            kafka: KafkaSettings::new(),
+        });
+        for draft in group.drafts {
+            self.drafts.push((Some(name.to_owned()), draft));
+        }
+        self.subscription_kafka
+            .entry(name.to_owned())
+            .or_default()
+            .extend(group.kafka.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+        self
+    }
+}
+
+impl fmt::Debug for ConsumerGroupBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConsumerGroupBuilder")
+            .field("name", &self.name)
+            .field("topics", &self.drafts.len())
+            .finish()
+    }
+}
+
+/// Declares the topics of a named subscription group.
+pub struct SubscriptionGroupBuilder {
+    drafts: Vec<TopicDraft>,
+    kafka: KafkaSettings,
+}
+
+impl SubscriptionGroupBuilder {
+    /// Routes a topic (see [`ConsumerGroupBuilder::topic`]).
+    pub fn topic<C: Consumer>(mut self, name: &str, f: impl FnOnce(TopicBuilder) -> TopicBuilder<C>) -> Self {
+        self.drafts.push(f(TopicBuilder::new(name)).into_draft());
+        self
+    }
+
+    /// A librdkafka setting for this subscription group's connection.
+    pub fn kafka(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.kafka.set(key, value);
+        self
+    }
+}
+
+impl fmt::Debug for SubscriptionGroupBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubscriptionGroupBuilder")
+            .field("topics", &self.drafts.len())
+            .field("kafka", &self.kafka)
+            .finish()
+    }
+}
+
+/// Reports payloads that fail to decode (`consumer.deserialization.error`).
+#[derive(Clone)]
+pub(crate) struct DecodeReporter {
+    pub(crate) monitor: Monitor,
+    pub(crate) consumer_group: Arc<str>,
+}
+
+impl DecodeReporter {
+    pub(crate) fn report(&self, raw: &RawMessage, error: &BoxError) {
+        self.monitor.emit_with(|| {
+            Event::ErrorOccurred(
+                ErrorOccurred::new(ErrorKind::Deserialization, std::io::Error::other(error.to_string()))
+                    .source_id(self.consumer_group.clone())
+                    .at(raw.topic.clone(), Some(raw.partition), Some(raw.offset)),
+            )
+        });
+    }
+}
+
+/// A validated topic route.
+pub struct TopicRoute {
+    pub(crate) name: Arc<str>,
+    pub(crate) consumer_group: Arc<str>,
+    pub(crate) max_messages: usize,
+    pub(crate) max_wait_time: Duration,
+    pub(crate) initial_offset: InitialOffset,
+    pub(crate) manual_offset_management: bool,
+    pub(crate) dead_letter_queue: Option<DeadLetterQueue>,
+    pub(crate) kafka: KafkaSettings,
+    pub(crate) active: bool,
+    pub(crate) factory: Option<Factory>,
+}
+
+impl TopicRoute {
+    /// Topic name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Consumer group.
+    pub fn consumer_group(&self) -> &str {
+        &self.consumer_group
+    }
+    /// Most messages per batch.
+    pub fn max_messages(&self) -> usize {
+        self.max_messages
+    }
+    /// Longest wait for a batch's first message.
+    pub fn max_wait_time(&self) -> Duration {
+        self.max_wait_time
+    }
+    /// Where to start without a committed offset.
+    pub fn initial_offset(&self) -> InitialOffset {
+        self.initial_offset
+    }
+    /// Whether the consumer marks offsets itself.
+    pub fn manual_offset_management(&self) -> bool {
+        self.manual_offset_management
+    }
+    /// The dead-letter queue, if any.
+    pub fn dead_letter_queue(&self) -> Option<&DeadLetterQueue> {
+        self.dead_letter_queue.as_ref()
+    }
+    /// The topic's librdkafka overrides.
+    pub fn kafka(&self) -> &KafkaSettings {
+        &self.kafka
+    }
+    /// Whether it is consumed.
+    pub fn is_active(&self) -> bool {
+        self.active
+    }
+}
+
+impl fmt::Debug for TopicRoute {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TopicRoute")
+            .field("name", &self.name)
+            .field("consumer_group", &self.consumer_group)
+            .field("max_messages", &self.max_messages)
+            .field("max_wait_time", &self.max_wait_time)
+            .field("initial_offset", &self.initial_offset)
+            .field("manual_offset_management", &self.manual_offset_management)
+            .field("dead_letter_queue", &self.dead_letter_queue)
+            .field("kafka", &self.kafka)
+            .field("active", &self.active)
+            .finish()
+    }
+}
+
+/// One connection of a consumer group and the topics it subscribes to.
+#[derive(Debug)]
+pub struct SubscriptionGroupRoute {
+    pub(crate) name: Arc<str>,
+    pub(crate) consumer_group: Arc<str>,
+    pub(crate) topics: Vec<Arc<TopicRoute>>,
+    pub(crate) kafka: KafkaSettings,
+    pub(crate) max_messages: usize,
+    pub(crate) max_wait_time: Duration,
+}
+
+impl SubscriptionGroupRoute {
+    /// Its name (unique in its consumer group).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Its consumer group.
+    pub fn consumer_group(&self) -> &str {
+        &self.consumer_group
+    }
+    /// Its topics.
+    pub fn topics(&self) -> impl Iterator<Item = &TopicRoute> {
+        self.topics.iter().map(|t| &**t)
+    }
+    /// The effective librdkafka settings of its connection (print with `{}`: secrets are
+    /// redacted).
+    pub fn kafka(&self) -> &KafkaSettings {
+        &self.kafka
+    }
+    /// Most messages per batch.
+    pub fn max_messages(&self) -> usize {
+        self.max_messages
+    }
+    /// Longest wait for a batch's first message.
+    pub fn max_wait_time(&self) -> Duration {
+        self.max_wait_time
+    }
+}
+
+/// A consumer group's routes.
+#[derive(Debug)]
+pub struct ConsumerGroupRoute {
+    pub(crate) name: Arc<str>,
+    pub(crate) topics: Vec<Arc<TopicRoute>>,
+    pub(crate) subscription_groups: Vec<Arc<SubscriptionGroupRoute>>,
+}
+
+impl ConsumerGroupRoute {
+    /// The group's id.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Every topic, active or not.
+    pub fn topics(&self) -> impl Iterator<Item = &TopicRoute> {
+        self.topics.iter().map(|t| &**t)
+    }
+    /// Its subscription groups (active topics only).
+    pub fn subscription_groups(&self) -> impl Iterator<Item = &SubscriptionGroupRoute> {
+        self.subscription_groups.iter().map(|s| &**s)
+    }
+}
+
+/// The validated routing of an app.
+#[derive(Debug, Default)]
+pub struct Routes {
+    pub(crate) consumer_groups: Vec<ConsumerGroupRoute>,
+}
+
+impl Routes {
+    /// Every consumer group.
+    pub fn consumer_groups(&self) -> impl Iterator<Item = &ConsumerGroupRoute> {
+        self.consumer_groups.iter()
+    }
+}
+
+/// What a subscription group's topics must share.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct ConnectionKey {
+    kafka: String,
+    max_messages: usize,
+    max_wait_ms: u128,
+    initial_offset: &'static str,
+}
+
+impl ConnectionKey {
+    fn of(topic: &TopicRoute) -> Self {
+        ConnectionKey {
+            kafka: topic
+                .kafka
+                .iter()
+                .map(|(k, v)| format!("{k}={v}\n"))
+                .collect(),
+            max_messages: topic.max_messages,
+            max_wait_ms: topic.max_wait_time.as_millis(),
+            initial_offset: topic.initial_offset.as_reset(),
+        }
+    }
+}
+
+/// Validates and resolves the declared routes.
+pub(crate) fn resolve(
+    app_kafka: &KafkaSettings,
+    defaults: &TopicSettings,
+    groups: Vec<ConsumerGroupBuilder>,
+    monitor: &Monitor,
+    v: &mut Violations,
+) -> Routes {
+    let mut routes = Routes::default();
+    let mut group_names = HashSet::new();
+    if groups.iter().all(|g| g.drafts.is_empty()) {
+        v.push("routes", "no topic is routed: declare at least one with `.topic(name, |t| t.consumer(...))`");
+    }
+    for group in groups {
+        let cg_path = format!("consumer_groups.{}", group.name);
+        v.check_name(format!("{cg_path}.name"), &group.name);
+        if !group_names.insert(group.name.clone()) {
+            v.push(&cg_path, "is declared twice; merge its topics into one consumer group");
+        }
+        let cg: Arc<str> = group.name.as_str().into();
+        let reporter = DecodeReporter {
+            monitor: monitor.clone(),
+            consumer_group: cg.clone(),
+        };
+        let mut seen = HashSet::new();
+        let mut topics: Vec<(Option<String>, Arc<TopicRoute>)> = Vec::new();
+        for (explicit, draft) in group.drafts {
+            let path = format!("{cg_path}.topics.{}", draft.name);
+            v.check_name(format!("{path}.name"), &draft.name);
+            if !seen.insert(draft.name.clone()) {
+                v.push(&path, "is routed twice in this consumer group; a topic can be routed once per consumer group");
+            }
+            let settings = draft.settings.over(defaults);
+            let active = settings.active.unwrap_or(true);
+            if active && draft.spec.is_none() {
+                v.push(
+                    format!("{path}.consumer"),
+                    "is missing: set one with `.consumer(...)`, or declare the topic with `.active(false)`",
+                );
+            }
+            let max_messages = settings.max_messages.unwrap_or(DEFAULT_MAX_MESSAGES);
+            v.check(max_messages >= 1, format!("{path}.max_messages"), || "must be at least 1".into());
+            let max_wait_time = settings.max_wait_time.unwrap_or(DEFAULT_MAX_WAIT_TIME);
+            v.check(!max_wait_time.is_zero(), format!("{path}.max_wait_time"), || {
+                "must be greater than 0".into()
+            });
+            if let Some(dlq) = &settings.dead_letter_queue {
+                v.check_name(format!("{path}.dead_letter_queue.topic"), dlq.topic());
+                v.check(dlq.topic() != draft.name, format!("{path}.dead_letter_queue.topic"), || {
+                    "is the topic itself: failed messages would come back forever; use another topic".into()
+                });
+            }
+            v.extend(settings.kafka.validate(&format!("{path}.kafka")));
+            for (key, why) in FORBIDDEN {
+                if settings.kafka.contains_key(key) {
+                    v.push(format!("{path}.kafka.{key}"), *why);
+                }
+            }
+            let route = TopicRoute {
+                name: draft.name.as_str().into(),
+                consumer_group: cg.clone(),
+                max_messages,
+                max_wait_time,
+                initial_offset: settings.initial_offset.unwrap_or(InitialOffset::Earliest),
+                manual_offset_management: settings.manual_offset_management.unwrap_or(false),
+                dead_letter_queue: settings.dead_letter_queue.clone(),
+                kafka: settings.kafka.clone(),
+                active,
+                factory: draft.spec.as_ref().map(|s| s.factory(reporter.clone())),
+            };
+            topics.push((explicit, Arc::new(route)));
+        }
+
+        // Subscription groups: named ones first, then one per distinct connection key.
+        let mut subscription_groups = Vec::new();
+        let mut named: BTreeMap<String, Vec<Arc<TopicRoute>>> = BTreeMap::new();
+        let mut implicit: BTreeMap<ConnectionKey, Vec<Arc<TopicRoute>>> = BTreeMap::new();
+        let mut implicit_order = Vec::new();
+        for (explicit, topic) in &topics {
+            if !topic.active {
+                continue;
+            }
+            match explicit {
+                Some(name) => named.entry(name.clone()).or_default().push(topic.clone()),
+                None => {
+                    let key = ConnectionKey::of(topic);
+                    if !implicit.contains_key(&key) {
+                        implicit_order.push(key.clone());
+                    }
+                    implicit.entry(key).or_default().push(topic.clone());
+                }
+            }
+        }
+        for (name, members) in named {
+            let path = format!("{cg_path}.subscription_groups.{name}");
+            v.check_name(format!("{path}.name"), &name);
+            if let Some(first) = members.first() {
+                let key = ConnectionKey::of(first);
+                for other in &members[1..] {
+                    if ConnectionKey::of(other) != key {
+                        v.push(
+                            &path,
+                            format!(
+                                "topics `{}` and `{}` differ in kafka overrides, max_messages, max_wait_time \
+                                 or initial_offset, but share one connection; align them or put them in \
+                                 different subscription groups",
+                                first.name, other.name
+                            ),
+                        );
+                    }
+                }
+            }
+            let extra = group.subscription_kafka.get(&name).cloned().unwrap_or_default();
+            v.extend(extra.validate(&format!("{path}.kafka")));
+            subscription_groups.push(connection(&cg, name.as_str(), members, app_kafka, &extra));
+        }
+        for (i, key) in implicit_order.into_iter().enumerate() {
+            if let Some(members) = implicit.remove(&key) {
+                let name = format!("sg-{i}");
+                subscription_groups.push(connection(&cg, &name, members, app_kafka, &KafkaSettings::new()));
+            }
+        }
+        routes.consumer_groups.push(ConsumerGroupRoute {
+            name: cg,
+            topics: topics.into_iter().map(|(_, t)| t).collect(),
+            subscription_groups,
+        });
+    }
+    routes
+}
+
+/// librdkafka settings the framework owns.
+const FORBIDDEN: &[(&str, &str)] = &[
+    (
+        "group.id",
+        "is set by the consumer group's name; route the topics in `.consumer_group(name, ...)` instead",
+    ),
+    (
+        "enable.auto.offset.store",
+        "must stay false: karafka-rs stores offsets only for processed messages",
+    ),
+];
+
+/// The connection of a subscription group: the app's settings, then the group's, then the
+/// topics' shared overrides, then what the framework owns.
+fn connection(
+    consumer_group: &Arc<str>,
+    name: &str,
+    topics: Vec<Arc<TopicRoute>>,
+    app_kafka: &KafkaSettings,
+    extra: &KafkaSettings,
+) -> Arc<SubscriptionGroupRoute> {
+    let first = topics.first().cloned();
+    let mut kafka = app_kafka.merged(extra);
+    if let Some(t) = &first {
+        kafka = kafka.merged(&t.kafka);
+        kafka.set("auto.offset.reset", t.initial_offset.as_reset());
+    }
+    kafka.set("group.id", &**consumer_group);
+    kafka.set("enable.auto.offset.store", "false");
+    // librdkafka's default (1 s) stalls a consumer whose local queue filled up.
+    kafka.set_default("fetch.queue.backoff.ms", "10");
+    Arc::new(SubscriptionGroupRoute {
+        name: name.into(),
+        consumer_group: consumer_group.clone(),
+        max_messages: first.as_ref().map_or(DEFAULT_MAX_MESSAGES, |t| t.max_messages),
+        max_wait_time: first.as_ref().map_or(DEFAULT_MAX_WAIT_TIME, |t| t.max_wait_time),
+        topics,
+        kafka,
+    })
+}

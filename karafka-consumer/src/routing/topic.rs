@@ -1,0 +1,274 @@
+//! Declaring a topic: its consumer, deserializer and settings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use karafka_core::KafkaSettings;
+
+use crate::consumer::{Consumer, Erased, ErasedConsumer, Factory, NoConsumer};
+use crate::message::{Decoder, RawMessage};
+use crate::payload::{BoxError, Payload};
+use crate::routing::DecodeReporter;
+
+/// Where a consumer group starts in a partition it has no committed offset for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum InitialOffset {
+    /// From the oldest message kept (librdkafka `auto.offset.reset=earliest`). The default.
+    Earliest,
+    /// Only messages produced from now on (`auto.offset.reset=latest`).
+    Latest,
+}
+
+impl InitialOffset {
+    pub(crate) fn as_reset(&self) -> &'static str {
+        match self {
+            InitialOffset::Earliest => "earliest",
+            InitialOffset::Latest => "latest",
+        }
+    }
+}
+
+/// A dead-letter queue: where a message goes after `max_retries` failed retries, so its
+/// partition keeps flowing.
+///
+/// The message is sent with its key, payload and headers, plus `source_topic`,
+/// `source_partition`, `source_offset` and `source_consumer_group` headers, then skipped.
+///
+/// ```
+/// use karafka_consumer::routing::DeadLetterQueue;
+/// let dlq = DeadLetterQueue::new("orders-dlq").max_retries(5).independent(true);
+/// assert_eq!(dlq.topic(), "orders-dlq");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DeadLetterQueue {
+    topic: String,
+    max_retries: u32,
+    independent: bool,
+}
+
+impl DeadLetterQueue {
+    /// Dispatches to `topic` after 3 failed retries.
+    pub fn new(topic: impl Into<String>) -> Self {
+        DeadLetterQueue {
+            topic: topic.into(),
+            max_retries: 3,
+            independent: false,
+        }
+    }
+
+    /// Retries before dispatching (default 3; 0 dispatches on the first failure).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_retries = retries;
+        self
+    }
+
+    /// Whether each message gets its own retry budget: when a retried batch made progress
+    /// (marked messages) before failing again, the count starts over for the message that now
+    /// fails. Default `false`: the partition's failures count until the skip.
+    pub fn independent(mut self, independent: bool) -> Self {
+        self.independent = independent;
+        self
+    }
+
+    /// The dead-letter topic.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// Retries before dispatch.
+    pub fn retries(&self) -> u32 {
+        self.max_retries
+    }
+
+    /// Whether retry budgets are per message.
+    pub fn is_independent(&self) -> bool {
+        self.independent
+    }
+}
+
+/// A topic's settings; unset ones come from the `defaults` block, then the built-in defaults.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct TopicSettings {
+    pub(crate) max_messages: Option<usize>,
+    pub(crate) max_wait_time: Option<Duration>,
+    pub(crate) initial_offset: Option<InitialOffset>,
+    pub(crate) manual_offset_management: Option<bool>,
+    pub(crate) dead_letter_queue: Option<DeadLetterQueue>,
+    pub(crate) kafka: KafkaSettings,
+    pub(crate) active: Option<bool>,
+}
+
+impl TopicSettings {
+    /// `self` where set, else `defaults`.
+    pub(crate) fn over(&self, defaults: &TopicSettings) -> TopicSettings {
+        TopicSettings {
+            max_messages: self.max_messages.or(defaults.max_messages),
+            max_wait_time: self.max_wait_time.or(defaults.max_wait_time),
+            initial_offset: self.initial_offset.or(defaults.initial_offset),
+            manual_offset_management: self
+                .manual_offset_management
+                .or(defaults.manual_offset_management),
+            dead_letter_queue: self
+                .dead_letter_queue
+                .clone()
+                .or_else(|| defaults.dead_letter_queue.clone()),
+            kafka: defaults.kafka.merged(&self.kafka),
+            active: self.active.or(defaults.active),
+        }
+    }
+}
+
+/// Builds a consumer [`Factory`] once the app's monitor is known.
+pub(crate) trait ConsumerSpec: Send + Sync {
+    fn factory(&self, reporter: DecodeReporter) -> Factory;
+}
+
+type Make<C> = Arc<dyn Fn() -> C + Send + Sync>;
+type Deserializer<P> = Arc<dyn Fn(Option<&Bytes>) -> Result<P, BoxError> + Send + Sync>;
+
+struct Typed<C: Consumer> {
+    make: Make<C>,
+    deserializer: Option<Deserializer<C::Payload>>,
+}
+
+impl<C: Consumer> ConsumerSpec for Typed<C> {
+    fn factory(&self, reporter: DecodeReporter) -> Factory {
+        let make = self.make.clone();
+        let deserializer = self.deserializer.clone();
+        let decoder: Decoder<C::Payload> = Arc::new(move |raw: &RawMessage| {
+            let decoded = match &deserializer {
+                Some(d) => d(raw.payload.as_ref()),
+                None => C::Payload::deserialize(raw.payload.as_ref()),
+            };
+            if let Err(e) = &decoded {
+                reporter.report(raw, e);
+            }
+            decoded
+        });
+        Arc::new(move || Box::new(Erased::new(make(), decoder.clone())) as Box<dyn ErasedConsumer>)
+    }
+}
+
+/// Declares one topic: `topic("orders", |t| t.consumer(OrdersConsumer::default).max_messages(500))`.
+///
+/// Every setting left unset takes the app's `defaults` block value, then the built-in default
+/// (documented on each setter).
+pub struct TopicBuilder<C: Consumer = NoConsumer> {
+    pub(crate) name: String,
+    pub(crate) settings: TopicSettings,
+    make: Option<Make<C>>,
+    deserializer: Option<Deserializer<C::Payload>>,
+}
+
+impl TopicBuilder<NoConsumer> {
+    pub(crate) fn new(name: impl Into<String>) -> Self {
+        TopicBuilder {
+            name: name.into(),
+            settings: TopicSettings::default(),
+            make: None,
+            deserializer: None,
+        }
+    }
+}
+
+impl<C: Consumer> TopicBuilder<C> {
+    /// The consumer: `make` creates one instance per assigned partition (again after the
+    /// partition is re-assigned).
+    pub fn consumer<D: Consumer>(self, make: impl Fn() -> D + Send + Sync + 'static) -> TopicBuilder<D> {
+        TopicBuilder {
+            name: self.name,
+            settings: self.settings,
+            make: Some(Arc::new(make)),
+            deserializer: None,
+        }
+    }
+
+    /// Decodes payloads with `deserializer` instead of the consumer's
+    /// [`Payload`](crate::payload::Payload) implementation (`None` is a tombstone).
+    pub fn deserializer(
+        mut self,
+        deserializer: impl Fn(Option<&Bytes>) -> Result<C::Payload, BoxError> + Send + Sync + 'static,
+    ) -> Self {
+        self.deserializer = Some(Arc::new(deserializer));
+        self
+    }
+
+    /// Most messages per batch (default 100).
+    pub fn max_messages(mut self, max: usize) -> Self {
+        self.settings.max_messages = Some(max);
+        self
+    }
+
+    /// Longest wait for the first message of a batch (default 1 s). A batch is then what is
+    /// already fetched, up to `max_messages`.
+    pub fn max_wait_time(mut self, wait: Duration) -> Self {
+        self.settings.max_wait_time = Some(wait);
+        self
+    }
+
+    /// Where to start without a committed offset (default [`InitialOffset::Earliest`]).
+    pub fn initial_offset(mut self, offset: InitialOffset) -> Self {
+        self.settings.initial_offset = Some(offset);
+        self
+    }
+
+    /// When true, the framework never marks batches itself: the consumer marks what it
+    /// processed (default false).
+    pub fn manual_offset_management(mut self, manual: bool) -> Self {
+        self.settings.manual_offset_management = Some(manual);
+        self
+    }
+
+    /// A dead-letter queue for messages that keep failing (default none: retry forever).
+    pub fn dead_letter_queue(mut self, dlq: DeadLetterQueue) -> Self {
+        self.settings.dead_letter_queue = Some(dlq);
+        self
+    }
+
+    /// A librdkafka setting for this topic's connection (topics whose settings differ get
+    /// separate connections).
+    pub fn kafka(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.settings.kafka.set(key, value);
+        self
+    }
+
+    /// Whether the topic is consumed (default true). Inactive topics stay in the routing, for
+    /// declarative topic management, without a consumer.
+    pub fn active(mut self, active: bool) -> Self {
+        self.settings.active = Some(active);
+        self
+    }
+
+    pub(crate) fn into_draft(self) -> TopicDraft {
+        let spec = self.make.map(|make| {
+            Arc::new(Typed::<C> {
+                make,
+                deserializer: self.deserializer,
+            }) as Arc<dyn ConsumerSpec>
+        });
+        TopicDraft {
+            name: self.name,
+            settings: self.settings,
+            spec,
+        }
+    }
+}
+
+impl<C: Consumer> fmt::Debug for TopicBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TopicBuilder")
+            .field("name", &self.name)
+            .field("settings", &self.settings)
+            .field("consumer", &self.make.is_some())
+            .finish()
+    }
+}
+
+/// A declared topic, its consumer type erased.
+pub(crate) struct TopicDraft {
+    pub(crate) name: String,
+    pub(crate) settings: TopicSettings,
+    pub(crate) spec: Option<Arc<dyn ConsumerSpec>>,
+}

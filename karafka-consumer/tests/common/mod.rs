@@ -1,0 +1,81 @@
+//! Helpers shared by the consumer's broker tests.
+#![allow(dead_code, unreachable_pub)]
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use karafka_consumer::AppBuilder;
+use karafka_core::instrumentation::{Event, Monitor};
+use karafka_producer::{Message, Producer};
+use karafka_testing::{TestBroker, client_config};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+
+/// An app builder on `broker`, with the test session timeout and quick retries.
+pub fn app(broker: &TestBroker, group: &str) -> AppBuilder {
+    let settings = broker.consumer_settings(group);
+    let mut builder = karafka_consumer::App::builder()
+        .name(group)
+        .pause_timeout(Duration::from_millis(100))
+        .pause_max_timeout(Duration::from_millis(400))
+        .shutdown_timeout(Duration::from_secs(20));
+    for (k, v) in settings.iter() {
+        if k != "group.id" {
+            builder = builder.kafka(k, v);
+        }
+    }
+    builder
+}
+
+/// Produces `count` messages (`prefix-<i>`, key `k<i % keys>`) to `topic` and waits for them.
+pub fn produce(broker: &TestBroker, topic: &str, count: usize, prefix: &str) {
+    let producer = Producer::builder()
+        .kafka_settings(&broker.producer_settings())
+        .kafka("linger.ms", "5")
+        .build()
+        .unwrap();
+    let messages = (0..count)
+        .map(|i| Message::new(topic, format!("{prefix}-{i}")).key(format!("k{}", i % 16)))
+        .collect();
+    producer.produce_many_sync(messages).unwrap();
+    producer.close().unwrap();
+}
+
+/// The group's committed offsets (next offset to read) per partition of `topic`.
+pub fn committed(broker: &TestBroker, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = client_config(&broker.consumer_settings(group)).create().unwrap();
+    let mut list = rdkafka::TopicPartitionList::new();
+    for p in 0..partitions {
+        list.add_partition(topic, p);
+    }
+    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    committed
+        .elements()
+        .iter()
+        .filter_map(|e| match e.offset() {
+            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Records events by name.
+#[derive(Clone, Default)]
+pub struct Recorder {
+    pub events: Arc<Mutex<Vec<Event>>>,
+}
+
+impl Recorder {
+    pub fn attach(monitor: &Monitor) -> Self {
+        let r = Recorder::default();
+        let sink = r.events.clone();
+        monitor.subscribe_fn(move |e| sink.lock().unwrap().push(e.clone()));
+        r
+    }
+    pub fn count(&self, name: &str) -> usize {
+        self.events.lock().unwrap().iter().filter(|e| e.name() == name).count()
+    }
+    pub fn names(&self) -> Vec<String> {
+        self.events.lock().unwrap().iter().map(|e| e.name().to_owned()).collect()
+    }
+}
