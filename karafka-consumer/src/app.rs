@@ -14,8 +14,8 @@ use crate::consumer::Consumer;
 use crate::error::{Error, Result};
 use crate::routing::{self, ConsumerGroupBuilder, Routes, TopicBuilder, TopicSettings};
 use crate::settings::{
-    DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
-    ProcessingSettings,
+    DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT,
+    DEFAULT_SHUTDOWN_TIMEOUT, ProcessingSettings,
 };
 
 /// Flags every listener of a running app watches.
@@ -155,7 +155,11 @@ impl AppBuilder {
     }
 
     /// Routes a topic in the default consumer group (named after the app).
-    pub fn topic<C: Consumer>(mut self, name: &str, f: impl FnOnce(TopicBuilder) -> TopicBuilder<C>) -> Self {
+    pub fn topic<C: Consumer>(
+        mut self,
+        name: &str,
+        f: impl FnOnce(TopicBuilder) -> TopicBuilder<C>,
+    ) -> Self {
         let group = self.name.clone();
         let index = match self.groups.iter().position(|g| g.name == group) {
             Some(i) => i,
@@ -170,7 +174,11 @@ impl AppBuilder {
     }
 
     /// Routes topics in the consumer group `name`.
-    pub fn consumer_group(mut self, name: &str, f: impl FnOnce(ConsumerGroupBuilder) -> ConsumerGroupBuilder) -> Self {
+    pub fn consumer_group(
+        mut self,
+        name: &str,
+        f: impl FnOnce(ConsumerGroupBuilder) -> ConsumerGroupBuilder,
+    ) -> Self {
         self.groups.push(f(ConsumerGroupBuilder::new(name)));
         self
     }
@@ -193,13 +201,19 @@ impl AppBuilder {
         let mut v = Violations::new();
         let monitor = self.monitor.unwrap_or_default();
         v.check(
-            self.kafka.get("bootstrap.servers").is_some_and(|s| !s.trim().is_empty()),
+            self.kafka
+                .get("bootstrap.servers")
+                .is_some_and(|s| !s.trim().is_empty()),
             "app.kafka.bootstrap.servers",
             || "is required: the brokers to connect to, e.g. `127.0.0.1:9092`".into(),
         );
         v.extend(self.kafka.validate("app.kafka"));
-        v.check(self.concurrency >= 1, "app.concurrency", || "must be at least 1".into());
-        v.check(!self.pause_timeout.is_zero(), "app.pause_timeout", || "must be greater than 0".into());
+        v.check(self.concurrency >= 1, "app.concurrency", || {
+            "must be at least 1".into()
+        });
+        v.check(!self.pause_timeout.is_zero(), "app.pause_timeout", || {
+            "must be greater than 0".into()
+        });
         v.check(self.pause_timeout <= self.pause_max_timeout, "app.pause_timeout", || {
             format!(
                 "is {:?}, longer than pause_max_timeout ({:?}); the back-off can never reach it",
@@ -268,10 +282,21 @@ const PRODUCER_KEYS: &[&str] = &[
     "log_level",
 ];
 
-fn default_producer(kafka: &KafkaSettings, monitor: &Monitor) -> std::result::Result<Producer, ConfigError> {
+fn default_producer(
+    kafka: &KafkaSettings,
+    monitor: &Monitor,
+) -> std::result::Result<Producer, ConfigError> {
     let inherited: KafkaSettings = kafka
         .iter()
-        .filter(|(k, _)| PRODUCER_KEYS.iter().any(|p| if p.ends_with('.') { k.starts_with(p) } else { k == p }))
+        .filter(|(k, _)| {
+            PRODUCER_KEYS.iter().any(|p| {
+                if p.ends_with('.') {
+                    k.starts_with(p)
+                } else {
+                    k == p
+                }
+            })
+        })
         .collect();
     Producer::builder()
         .id("karafka-app")
@@ -468,7 +493,13 @@ impl Running {
         for name in listeners {
             report.push_str(&format!("  listener {name} is still running\n"));
         }
-        for (listener, job, since) in self.control.in_flight.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        for (listener, job, since) in self
+            .control
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
             report.push_str(&format!(
                 "  job {job} of {listener} has been running for {:?}\n",
                 since.elapsed()
@@ -495,7 +526,10 @@ impl fmt::Debug for Running {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Running")
             .field("app", &self.app.inner.name)
-            .field("listeners", &self.listeners.iter().map(|(n, _)| n).collect::<Vec<_>>())
+            .field(
+                "listeners",
+                &self.listeners.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
             .finish()
     }
 }

@@ -52,28 +52,44 @@ pub trait Consumer: Send + 'static {
     type Payload: Payload;
 
     /// Processes a batch of one partition (`ctx.messages()`).
-    fn consume(&mut self, ctx: &Context<Self::Payload>) -> impl Future<Output = ConsumeResult> + Send;
+    fn consume(
+        &mut self,
+        ctx: &Context<Self::Payload>,
+    ) -> impl Future<Output = ConsumeResult> + Send;
 
-    /// Runs after the partition was taken away (by a rebalance); marking no longer works.
-    fn revoked(&mut self, ctx: &Context<Self::Payload>) -> impl Future<Output = ConsumeResult> + Send {
+    /// Runs after the partition was taken away (by a rebalance), with the last batch it got;
+    /// marking no longer works (`mark_as_consumed` returns false).
+    fn revoked(
+        &mut self,
+        ctx: &Context<Self::Payload>,
+    ) -> impl Future<Output = ConsumeResult> + Send {
         let _ = ctx;
         async { Ok(()) }
     }
 
     /// Runs when the app stops, for every partition this instance still holds.
-    fn shutdown(&mut self, ctx: &Context<Self::Payload>) -> impl Future<Output = ConsumeResult> + Send {
+    fn shutdown(
+        &mut self,
+        ctx: &Context<Self::Payload>,
+    ) -> impl Future<Output = ConsumeResult> + Send {
         let _ = ctx;
         async { Ok(()) }
     }
 
     /// Runs when the end of the partition is reached (needs `enable.partition.eof=true`).
-    fn eofed(&mut self, ctx: &Context<Self::Payload>) -> impl Future<Output = ConsumeResult> + Send {
+    fn eofed(
+        &mut self,
+        ctx: &Context<Self::Payload>,
+    ) -> impl Future<Output = ConsumeResult> + Send {
         let _ = ctx;
         async { Ok(()) }
     }
 
     /// Runs once, before the instance's first batch.
-    fn initialized(&mut self, ctx: &Context<Self::Payload>) -> impl Future<Output = ConsumeResult> + Send {
+    fn initialized(
+        &mut self,
+        ctx: &Context<Self::Payload>,
+    ) -> impl Future<Output = ConsumeResult> + Send {
         let _ = ctx;
         async { Ok(()) }
     }

@@ -111,7 +111,10 @@ impl<P> Context<P> {
     /// (Karafka's `mark_as_consumed!`). Returns false if revoked or the commit failed.
     pub fn mark_as_consumed_sync(&self, message: &Message<P>) -> bool {
         self.mark_offset(message.offset())
-            && self.input.ops.commit_sync(&self.input.tp, message.offset() + 1)
+            && self
+                .input
+                .ops
+                .commit_sync(&self.input.tp, message.offset() + 1)
     }
 
     fn mark_offset(&self, offset: i64) -> bool {

@@ -122,8 +122,16 @@ impl<P> fmt::Debug for Message<P> {
             .field("topic", &self.raw().topic)
             .field("partition", &self.raw().partition)
             .field("offset", &self.raw().offset)
-            .field("key", &self.key_str().map_or_else(|| format!("{:?}", self.key()), str::to_owned))
-            .field("payload_bytes", &self.raw().payload.as_ref().map(Bytes::len))
+            .field(
+                "key",
+                &self
+                    .key_str()
+                    .map_or_else(|| format!("{:?}", self.key()), str::to_owned),
+            )
+            .field(
+                "payload_bytes",
+                &self.raw().payload.as_ref().map(Bytes::len),
+            )
             .field("headers", &self.raw().headers)
             .finish()
     }
@@ -186,7 +194,11 @@ pub struct BatchMetadata {
 }
 
 impl BatchMetadata {
-    pub(crate) fn new(raw: &[RawMessage], polled_at: SystemTime, processed_at: SystemTime) -> Option<Self> {
+    pub(crate) fn new(
+        raw: &[RawMessage],
+        polled_at: SystemTime,
+        processed_at: SystemTime,
+    ) -> Option<Self> {
         let first = raw.first()?;
         let last = raw.last()?;
         let millis = |t: SystemTime| {

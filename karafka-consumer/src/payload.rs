@@ -116,9 +116,15 @@ mod tests {
         assert!(bad.to_string().contains("key must be a string"), "{bad}");
         let tomb = Json::<Order>::deserialize(None).unwrap_err();
         assert!(tomb.to_string().contains("tombstone"));
-        assert_eq!(&*Raw::deserialize(Some(&Bytes::from_static(b"ab"))).unwrap(), b"ab");
+        assert_eq!(
+            &*Raw::deserialize(Some(&Bytes::from_static(b"ab"))).unwrap(),
+            b"ab"
+        );
         assert!(Raw::deserialize(None).unwrap().is_empty());
-        assert_eq!(&*Text::deserialize(Some(&Bytes::from_static(b"hi"))).unwrap(), "hi");
+        assert_eq!(
+            &*Text::deserialize(Some(&Bytes::from_static(b"hi"))).unwrap(),
+            "hi"
+        );
         assert!(Text::deserialize(Some(&Bytes::from_static(&[0xff]))).is_err());
     }
 }

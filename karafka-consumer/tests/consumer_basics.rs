@@ -47,7 +47,9 @@ impl Consumer for Collect {
 
 #[test]
 fn every_message_is_consumed_in_order_and_committed() {
-    let Some(broker) = TestBroker::require(&[]) else { return };
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
     let topic = unique_topic("basics");
     let group = unique_group("basics");
     broker.create_topic(&topic, 3).unwrap();
@@ -84,7 +86,10 @@ fn every_message_is_consumed_in_order_and_committed() {
     }
     let commits = committed(&broker, &group, &topic, 3);
     let committed_total: i64 = commits.values().sum();
-    assert_eq!(committed_total, 300, "committed offsets reach the end: {commits:?}");
+    assert_eq!(
+        committed_total, 300,
+        "committed offsets reach the end: {commits:?}"
+    );
     for (partition, messages) in seen.iter() {
         assert_eq!(commits.get(partition), Some(&(messages.len() as i64)));
     }
@@ -98,7 +103,11 @@ fn every_message_is_consumed_in_order_and_committed() {
         "worker.processed",
         "consumer.shutdown",
     ] {
-        assert!(events.count(name) > 0, "no {name} event: {:?}", events.names());
+        assert!(
+            events.count(name) > 0,
+            "no {name} event: {:?}",
+            events.names()
+        );
     }
     let _ = Duration::ZERO;
 }

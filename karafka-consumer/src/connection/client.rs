@@ -6,7 +6,9 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use karafka_core::instrumentation::{AssignmentChange, ErrorKind, ErrorOccurred, Event, Monitor, Statistics};
+use karafka_core::instrumentation::{
+    AssignmentChange, ErrorKind, ErrorOccurred, Event, Monitor, Statistics,
+};
 use karafka_core::{KafkaError, TopicPartition, native};
 use karafka_producer::{ConsumerGroupMetadata, Producer};
 use rdkafka::config::RDKafkaLogLevel;
@@ -37,9 +39,15 @@ pub(crate) struct GroupShared {
 }
 
 impl GroupShared {
-    pub(crate) fn error(&self, kind: ErrorKind, error: impl std::error::Error + Send + Sync + 'static, tp: Option<&TopicPartition>) {
+    pub(crate) fn error(
+        &self,
+        kind: ErrorKind,
+        error: impl std::error::Error + Send + Sync + 'static,
+        tp: Option<&TopicPartition>,
+    ) {
         self.monitor.emit_with(|| {
-            let mut e = ErrorOccurred::new(kind, error).source_id(self.route.consumer_group.clone());
+            let mut e =
+                ErrorOccurred::new(kind, error).source_id(self.route.consumer_group.clone());
             if let Some(tp) = tp {
                 e = e.at(tp.topic.clone(), Some(tp.partition), None);
             }
@@ -116,8 +124,12 @@ impl ConsumerContext for GroupContext {
                     }
                 }
                 {
-                    let mut coordinators = shared.coordinators.lock().unwrap_or_else(|p| p.into_inner());
-                    let mut revocations = shared.revocations.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut coordinators = shared
+                        .coordinators
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner());
+                    let mut revocations =
+                        shared.revocations.lock().unwrap_or_else(|p| p.into_inner());
                     for tp in &revoked {
                         if let Some(c) = coordinators.remove(tp) {
                             c.revoke();
@@ -128,13 +140,21 @@ impl ConsumerContext for GroupContext {
                 shared.monitor.emit_with(|| Event::Rebalance {
                     consumer_group: shared.route.consumer_group.clone(),
                     subscription_group: shared.route.name.clone(),
-                    change: if lost { AssignmentChange::Lost } else { AssignmentChange::Revoked },
+                    change: if lost {
+                        AssignmentChange::Lost
+                    } else {
+                        AssignmentChange::Revoked
+                    },
                     partitions: revoked.clone(),
                 });
             }
             Rebalance::Assign(_) => {}
             Rebalance::Error(e) => {
-                shared.error(ErrorKind::ConnectionClientRebalance, native::kafka_error("rebalance", e), None);
+                shared.error(
+                    ErrorKind::ConnectionClientRebalance,
+                    native::kafka_error("rebalance", e),
+                    None,
+                );
             }
         }
     }
@@ -155,7 +175,11 @@ impl ConsumerContext for GroupContext {
         }
     }
 
-    fn commit_callback(&self, result: rdkafka::error::KafkaResult<()>, _offsets: &TopicPartitionList) {
+    fn commit_callback(
+        &self,
+        result: rdkafka::error::KafkaResult<()>,
+        _offsets: &TopicPartitionList,
+    ) {
         if let Err(e) = result {
             if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
                 self.shared.error(
@@ -187,7 +211,8 @@ impl ClientOps for KafkaOps {
     }
 
     fn commit_sync(&self, tp: &TopicPartition, next_offset: i64) -> bool {
-        single(tp, next_offset).is_some_and(|list| self.consumer.commit(&list, CommitMode::Sync).is_ok())
+        single(tp, next_offset)
+            .is_some_and(|list| self.consumer.commit(&list, CommitMode::Sync).is_ok())
     }
 
     fn group_metadata(&self) -> Option<ConsumerGroupMetadata> {
@@ -198,15 +223,37 @@ impl ClientOps for KafkaOps {
 }
 
 /// Partition operations the listener performs on its client.
-pub(crate) fn seek(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition, offset: i64) -> Result<(), KafkaError> {
+pub(crate) fn seek(
+    consumer: &BaseConsumer<GroupContext>,
+    tp: &TopicPartition,
+    offset: i64,
+) -> Result<(), KafkaError> {
     consumer
-        .seek(&tp.topic, tp.partition, Offset::Offset(offset), Duration::from_secs(10))
+        .seek(
+            &tp.topic,
+            tp.partition,
+            Offset::Offset(offset),
+            Duration::from_secs(10),
+        )
         .map_err(|e| native::kafka_error(format!("seek {tp} to {offset}"), &e))
 }
 
-pub(crate) fn pause(consumer: &BaseConsumer<GroupContext>, tp: &TopicPartition, resume: bool) -> Result<(), KafkaError> {
+pub(crate) fn pause(
+    consumer: &BaseConsumer<GroupContext>,
+    tp: &TopicPartition,
+    resume: bool,
+) -> Result<(), KafkaError> {
     let mut list = TopicPartitionList::with_capacity(1);
     list.add_partition(&tp.topic, tp.partition);
-    let result = if resume { consumer.resume(&list) } else { consumer.pause(&list) };
-    result.map_err(|e| native::kafka_error(format!("{} {tp}", if resume { "resume" } else { "pause" }), &e))
+    let result = if resume {
+        consumer.resume(&list)
+    } else {
+        consumer.pause(&list)
+    };
+    result.map_err(|e| {
+        native::kafka_error(
+            format!("{} {tp}", if resume { "resume" } else { "pause" }),
+            &e,
+        )
+    })
 }

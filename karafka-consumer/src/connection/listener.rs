@@ -44,8 +44,9 @@ pub(crate) struct Listener {
     consumer: Arc<BaseConsumer<GroupContext>>,
     ops: Arc<dyn ClientOps>,
     topics: HashMap<Arc<str>, Arc<TopicRoute>>,
-    /// Consumer instances, one per partition that has had a batch.
-    instances: HashMap<TopicPartition, Box<dyn ErasedConsumer>>,
+    /// Consumer instances, one per partition that has had a batch, with that batch (the
+    /// `revoked` hook gets it, as in Karafka).
+    instances: HashMap<TopicPartition, (Box<dyn ErasedConsumer>, Arc<RawBatch>)>,
     runtime: Handle,
     semaphore: Arc<Semaphore>,
     eof_enabled: bool,
@@ -75,12 +76,15 @@ impl Listener {
                 shared: shared.clone(),
             })
             .map_err(|e| native::kafka_error(format!("create the client of {}", route.name), &e))?;
-        let topics: HashMap<Arc<str>, Arc<TopicRoute>> =
-            route.topics.iter().map(|t| (t.name.clone(), t.clone())).collect();
+        let topics: HashMap<Arc<str>, Arc<TopicRoute>> = route
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
         let names: Vec<&str> = route.topics.iter().map(|t| &*t.name).collect();
-        consumer
-            .subscribe(&names)
-            .map_err(|e| native::kafka_error(format!("subscribe {} to {names:?}", route.name), &e))?;
+        consumer.subscribe(&names).map_err(|e| {
+            native::kafka_error(format!("subscribe {} to {names:?}", route.name), &e)
+        })?;
         let consumer = Arc::new(consumer);
         let ops: Arc<dyn ClientOps> = Arc::new(KafkaOps {
             consumer: consumer.clone(),
@@ -149,7 +153,9 @@ impl Listener {
             };
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => messages.push(self.raw(&message)),
-                Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => eofs.push(partition),
+                Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
+                    eofs.push(partition)
+                }
                 Some(Err(e)) => {
                     self.shared.error(
                         ErrorKind::ConnectionClientPoll,
@@ -169,7 +175,11 @@ impl Listener {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .is_empty();
-                    if !messages.is_empty() || rebalanced || Instant::now() >= wake_at || self.shared.control.stopping() {
+                    if !messages.is_empty()
+                        || rebalanced
+                        || Instant::now() >= wake_at
+                        || self.shared.control.stopping()
+                    {
                         break;
                     }
                 }
@@ -199,7 +209,12 @@ impl Listener {
 
     // -- jobs -------------------------------------------------------------------------------
 
-    fn input(&self, tp: TopicPartition, batch: Arc<RawBatch>, coordinator: Arc<Coordinator>) -> JobInput {
+    fn input(
+        &self,
+        tp: TopicPartition,
+        batch: Arc<RawBatch>,
+        coordinator: Arc<Coordinator>,
+    ) -> JobInput {
         JobInput {
             tp,
             batch,
@@ -218,19 +233,29 @@ impl Listener {
         })
     }
 
-    fn instance(&mut self, tp: &TopicPartition, topic: &TopicRoute) -> Option<Box<dyn ErasedConsumer>> {
+    fn instance(
+        &mut self,
+        tp: &TopicPartition,
+        topic: &TopicRoute,
+    ) -> Option<Box<dyn ErasedConsumer>> {
         self.instances
             .remove(tp)
+            .map(|(consumer, _)| consumer)
             .or_else(|| topic.factory.as_ref().map(|make| make()))
     }
 
     /// `revoked` jobs for partitions taken away during the last poll; their state is gone.
     fn revocation_jobs(&mut self) -> Vec<Job> {
-        let revoked: Vec<(TopicPartition, bool)> =
-            std::mem::take(&mut *self.shared.revocations.lock().unwrap_or_else(|p| p.into_inner()));
+        let revoked: Vec<(TopicPartition, bool)> = std::mem::take(
+            &mut *self
+                .shared
+                .revocations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
         let mut jobs = Vec::new();
         for (tp, _lost) in revoked {
-            let Some(consumer) = self.instances.remove(&tp) else {
+            let Some((consumer, last_batch)) = self.instances.remove(&tp) else {
                 continue;
             };
             if self.shared.closing.load(Ordering::Acquire) {
@@ -245,7 +270,7 @@ impl Listener {
                 kind: JobKind::Revoked,
                 topic,
                 consumer,
-                input: self.input(tp, Self::empty_batch(), coordinator),
+                input: self.input(tp, last_batch, coordinator),
             });
         }
         jobs
@@ -280,7 +305,10 @@ impl Listener {
             let Some(consumer) = self.instance(&tp, &topic) else {
                 continue;
             };
-            let batch = Arc::new(RawBatch { messages, polled_at });
+            let batch = Arc::new(RawBatch {
+                messages,
+                polled_at,
+            });
             jobs.push(Job {
                 kind: JobKind::Consume,
                 topic,
@@ -366,7 +394,7 @@ impl Listener {
             JobKind::Consume => self.after_consume(done),
             JobKind::Eofed => {
                 if !done.coordinator.is_revoked() {
-                    self.instances.insert(done.tp, done.consumer);
+                    self.instances.insert(done.tp, (done.consumer, done.batch));
                 }
             }
             _ => {}
@@ -387,7 +415,7 @@ impl Listener {
         if coordinator.is_revoked() {
             return;
         }
-        self.instances.insert(tp.clone(), consumer);
+        self.instances.insert(tp.clone(), (consumer, batch.clone()));
         let intents = coordinator.take_intents();
         let (first_offset, last_offset) = match (batch.messages.first(), batch.messages.last()) {
             (Some(f), Some(l)) => (f.offset, l.offset),
@@ -444,10 +472,17 @@ impl Listener {
             Decision::DeadLetter { offset, attempts } => {
                 let dlq = topic.dead_letter_queue.clone();
                 match (dlq, batch.messages.iter().find(|m| m.offset == offset)) {
-                    (Some(dlq), Some(raw)) => self.dead_letter(&tp, &coordinator, &dlq, raw, attempts),
+                    (Some(dlq), Some(raw)) => {
+                        self.dead_letter(&tp, &coordinator, &dlq, raw, attempts)
+                    }
                     _ => {
                         // Cannot happen (the offset comes from this batch); retry rather than skip.
-                        let wait = backoff(attempts, settings.pause_timeout, settings.pause_max_timeout, settings.pause_exponential);
+                        let wait = backoff(
+                            attempts,
+                            settings.pause_timeout,
+                            settings.pause_max_timeout,
+                            settings.pause_exponential,
+                        );
                         self.pause(&tp, &coordinator, offset, wait, PauseReason::Retry);
                     }
                 }
@@ -459,7 +494,8 @@ impl Listener {
     fn apply(&self, tp: &TopicPartition, coordinator: &Arc<Coordinator>, intents: Intents) {
         if let Some(offset) = intents.seek {
             if let Err(e) = client::seek(&self.consumer, tp, offset) {
-                self.shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
+                self.shared
+                    .error(ErrorKind::ConnectionClientPoll, e, Some(tp));
             }
         }
         if let Some((offset, timeout)) = intents.pause {
@@ -486,7 +522,10 @@ impl Listener {
             .append("source_topic", raw.topic.to_string())
             .append("source_partition", raw.partition.to_string())
             .append("source_offset", raw.offset.to_string())
-            .append("source_consumer_group", shared.route.consumer_group.to_string());
+            .append(
+                "source_consumer_group",
+                shared.route.consumer_group.to_string(),
+            );
         let mut message = Outgoing {
             payload: raw.payload.clone(),
             key: raw.key.clone(),
@@ -521,7 +560,12 @@ impl Listener {
                 // Try again after a back-off: the next failure dispatches again.
                 coordinator.set_attempt(attempts);
                 let settings = &shared.settings;
-                let wait = backoff(attempts, settings.pause_timeout, settings.pause_max_timeout, settings.pause_exponential);
+                let wait = backoff(
+                    attempts,
+                    settings.pause_timeout,
+                    settings.pause_max_timeout,
+                    settings.pause_exponential,
+                );
                 self.pause(tp, coordinator, raw.offset, wait, PauseReason::Retry);
             }
         }
@@ -529,7 +573,14 @@ impl Listener {
 
     // -- pauses -------------------------------------------------------------------------------
 
-    fn pause(&self, tp: &TopicPartition, coordinator: &Arc<Coordinator>, resume_from: i64, timeout: Duration, reason: PauseReason) {
+    fn pause(
+        &self,
+        tp: &TopicPartition,
+        coordinator: &Arc<Coordinator>,
+        resume_from: i64,
+        timeout: Duration,
+        reason: PauseReason,
+    ) {
         let shared = &self.shared;
         if let Err(e) = client::pause(&self.consumer, tp, false) {
             shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
@@ -597,9 +648,10 @@ impl Listener {
 
     /// Runs `shutdown` hooks, commits what was processed and leaves the group.
     fn shutdown(mut self) {
-        let instances: Vec<(TopicPartition, Box<dyn ErasedConsumer>)> = self.instances.drain().collect();
+        let instances: Vec<(TopicPartition, (Box<dyn ErasedConsumer>, Arc<RawBatch>))> =
+            self.instances.drain().collect();
         let mut jobs = Vec::new();
-        for (tp, consumer) in instances {
+        for (tp, (consumer, _)) in instances {
             let Some(topic) = self.topics.get(&tp.topic).cloned() else {
                 continue;
             };

@@ -29,7 +29,13 @@ mod tests {
     #[test]
     fn constant_when_not_exponential_and_never_over_the_cap() {
         assert_eq!(backoff(5, S, Duration::from_secs(30), false), S);
-        assert_eq!(backoff(1, Duration::from_secs(40), Duration::from_secs(30), false), Duration::from_secs(30));
-        assert_eq!(backoff(u32::MAX, S, Duration::from_secs(30), true), Duration::from_secs(30));
+        assert_eq!(
+            backoff(1, Duration::from_secs(40), Duration::from_secs(30), false),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            backoff(u32::MAX, S, Duration::from_secs(30), true),
+            Duration::from_secs(30)
+        );
     }
 }

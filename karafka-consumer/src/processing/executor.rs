@@ -75,7 +75,12 @@ fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
 }
 
 /// Runs `job` on the current task. Never panics: user panics become [`Failure::Panic`].
-pub(crate) async fn run(job: Job, monitor: Monitor, control: Arc<Control>, listener: Arc<str>) -> Done {
+pub(crate) async fn run(
+    job: Job,
+    monitor: Monitor,
+    control: Arc<Control>,
+    listener: Arc<str>,
+) -> Done {
     let Job {
         kind,
         topic,
@@ -131,7 +136,11 @@ pub(crate) async fn run(job: Job, monitor: Monitor, control: Arc<Control>, liste
         Ok(()) if kind == JobKind::Consume => {
             let polled = batch.polled_at;
             monitor.emit_with(|| {
-                let metadata = crate::message::BatchMetadata::new(&batch.messages, polled, std::time::SystemTime::now() - took);
+                let metadata = crate::message::BatchMetadata::new(
+                    &batch.messages,
+                    polled,
+                    std::time::SystemTime::now() - took,
+                );
                 Event::Consumed {
                     consumer_group: consumer_group.clone(),
                     topic: tp.topic.clone(),
@@ -156,7 +165,11 @@ pub(crate) async fn run(job: Job, monitor: Monitor, control: Arc<Control>, liste
             Event::ErrorOccurred(
                 ErrorOccurred::new(error_kind(kind), std::io::Error::other(failure.to_string()))
                     .source_id(consumer_group.clone())
-                    .at(tp.topic.clone(), Some(tp.partition), (first >= 0).then_some(first)),
+                    .at(
+                        tp.topic.clone(),
+                        Some(tp.partition),
+                        (first >= 0).then_some(first),
+                    ),
             )
         }),
     }

@@ -55,7 +55,9 @@ pub(crate) fn decide(f: &Facts<'_>) -> Decision {
         };
     }
     // The first message not marked yet is where processing stopped.
-    let resume_from = f.stored_after.map_or(f.first_offset, |s| s.max(f.first_offset));
+    let resume_from = f
+        .stored_after
+        .map_or(f.first_offset, |s| s.max(f.first_offset));
     if resume_from > f.last_offset {
         // Everything was marked before the failure: nothing to retry.
         return Decision::Keep;
@@ -77,7 +79,12 @@ pub(crate) fn decide(f: &Facts<'_>) -> Decision {
     Decision::Retry {
         attempt: failures + 1,
         resume_from,
-        backoff: backoff(failures, f.pause_timeout, f.pause_max_timeout, f.exponential),
+        backoff: backoff(
+            failures,
+            f.pause_timeout,
+            f.pause_max_timeout,
+            f.exponential,
+        ),
     }
 }
 
@@ -105,13 +112,28 @@ mod tests {
     #[test]
     fn success_marks_the_batch_unless_the_consumer_owns_offsets() {
         assert_eq!(decide(&facts(true, 1)), Decision::Mark { next: 20 });
-        assert_eq!(decide(&Facts { manual: true, ..facts(true, 1) }), Decision::Keep);
-        assert_eq!(decide(&Facts { took_control: true, ..facts(true, 1) }), Decision::Keep);
+        assert_eq!(
+            decide(&Facts {
+                manual: true,
+                ..facts(true, 1)
+            }),
+            Decision::Keep
+        );
+        assert_eq!(
+            decide(&Facts {
+                took_control: true,
+                ..facts(true, 1)
+            }),
+            Decision::Keep
+        );
     }
 
     #[test]
     fn failure_retries_from_the_first_unmarked_message_with_growing_backoff() {
-        let d = decide(&Facts { stored_after: Some(14), ..facts(false, 1) });
+        let d = decide(&Facts {
+            stored_after: Some(14),
+            ..facts(false, 1)
+        });
         assert_eq!(
             d,
             Decision::Retry {
@@ -132,14 +154,35 @@ mod tests {
     #[test]
     fn dead_letter_after_max_retries() {
         let dlq = DeadLetterQueue::new("dlq").max_retries(2);
-        let with = |attempt| Facts { dlq: Some(&dlq), ..facts(false, attempt) };
-        assert!(matches!(decide(&with(1)), Decision::Retry { attempt: 2, .. }));
-        assert!(matches!(decide(&with(2)), Decision::Retry { attempt: 3, .. }));
-        assert_eq!(decide(&with(3)), Decision::DeadLetter { offset: 10, attempts: 3 });
+        let with = |attempt| Facts {
+            dlq: Some(&dlq),
+            ..facts(false, attempt)
+        };
+        assert!(matches!(
+            decide(&with(1)),
+            Decision::Retry { attempt: 2, .. }
+        ));
+        assert!(matches!(
+            decide(&with(2)),
+            Decision::Retry { attempt: 3, .. }
+        ));
+        assert_eq!(
+            decide(&with(3)),
+            Decision::DeadLetter {
+                offset: 10,
+                attempts: 3
+            }
+        );
         let zero = DeadLetterQueue::new("dlq").max_retries(0);
         assert_eq!(
-            decide(&Facts { dlq: Some(&zero), ..facts(false, 1) }),
-            Decision::DeadLetter { offset: 10, attempts: 1 }
+            decide(&Facts {
+                dlq: Some(&zero),
+                ..facts(false, 1)
+            }),
+            Decision::DeadLetter {
+                offset: 10,
+                attempts: 1
+            }
         );
     }
 
@@ -165,11 +208,23 @@ mod tests {
             stored_after: Some(15),
             ..facts(false, 2)
         };
-        assert_eq!(decide(&counted), Decision::DeadLetter { offset: 15, attempts: 2 });
+        assert_eq!(
+            decide(&counted),
+            Decision::DeadLetter {
+                offset: 15,
+                attempts: 2
+            }
+        );
     }
 
     #[test]
     fn failure_after_marking_everything_retries_nothing() {
-        assert_eq!(decide(&Facts { stored_after: Some(20), ..facts(false, 1) }), Decision::Keep);
+        assert_eq!(
+            decide(&Facts {
+                stored_after: Some(20),
+                ..facts(false, 1)
+            }),
+            Decision::Keep
+        );
     }
 }

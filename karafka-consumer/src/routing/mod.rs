@@ -21,8 +21,8 @@ use std::time::Duration;
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor};
 use karafka_core::{KafkaSettings, Violations};
 
-pub(crate) use topic::{TopicDraft, TopicSettings};
 pub use topic::{DeadLetterQueue, InitialOffset, TopicBuilder};
+pub(crate) use topic::{TopicDraft, TopicSettings};
 
 use crate::consumer::{Consumer, Factory};
 use crate::message::RawMessage;
@@ -50,8 +50,13 @@ impl ConsumerGroupBuilder {
     }
 
     /// Routes `name` to the consumer `f` sets: `.topic("orders", |t| t.consumer(Orders::default))`.
-    pub fn topic<C: Consumer>(mut self, name: &str, f: impl FnOnce(TopicBuilder) -> TopicBuilder<C>) -> Self {
-        self.drafts.push((None, f(TopicBuilder::new(name)).into_draft()));
+    pub fn topic<C: Consumer>(
+        mut self,
+        name: &str,
+        f: impl FnOnce(TopicBuilder) -> TopicBuilder<C>,
+    ) -> Self {
+        self.drafts
+            .push((None, f(TopicBuilder::new(name)).into_draft()));
         self
     }
 
@@ -71,7 +76,12 @@ impl ConsumerGroupBuilder {
         self.subscription_kafka
             .entry(name.to_owned())
             .or_default()
-            .extend(group.kafka.iter().map(|(k, v)| (k.to_owned(), v.to_owned())));
+            .extend(
+                group
+                    .kafka
+                    .iter()
+                    .map(|(k, v)| (k.to_owned(), v.to_owned())),
+            );
         self
     }
 }
@@ -93,7 +103,11 @@ pub struct SubscriptionGroupBuilder {
 
 impl SubscriptionGroupBuilder {
     /// Routes a topic (see [`ConsumerGroupBuilder::topic`]).
-    pub fn topic<C: Consumer>(mut self, name: &str, f: impl FnOnce(TopicBuilder) -> TopicBuilder<C>) -> Self {
+    pub fn topic<C: Consumer>(
+        mut self,
+        name: &str,
+        f: impl FnOnce(TopicBuilder) -> TopicBuilder<C>,
+    ) -> Self {
         self.drafts.push(f(TopicBuilder::new(name)).into_draft());
         self
     }
@@ -125,9 +139,12 @@ impl DecodeReporter {
     pub(crate) fn report(&self, raw: &RawMessage, error: &BoxError) {
         self.monitor.emit_with(|| {
             Event::ErrorOccurred(
-                ErrorOccurred::new(ErrorKind::Deserialization, std::io::Error::other(error.to_string()))
-                    .source_id(self.consumer_group.clone())
-                    .at(raw.topic.clone(), Some(raw.partition), Some(raw.offset)),
+                ErrorOccurred::new(
+                    ErrorKind::Deserialization,
+                    std::io::Error::other(error.to_string()),
+                )
+                .source_id(self.consumer_group.clone())
+                .at(raw.topic.clone(), Some(raw.partition), Some(raw.offset)),
             )
         });
     }
@@ -312,13 +329,19 @@ pub(crate) fn resolve(
     let mut routes = Routes::default();
     let mut group_names = HashSet::new();
     if groups.iter().all(|g| g.drafts.is_empty()) {
-        v.push("routes", "no topic is routed: declare at least one with `.topic(name, |t| t.consumer(...))`");
+        v.push(
+            "routes",
+            "no topic is routed: declare at least one with `.topic(name, |t| t.consumer(...))`",
+        );
     }
     for group in groups {
         let cg_path = format!("consumer_groups.{}", group.name);
         v.check_name(format!("{cg_path}.name"), &group.name);
         if !group_names.insert(group.name.clone()) {
-            v.push(&cg_path, "is declared twice; merge its topics into one consumer group");
+            v.push(
+                &cg_path,
+                "is declared twice; merge its topics into one consumer group",
+            );
         }
         let cg: Arc<str> = group.name.as_str().into();
         let reporter = DecodeReporter {
@@ -342,11 +365,15 @@ pub(crate) fn resolve(
                 );
             }
             let max_messages = settings.max_messages.unwrap_or(DEFAULT_MAX_MESSAGES);
-            v.check(max_messages >= 1, format!("{path}.max_messages"), || "must be at least 1".into());
-            let max_wait_time = settings.max_wait_time.unwrap_or(DEFAULT_MAX_WAIT_TIME);
-            v.check(!max_wait_time.is_zero(), format!("{path}.max_wait_time"), || {
-                "must be greater than 0".into()
+            v.check(max_messages >= 1, format!("{path}.max_messages"), || {
+                "must be at least 1".into()
             });
+            let max_wait_time = settings.max_wait_time.unwrap_or(DEFAULT_MAX_WAIT_TIME);
+            v.check(
+                !max_wait_time.is_zero(),
+                format!("{path}.max_wait_time"),
+                || "must be greater than 0".into(),
+            );
             if let Some(dlq) = &settings.dead_letter_queue {
                 v.check_name(format!("{path}.dead_letter_queue.topic"), dlq.topic());
                 v.check(dlq.topic() != draft.name, format!("{path}.dead_letter_queue.topic"), || {
@@ -413,14 +440,24 @@ pub(crate) fn resolve(
                     }
                 }
             }
-            let extra = group.subscription_kafka.get(&name).cloned().unwrap_or_default();
+            let extra = group
+                .subscription_kafka
+                .get(&name)
+                .cloned()
+                .unwrap_or_default();
             v.extend(extra.validate(&format!("{path}.kafka")));
             subscription_groups.push(connection(&cg, name.as_str(), members, app_kafka, &extra));
         }
         for (i, key) in implicit_order.into_iter().enumerate() {
             if let Some(members) = implicit.remove(&key) {
                 let name = format!("sg-{i}");
-                subscription_groups.push(connection(&cg, &name, members, app_kafka, &KafkaSettings::new()));
+                subscription_groups.push(connection(
+                    &cg,
+                    &name,
+                    members,
+                    app_kafka,
+                    &KafkaSettings::new(),
+                ));
             }
         }
         routes.consumer_groups.push(ConsumerGroupRoute {
@@ -466,8 +503,12 @@ fn connection(
     Arc::new(SubscriptionGroupRoute {
         name: name.into(),
         consumer_group: consumer_group.clone(),
-        max_messages: first.as_ref().map_or(DEFAULT_MAX_MESSAGES, |t| t.max_messages),
-        max_wait_time: first.as_ref().map_or(DEFAULT_MAX_WAIT_TIME, |t| t.max_wait_time),
+        max_messages: first
+            .as_ref()
+            .map_or(DEFAULT_MAX_MESSAGES, |t| t.max_messages),
+        max_wait_time: first
+            .as_ref()
+            .map_or(DEFAULT_MAX_WAIT_TIME, |t| t.max_wait_time),
         topics,
         kafka,
     })

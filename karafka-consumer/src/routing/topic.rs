@@ -176,7 +176,10 @@ impl TopicBuilder<NoConsumer> {
 impl<C: Consumer> TopicBuilder<C> {
     /// The consumer: `make` creates one instance per assigned partition (again after the
     /// partition is re-assigned).
-    pub fn consumer<D: Consumer>(self, make: impl Fn() -> D + Send + Sync + 'static) -> TopicBuilder<D> {
+    pub fn consumer<D: Consumer>(
+        self,
+        make: impl Fn() -> D + Send + Sync + 'static,
+    ) -> TopicBuilder<D> {
         TopicBuilder {
             name: self.name,
             settings: self.settings,

@@ -42,13 +42,22 @@ pub fn produce(broker: &TestBroker, topic: &str, count: usize, prefix: &str) {
 }
 
 /// The group's committed offsets (next offset to read) per partition of `topic`.
-pub fn committed(broker: &TestBroker, group: &str, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = client_config(&broker.consumer_settings(group)).create().unwrap();
+pub fn committed(
+    broker: &TestBroker,
+    group: &str,
+    topic: &str,
+    partitions: i32,
+) -> BTreeMap<i32, i64> {
+    let consumer: BaseConsumer = client_config(&broker.consumer_settings(group))
+        .create()
+        .unwrap();
     let mut list = rdkafka::TopicPartitionList::new();
     for p in 0..partitions {
         list.add_partition(topic, p);
     }
-    let committed = consumer.committed_offsets(list, Duration::from_secs(10)).unwrap();
+    let committed = consumer
+        .committed_offsets(list, Duration::from_secs(10))
+        .unwrap();
     committed
         .elements()
         .iter()
@@ -73,9 +82,19 @@ impl Recorder {
         r
     }
     pub fn count(&self, name: &str) -> usize {
-        self.events.lock().unwrap().iter().filter(|e| e.name() == name).count()
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.name() == name)
+            .count()
     }
     pub fn names(&self) -> Vec<String> {
-        self.events.lock().unwrap().iter().map(|e| e.name().to_owned()).collect()
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|e| e.name().to_owned())
+            .collect()
     }
 }

@@ -502,7 +502,10 @@ impl fmt::Display for Event {
                 first_offset,
                 last_offset,
                 ..
-            } => write!(f, "{name} {topic}/{partition}: {messages} message(s) {first_offset}..={last_offset}"),
+            } => write!(
+                f,
+                "{name} {topic}/{partition}: {messages} message(s) {first_offset}..={last_offset}"
+            ),
             Event::Consumed {
                 topic,
                 partition,
@@ -521,7 +524,10 @@ impl fmt::Display for Event {
                 ..
             } => write!(f, "{name} {topic}/{partition} in {duration:?}"),
             Event::WorkerProcess {
-                topic, partition, job, ..
+                topic,
+                partition,
+                job,
+                ..
             } => write!(f, "{name} {} {topic}/{partition}", job.as_str()),
             Event::WorkerProcessed {
                 topic,
@@ -529,7 +535,11 @@ impl fmt::Display for Event {
                 job,
                 duration,
                 ..
-            } => write!(f, "{name} {} {topic}/{partition} in {duration:?}", job.as_str()),
+            } => write!(
+                f,
+                "{name} {} {topic}/{partition} in {duration:?}",
+                job.as_str()
+            ),
             Event::Rebalance {
                 subscription_group,
                 partitions,
@@ -548,8 +558,13 @@ impl fmt::Display for Event {
                 timeout,
                 reason,
                 ..
-            } => write!(f, "{name} {topic}/{partition} until offset {offset} resumes in {timeout:?} ({reason:?})"),
-            Event::Resumed { topic, partition, .. } => write!(f, "{name} {topic}/{partition}"),
+            } => write!(
+                f,
+                "{name} {topic}/{partition} until offset {offset} resumes in {timeout:?} ({reason:?})"
+            ),
+            Event::Resumed {
+                topic, partition, ..
+            } => write!(f, "{name} {topic}/{partition}"),
             Event::Retry {
                 topic,
                 partition,

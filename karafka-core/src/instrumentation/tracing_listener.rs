@@ -32,7 +32,9 @@ impl TracingListener {
             Event::ErrorOccurred(_) => Level::ERROR,
             Event::ProducerLifecycle { .. } | Event::Rebalance { .. } => Level::INFO,
             Event::Retry { .. } | Event::DlqDispatched { .. } => Level::WARN,
-            Event::Paused { .. } | Event::Resumed { .. } | Event::ConsumerHook { .. } => Level::DEBUG,
+            Event::Paused { .. } | Event::Resumed { .. } | Event::ConsumerHook { .. } => {
+                Level::DEBUG
+            }
             Event::Consumed { .. } | Event::BatchReceived { .. } => Level::DEBUG,
             Event::Consume { .. } | Event::WorkerProcess { .. } | Event::WorkerProcessed { .. } => {
                 Level::TRACE

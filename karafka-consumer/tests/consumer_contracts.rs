@@ -1,0 +1,262 @@
+//! Bad configuration is refused at `build()` with every problem listed, each at its path with
+//! a message that says what is wrong and how to fix it.
+
+use std::time::Duration;
+
+use karafka_consumer::payload::Raw;
+use karafka_consumer::routing::DeadLetterQueue;
+use karafka_consumer::{App, AppBuilder, ConsumeResult, Consumer, Context};
+
+struct Noop;
+impl Consumer for Noop {
+    type Payload = Raw;
+    async fn consume(&mut self, _ctx: &Context<Raw>) -> ConsumeResult {
+        Ok(())
+    }
+}
+
+fn base() -> AppBuilder {
+    App::builder().kafka("bootstrap.servers", "127.0.0.1:9092")
+}
+
+fn says(builder: AppBuilder, path: &str, fragment: &str) {
+    let error = builder
+        .build()
+        .expect_err("the configuration must be refused");
+    let v = error
+        .at(path)
+        .unwrap_or_else(|| panic!("no violation at {path}; got:\n{error}"));
+    assert!(
+        v.message.contains(fragment),
+        "{path}: `{}` should say `{fragment}`",
+        v.message
+    );
+}
+
+#[test]
+fn a_valid_app_builds() {
+    let app = base()
+        .topic("orders", |t| t.consumer(|| Noop))
+        .build()
+        .unwrap();
+    assert_eq!(app.routes().consumer_groups().count(), 1);
+}
+
+#[test]
+fn invalid_topic_and_group_names() {
+    says(
+        base().topic("bad topic", |t| t.consumer(|| Noop)),
+        "consumer_groups.karafka.topics.bad topic.name",
+        "[A-Za-z0-9._-]",
+    );
+    says(
+        base().consumer_group("bad/group", |g| g.topic("t", |t| t.consumer(|| Noop))),
+        "consumer_groups.bad/group.name",
+        "use only letters",
+    );
+}
+
+#[test]
+fn a_topic_once_per_consumer_group() {
+    says(
+        base()
+            .topic("t", |t| t.consumer(|| Noop))
+            .topic("t", |t| t.consumer(|| Noop)),
+        "consumer_groups.karafka.topics.t",
+        "routed twice",
+    );
+    // The same topic in two consumer groups is fine.
+    base()
+        .consumer_group("a", |g| g.topic("t", |t| t.consumer(|| Noop)))
+        .consumer_group("b", |g| g.topic("t", |t| t.consumer(|| Noop)))
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn shutdown_timeout_must_exceed_max_wait_time() {
+    says(
+        base()
+            .shutdown_timeout(Duration::from_secs(2))
+            .topic("slow", |t| {
+                t.consumer(|| Noop).max_wait_time(Duration::from_secs(5))
+            }),
+        "app.shutdown_timeout",
+        "not longer than the max_wait_time of `slow`",
+    );
+}
+
+#[test]
+fn pause_timeout_at_most_its_max() {
+    says(
+        base()
+            .pause_timeout(Duration::from_secs(10))
+            .pause_max_timeout(Duration::from_secs(5))
+            .topic("t", |t| t.consumer(|| Noop)),
+        "app.pause_timeout",
+        "longer than pause_max_timeout",
+    );
+}
+
+#[test]
+fn a_missing_consumer() {
+    says(
+        base().topic("t", |t| t.max_messages(5)),
+        "consumer_groups.karafka.topics.t.consumer",
+        "is missing",
+    );
+    // An inactive topic needs none.
+    base()
+        .topic("t", |t| t.consumer(|| Noop))
+        .topic("declared-only", |t| t.active(false))
+        .build()
+        .unwrap();
+}
+
+#[test]
+fn missing_bootstrap_servers() {
+    says(
+        App::builder().topic("t", |t| t.consumer(|| Noop)),
+        "app.kafka.bootstrap.servers",
+        "is required",
+    );
+}
+
+#[test]
+fn invalid_librdkafka_keys_and_values() {
+    says(
+        base()
+            .kafka("no.such.key", "1")
+            .topic("t", |t| t.consumer(|| Noop)),
+        "app.kafka.no.such.key",
+        "no.such.key",
+    );
+    says(
+        base().topic("t", |t| {
+            t.consumer(|| Noop).kafka("fetch.wait.max.ms", "soon")
+        }),
+        "consumer_groups.karafka.topics.t.kafka.fetch.wait.max.ms",
+        "librdkafka rejects",
+    );
+    says(
+        base().topic("t", |t| {
+            t.consumer(|| Noop)
+                .kafka("enable.auto.offset.store", "true")
+        }),
+        "consumer_groups.karafka.topics.t.kafka.enable.auto.offset.store",
+        "must stay false",
+    );
+}
+
+#[test]
+fn dead_letter_queue_rules() {
+    says(
+        base().topic("t", |t| {
+            t.consumer(|| Noop)
+                .dead_letter_queue(DeadLetterQueue::new("t"))
+        }),
+        "consumer_groups.karafka.topics.t.dead_letter_queue.topic",
+        "is the topic itself",
+    );
+}
+
+#[test]
+fn every_problem_is_listed_at_once() {
+    let error = App::builder()
+        .concurrency(0)
+        .pause_timeout(Duration::from_secs(10))
+        .pause_max_timeout(Duration::from_secs(1))
+        .topic("bad name", |t| t.max_messages(0))
+        .build()
+        .unwrap_err();
+    let paths: Vec<&str> = error.violations().iter().map(|v| v.path.as_str()).collect();
+    for expected in [
+        "app.kafka.bootstrap.servers",
+        "app.concurrency",
+        "app.pause_timeout",
+        "consumer_groups.karafka.topics.bad name.name",
+        "consumer_groups.karafka.topics.bad name.consumer",
+        "consumer_groups.karafka.topics.bad name.max_messages",
+    ] {
+        assert!(
+            paths.contains(&expected),
+            "{expected} missing from {paths:?}"
+        );
+    }
+    assert!(
+        error.to_string().starts_with("invalid configuration ("),
+        "{error}"
+    );
+}
+
+#[test]
+fn subscription_groups_form_by_connection_settings() {
+    let app = base()
+        .topic("a", |t| t.consumer(|| Noop))
+        .topic("b", |t| t.consumer(|| Noop))
+        .topic("c", |t| t.consumer(|| Noop).max_messages(500))
+        .topic("d", |t| {
+            t.consumer(|| Noop).kafka("fetch.min.bytes", "1000")
+        })
+        .consumer_group("other", |g| {
+            g.subscription_group("named", |sg| {
+                sg.topic("x", |t| t.consumer(|| Noop))
+                    .topic("y", |t| t.consumer(|| Noop))
+                    .kafka("client.id", "named-client")
+            })
+        })
+        .build()
+        .unwrap();
+    let groups: Vec<_> = app.routes().consumer_groups().collect();
+    let sgs: Vec<Vec<String>> = groups[0]
+        .subscription_groups()
+        .map(|sg| sg.topics().map(|t| t.name().to_owned()).collect())
+        .collect();
+    assert_eq!(sgs, [vec!["a", "b"], vec!["c"], vec!["d"]]);
+    let named: Vec<_> = groups[1].subscription_groups().collect();
+    assert_eq!(named.len(), 1);
+    assert_eq!(named[0].name(), "named");
+    assert_eq!(named[0].kafka().get("client.id"), Some("named-client"));
+    assert_eq!(named[0].kafka().get("group.id"), Some("other"));
+    assert_eq!(
+        named[0].kafka().get("enable.auto.offset.store"),
+        Some("false")
+    );
+}
+
+#[test]
+fn named_subscription_groups_must_share_connection_settings() {
+    says(
+        base().consumer_group("g", |g| {
+            g.subscription_group("sg", |sg| {
+                sg.topic("x", |t| t.consumer(|| Noop))
+                    .topic("y", |t| t.consumer(|| Noop).max_messages(7))
+            })
+        }),
+        "consumer_groups.g.subscription_groups.sg",
+        "differ in kafka overrides, max_messages",
+    );
+}
+
+#[test]
+fn defaults_apply_and_topics_override_them() {
+    let app = base()
+        .defaults(|d| {
+            d.max_messages(250)
+                .max_wait_time(Duration::from_millis(300))
+        })
+        .topic("a", |t| t.consumer(|| Noop))
+        .topic("b", |t| t.consumer(|| Noop).max_messages(10))
+        .build()
+        .unwrap();
+    let topics: Vec<_> = app
+        .routes()
+        .consumer_groups()
+        .next()
+        .unwrap()
+        .topics()
+        .map(|t| (t.name().to_owned(), t.max_messages(), t.max_wait_time()))
+        .collect();
+    assert_eq!(topics[0], ("a".to_owned(), 250, Duration::from_millis(300)));
+    assert_eq!(topics[1], ("b".to_owned(), 10, Duration::from_millis(300)));
+}
