@@ -30,6 +30,10 @@ pub const DEFAULT_INITIAL_REBALANCE_DELAY: Duration = Duration::from_secs(3);
 /// - Aborted transactional records stay visible to `read_committed` consumers.
 /// - It keeps at most about 5 MiB per partition (~47k messages of 100 bytes); older
 ///   messages are dropped as on a broker with tight retention.
+/// - While a classic (eager) group rebalances, it refuses offset commits
+///   (`REBALANCE_IN_PROGRESS`), which Kafka accepts from the current generation: after an eager
+///   rebalance on the mock, work processed since the last automatic commit is delivered again.
+///   Cooperative-sticky and KIP-848 groups commit normally.
 /// - A new consumer group's first join waits the initial rebalance delay
 ///   ([`DEFAULT_INITIAL_REBALANCE_DELAY`], settable with
 ///   [`EmbeddedClusterBuilder::initial_rebalance_delay`]).

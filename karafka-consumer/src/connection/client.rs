@@ -113,14 +113,8 @@ impl ConsumerContext for GroupContext {
                 if !lost {
                     // Commit what was processed while the partitions are still ours. Jobs never
                     // run during a poll, so nothing is half-done here.
-                    if let Err(e) = consumer.commit_consumer_state(CommitMode::Sync) {
-                        if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
-                            shared.error(
-                                ErrorKind::ConnectionClientCommit,
-                                native::kafka_error("commit offsets of revoked partitions", &e),
-                                None,
-                            );
-                        }
+                    if let Err(e) = commit_stored(consumer, REVOKE_COMMIT_TIMEOUT) {
+                        shared.error(ErrorKind::ConnectionClientCommit, e, None);
                     }
                 }
                 {
@@ -189,6 +183,64 @@ impl ConsumerContext for GroupContext {
                 );
             }
         }
+    }
+}
+
+/// How long a revocation waits for its commit. librdkafka rejoins the group only after the
+/// revocation callback returns, and some brokers (Tansu, measured) hold a commit's answer
+/// until the rebalance is over: an unbounded wait there would stall the group until the
+/// rebalance timeout. Kafka answers within a round trip.
+pub(crate) const REVOKE_COMMIT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Commits the stored offsets of the current assignment and waits up to `timeout` for the
+/// broker's answer (librdkafka's own synchronous commit cannot be bounded). Past the timeout
+/// the commit goes on in the background and this returns an error saying so. No stored offset
+/// is not an error.
+pub(crate) fn commit_stored(
+    consumer: &BaseConsumer<GroupContext>,
+    timeout: Duration,
+) -> Result<(), KafkaError> {
+    use rdkafka_sys as sys;
+    let rk = consumer.client().native_ptr();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    // SAFETY: `rk` is the live client handle of `consumer`, borrowed for this call. The queue
+    // is created here and destroyed once on every path; librdkafka keeps its own reference to
+    // it for the commit it posts there, so destroying ours early (on a timeout) is allowed. The
+    // event, when one is returned, is destroyed once after reading its error.
+    #[allow(unsafe_code)]
+    let (answered, code) = unsafe {
+        let queue = sys::rd_kafka_queue_new(rk);
+        let started =
+            sys::rd_kafka_commit_queue(rk, std::ptr::null(), queue, None, std::ptr::null_mut());
+        if started != sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            sys::rd_kafka_queue_destroy(queue);
+            (true, started)
+        } else {
+            let event = sys::rd_kafka_queue_poll(queue, ms);
+            let outcome = if event.is_null() {
+                (
+                    false,
+                    sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR__TIMED_OUT,
+                )
+            } else {
+                let code = sys::rd_kafka_event_error(event);
+                sys::rd_kafka_event_destroy(event);
+                (true, code)
+            };
+            sys::rd_kafka_queue_destroy(queue);
+            outcome
+        }
+    };
+    let code = RDKafkaErrorCode::from(code);
+    match code {
+        RDKafkaErrorCode::NoError | RDKafkaErrorCode::NoOffset => Ok(()),
+        _ if !answered => Err(KafkaError::other(
+            "commit offsets of revoked partitions",
+            format!(
+                "no answer from the broker within {timeout:?}; the commit continues in the background"
+            ),
+        )),
+        other => Err(native::kafka_code_error("commit offsets", other)),
     }
 }
 

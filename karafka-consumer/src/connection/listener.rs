@@ -20,9 +20,8 @@ use karafka_core::instrumentation::{ErrorKind, Event, JobKind, PauseReason};
 use karafka_core::{Headers, TopicPartition, native};
 use karafka_producer::Message as Outgoing;
 use rdkafka::Message as _;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::BorrowedMessage;
-use rdkafka::types::RDKafkaErrorCode;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
@@ -667,14 +666,9 @@ impl Listener {
             drop(self.execute(jobs));
         }
         self.shared.closing.store(true, Ordering::Release);
-        if let Err(e) = self.consumer.commit_consumer_state(CommitMode::Sync) {
-            if e.rdkafka_error_code() != Some(RDKafkaErrorCode::NoOffset) {
-                self.shared.error(
-                    ErrorKind::ConnectionClientCommit,
-                    native::kafka_error("commit offsets on shutdown", &e),
-                    None,
-                );
-            }
+        if let Err(e) = client::commit_stored(&self.consumer, Duration::from_secs(10)) {
+            self.shared
+                .error(ErrorKind::ConnectionClientCommit, e, None);
         }
         // Dropping the last reference closes the client: it leaves the group (the final
         // revocation commits again and runs no hooks).
