@@ -18,12 +18,22 @@ use crate::settings::{
     DEFAULT_SHUTDOWN_TIMEOUT, ProcessingSettings,
 };
 
+/// A job in flight (formatted only when a report needs it).
+#[derive(Debug, Clone)]
+pub(crate) struct InFlight {
+    pub(crate) listener: Arc<str>,
+    pub(crate) job: karafka_core::instrumentation::JobKind,
+    pub(crate) tp: karafka_core::TopicPartition,
+    pub(crate) offsets: (i64, i64),
+    pub(crate) started: Instant,
+}
+
 /// Flags every listener of a running app watches.
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     pub(crate) stop: AtomicBool,
-    /// Jobs in flight, for the shutdown report: (listener, job description, started).
-    pub(crate) in_flight: Mutex<Vec<(String, String, Instant)>>,
+    /// Jobs in flight, for the shutdown report.
+    pub(crate) in_flight: Mutex<Vec<InFlight>>,
 }
 
 impl Control {
@@ -493,7 +503,7 @@ impl Running {
         for name in listeners {
             report.push_str(&format!("  listener {name} is still running\n"));
         }
-        for (listener, job, since) in self
+        for job in self
             .control
             .in_flight
             .lock()
@@ -501,8 +511,13 @@ impl Running {
             .iter()
         {
             report.push_str(&format!(
-                "  job {job} of {listener} has been running for {:?}\n",
-                since.elapsed()
+                "  job {} {} offsets {}..={} of listener {} has been running for {:?}\n",
+                job.job.as_str(),
+                job.tp,
+                job.offsets.0,
+                job.offsets.1,
+                job.listener,
+                job.started.elapsed()
             ));
         }
         report

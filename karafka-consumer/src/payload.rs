@@ -43,7 +43,7 @@ impl<T> Deref for Json<T> {
 
 impl<T: DeserializeOwned + Send + Sync + 'static> Payload for Json<T> {
     fn deserialize(raw: Option<&Bytes>) -> Result<Self, BoxError> {
-        let raw = raw.ok_or_else(|| Tombstone("JSON"))?;
+        let raw = raw.ok_or(Tombstone("JSON"))?;
         Ok(Json(serde_json::from_slice(raw)?))
     }
 }
@@ -78,7 +78,7 @@ impl Deref for Text {
 
 impl Payload for Text {
     fn deserialize(raw: Option<&Bytes>) -> Result<Self, BoxError> {
-        let raw = raw.ok_or_else(|| Tombstone("text"))?;
+        let raw = raw.ok_or(Tombstone("text"))?;
         Ok(Text(std::str::from_utf8(raw)?.to_owned()))
     }
 }

@@ -37,6 +37,20 @@ use crate::processing::executor::{self, Done, Job};
 use crate::processing::strategy::{Decision, Facts, decide};
 use crate::routing::{DeadLetterQueue, SubscriptionGroupRoute, TopicRoute};
 
+/// A partition's consumer instance and the last batch it got.
+type Instance = (Box<dyn ErasedConsumer>, Arc<RawBatch>);
+
+/// A polled message whose key and payload are ranges of the batch's buffer.
+struct Polled {
+    topic: Arc<str>,
+    partition: i32,
+    offset: i64,
+    key: Option<std::ops::Range<usize>>,
+    payload: Option<std::ops::Range<usize>>,
+    headers: Headers,
+    timestamp: karafka_core::Timestamp,
+}
+
 pub(crate) struct Listener {
     name: Arc<str>,
     shared: Arc<GroupShared>,
@@ -45,7 +59,7 @@ pub(crate) struct Listener {
     topics: HashMap<Arc<str>, Arc<TopicRoute>>,
     /// Consumer instances, one per partition that has had a batch, with that batch (the
     /// `revoked` hook gets it, as in Karafka).
-    instances: HashMap<TopicPartition, (Box<dyn ErasedConsumer>, Arc<RawBatch>)>,
+    instances: HashMap<TopicPartition, Instance>,
     runtime: Handle,
     semaphore: Arc<Semaphore>,
     eof_enabled: bool,
@@ -108,14 +122,14 @@ impl Listener {
             let (batch, eofs, polled_for) = self.poll_batch();
             let mut jobs = self.revocation_jobs();
             if !batch.is_empty() {
-                let partitions = jobs.len();
-                jobs.extend(self.consume_jobs(batch.clone()));
+                let (before, messages) = (jobs.len(), batch.len());
+                jobs.extend(self.consume_jobs(batch));
                 let shared = &self.shared;
                 shared.monitor.emit_with(|| Event::BatchReceived {
                     consumer_group: shared.route.consumer_group.clone(),
                     subscription_group: shared.route.name.clone(),
-                    messages: batch.len(),
-                    partitions: jobs.len() - partitions,
+                    messages,
+                    partitions: jobs.len() - before,
                     duration: polled_for,
                 });
             }
@@ -134,6 +148,9 @@ impl Listener {
 
     /// Polls up to `max_messages`, waiting at most `max_wait_time` (or until the next pause
     /// ends) for the first message; after it, takes only what is already fetched.
+    ///
+    /// Keys and payloads of the batch are copied into one buffer, and each message's bytes are
+    /// a slice of it: one allocation per batch instead of one per message.
     fn poll_batch(&mut self) -> (Vec<RawMessage>, Vec<i32>, Duration) {
         let route = &self.shared.route;
         let started = Instant::now();
@@ -141,17 +158,22 @@ impl Listener {
         if let Some(next_resume) = self.next_resume() {
             wake_at = wake_at.min(next_resume);
         }
-        let mut messages = Vec::with_capacity(route.max_messages.min(1024));
+        let mut polled: Vec<Polled> = Vec::with_capacity(route.max_messages.min(1024));
+        let mut arena: Vec<u8> = Vec::new();
         let mut eofs = Vec::new();
-        while messages.len() < route.max_messages {
+        let mut last_topic: Option<Arc<str>> = None;
+        while polled.len() < route.max_messages {
             let now = Instant::now();
-            let timeout = if messages.is_empty() {
+            let timeout = if polled.is_empty() {
                 wake_at.saturating_duration_since(now)
             } else {
                 Duration::ZERO
             };
             match self.consumer.poll(timeout) {
-                Some(Ok(message)) => messages.push(self.raw(&message)),
+                Some(Ok(message)) => {
+                    let p = self.copy(&message, &mut last_topic, &mut arena);
+                    polled.push(p);
+                }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
                     eofs.push(partition)
                 }
@@ -174,7 +196,7 @@ impl Listener {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .is_empty();
-                    if !messages.is_empty()
+                    if !polled.is_empty()
                         || rebalanced
                         || Instant::now() >= wake_at
                         || self.shared.control.stopping()
@@ -184,20 +206,57 @@ impl Listener {
                 }
             }
         }
+        let arena = Bytes::from(arena);
+        let messages = polled
+            .into_iter()
+            .map(|p| RawMessage {
+                topic: p.topic,
+                partition: p.partition,
+                offset: p.offset,
+                key: p.key.map(|r| arena.slice(r)),
+                payload: p.payload.map(|r| arena.slice(r)),
+                headers: p.headers,
+                timestamp: p.timestamp,
+            })
+            .collect();
         (messages, eofs, started.elapsed())
     }
 
-    fn raw(&self, m: &BorrowedMessage<'_>) -> RawMessage {
-        let topic = self
-            .topics
-            .get_key_value(m.topic())
-            .map_or_else(|| Arc::from(m.topic()), |(name, _)| name.clone());
-        RawMessage {
+    /// Copies a polled message out of librdkafka: key and payload into `arena`. `last_topic`
+    /// caches the previous message's topic (batches usually have one), saving a map lookup.
+    fn copy(
+        &self,
+        m: &BorrowedMessage<'_>,
+        last_topic: &mut Option<Arc<str>>,
+        arena: &mut Vec<u8>,
+    ) -> Polled {
+        let name = m.topic();
+        let topic = match last_topic {
+            Some(t) if &**t == name => t.clone(),
+            _ => {
+                let t = self
+                    .topics
+                    .get_key_value(name)
+                    .map_or_else(|| Arc::from(name), |(known, _)| known.clone());
+                *last_topic = Some(t.clone());
+                t
+            }
+        };
+        let mut put = |bytes: Option<&[u8]>| {
+            bytes.map(|b| {
+                let start = arena.len();
+                arena.extend_from_slice(b);
+                start..arena.len()
+            })
+        };
+        let key = put(m.key());
+        let payload = put(m.payload());
+        Polled {
             topic,
             partition: m.partition(),
             offset: m.offset(),
-            key: m.key().map(Bytes::copy_from_slice),
-            payload: m.payload().map(Bytes::copy_from_slice),
+            key,
+            payload,
             headers: m
                 .headers()
                 .map(native::from_borrowed_headers)
@@ -355,25 +414,32 @@ impl Listener {
         jobs
     }
 
-    /// Runs the jobs on the workers (at most `concurrency` at once across the app) and waits
-    /// for every one of them.
-    fn execute(&self, jobs: Vec<Job>) -> Vec<Done> {
+    /// Runs the jobs (at most `concurrency` at once across the app) and waits for every one
+    /// of them. All but one go to the worker pool; the last runs right here, inside the
+    /// runtime, so the common one-partition poll costs no thread hand-off.
+    fn execute(&self, mut jobs: Vec<Job>) -> Vec<Done> {
+        let Some(local) = jobs.pop() else {
+            return Vec::new();
+        };
+        let run = |job: Job| {
+            let semaphore = self.semaphore.clone();
+            let monitor = self.shared.monitor.clone();
+            let control = self.shared.control.clone();
+            let name = self.name.clone();
+            async move {
+                let _permit = semaphore.acquire_owned().await.ok();
+                executor::run(job, monitor, control, name).await
+            }
+        };
         let handles: Vec<_> = jobs
             .into_iter()
-            .map(|job| {
-                let semaphore = self.semaphore.clone();
-                let monitor = self.shared.monitor.clone();
-                let control = self.shared.control.clone();
-                let name = self.name.clone();
-                self.runtime.spawn(async move {
-                    let _permit = semaphore.acquire_owned().await.ok();
-                    executor::run(job, monitor, control, name).await
-                })
-            })
+            .map(|job| self.runtime.spawn(run(job)))
             .collect();
+        let local = run(local);
         let shared = self.shared.clone();
         self.runtime.block_on(async move {
-            let mut done = Vec::with_capacity(handles.len());
+            let mut done = Vec::with_capacity(handles.len() + 1);
+            done.push(local.await);
             for handle in handles {
                 match handle.await {
                     Ok(d) => done.push(d),
@@ -391,10 +457,8 @@ impl Listener {
     fn after(&mut self, done: Done) {
         match done.kind {
             JobKind::Consume => self.after_consume(done),
-            JobKind::Eofed => {
-                if !done.coordinator.is_revoked() {
-                    self.instances.insert(done.tp, (done.consumer, done.batch));
-                }
+            JobKind::Eofed if !done.coordinator.is_revoked() => {
+                self.instances.insert(done.tp, (done.consumer, done.batch));
             }
             _ => {}
         }
@@ -647,8 +711,7 @@ impl Listener {
 
     /// Runs `shutdown` hooks, commits what was processed and leaves the group.
     fn shutdown(mut self) {
-        let instances: Vec<(TopicPartition, (Box<dyn ErasedConsumer>, Arc<RawBatch>))> =
-            self.instances.drain().collect();
+        let instances: Vec<(TopicPartition, Instance)> = self.instances.drain().collect();
         let mut jobs = Vec::new();
         for (tp, (consumer, _)) in instances {
             let Some(topic) = self.topics.get(&tp.topic).cloned() else {

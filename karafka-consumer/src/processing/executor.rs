@@ -11,7 +11,7 @@ use std::time::Instant;
 use karafka_core::TopicPartition;
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, JobKind, Monitor};
 
-use crate::app::Control;
+use crate::app::{Control, InFlight};
 use crate::consumer::ErasedConsumer;
 use crate::context::JobInput;
 use crate::message::RawBatch;
@@ -112,13 +112,18 @@ pub(crate) async fn run(
             last_offset: last,
         });
     }
-    let label = format!("{} {tp} offsets {first}..={last}", kind.as_str());
     let started = Instant::now();
     control
         .in_flight
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .push((listener.to_string(), label.clone(), started));
+        .push(InFlight {
+            listener: listener.clone(),
+            job: kind,
+            tp: tp.clone(),
+            offsets: (first, last),
+            started,
+        });
 
     let outcome = match (CatchUnwind(consumer.run(kind, input))).await {
         Ok(Ok(())) => Ok(()),
@@ -130,7 +135,12 @@ pub(crate) async fn run(
         .in_flight
         .lock()
         .unwrap_or_else(|p| p.into_inner())
-        .retain(|(l, j, s)| !(l == &*listener && j == &label && *s == started));
+        .retain(|j| {
+            !(j.started == started
+                && j.tp == tp
+                && j.job == kind
+                && Arc::ptr_eq(&j.listener, &listener))
+        });
 
     match &outcome {
         Ok(()) if kind == JobKind::Consume => {

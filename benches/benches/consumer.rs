@@ -1,0 +1,392 @@
+//! Consumer scenarios, karafka-rs against raw rdkafka in the same run, on the same broker and
+//! backlog, alternating runs:
+//!
+//! - pass-through: 1M × 100-byte messages (`BENCH_MESSAGES`), a no-op `consume` with automatic
+//!   marking, against a raw `BaseConsumer` loop that stores offsets the same way (the last
+//!   offset + 1 of every partition, once per batch of `max_messages`); timed from the first
+//!   message to the last (group joins excluded);
+//! - IO-bound: every message costs 1 ms of async waiting (`tokio::time::sleep`), 10
+//!   partitions, concurrency 10; efficiency = msg/s ÷ (concurrency × 1000). Its backlog is
+//!   produced the way a live stream arrives, in record batches of 10 messages: brokers return
+//!   whole record batches, so with 10,000-message batches every poll holds one partition.
+//!
+//! Broker: `KARAFKA_BROKERS` (e.g. Tansu from `scripts/broker start`, 10 partitions), else the
+//! embedded mock cluster with 32 partitions (the mock keeps about 5 MiB per partition, so 1M
+//! messages need at least 32). Consumers on both sides use `fetch.wait.max.ms=10` and
+//! `fetch.queue.backoff.ms=10`.
+//!
+//! `cargo bench -p karafka-benches --bench consumer`
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use karafka_benches::{Summary, process_cpu, rate};
+use karafka_consumer::payload::Raw;
+use karafka_consumer::{App, ConsumeResult, Consumer, Context};
+use karafka_core::KafkaSettings;
+use karafka_producer::{Message, Producer};
+use karafka_testing::{EmbeddedCluster, TestBroker, client_config};
+use rdkafka::Message as _;
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::{Offset, TopicPartitionList};
+
+const PAYLOAD: [u8; 100] = [b'x'; 100];
+
+fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn consumer_settings(brokers: &str, group: &str) -> KafkaSettings {
+    KafkaSettings::new()
+        .with("bootstrap.servers", brokers)
+        .with("group.id", group)
+        .with("auto.offset.reset", "earliest")
+        .with("session.timeout.ms", "6000")
+        .with("enable.auto.offset.store", "false")
+        .with("fetch.wait.max.ms", "10")
+        .with("fetch.queue.backoff.ms", "10")
+}
+
+/// Pre-produces `n` messages spread evenly over `partitions` (an explicit round-robin: the
+/// sticky partitioner would fill a few partitions past what the mock keeps).
+fn backlog(brokers: &str, topic: &str, n: usize, partitions: i32, record_batch: usize) {
+    let producer = Producer::builder()
+        .kafka("bootstrap.servers", brokers)
+        .kafka("linger.ms", "5")
+        .kafka("batch.num.messages", record_batch.to_string())
+        .kafka("queue.buffering.max.messages", "2000000")
+        .kafka("queue.buffering.max.kbytes", "2097151")
+        .build()
+        .unwrap();
+    let topic: Arc<str> = topic.into();
+    let payload = Bytes::from_static(&PAYLOAD);
+    let messages = (0..n)
+        .map(|i| Message::new(topic.clone(), payload.clone()).partition(i as i32 % partitions))
+        .collect();
+    producer
+        .produce_many_async(messages)
+        .unwrap()
+        .wait(Duration::from_secs(300))
+        .unwrap();
+    producer.close().unwrap();
+}
+
+// ---- pass-through ------------------------------------------------------------------------------
+
+fn raw_pass_through(brokers: &str, topic: &str, n: usize, max_messages: usize) -> (f64, Duration) {
+    let group = format!(
+        "bench-raw-{}",
+        std::process::id() as u128 * 1000 + rand_suffix()
+    );
+    let consumer: BaseConsumer = client_config(&consumer_settings(brokers, &group))
+        .create()
+        .unwrap();
+    consumer.subscribe(&[topic]).unwrap();
+    let mut count = 0usize;
+    let mut first: Option<Instant> = None;
+    let mut cpu_start = None;
+    let mut last_offsets: HashMap<i32, i64> = HashMap::new();
+    let mut in_batch = 0;
+    let mut last_progress = Instant::now();
+    while count < n {
+        assert!(
+            last_progress.elapsed() < Duration::from_secs(30),
+            "raw consumer stalled at {count} of {n} messages: the broker did not keep the whole backlog \
+             (the mock keeps about 5 MiB per partition: use more partitions or KARAFKA_BROKERS)"
+        );
+        match consumer.poll(Duration::from_millis(100)) {
+            Some(Ok(m)) => {
+                last_progress = Instant::now();
+                if first.is_none() {
+                    first = Some(Instant::now());
+                    cpu_start = process_cpu();
+                }
+                last_offsets.insert(m.partition(), m.offset());
+                count += 1;
+                in_batch += 1;
+                if in_batch >= max_messages {
+                    store(&consumer, topic, &mut last_offsets);
+                    in_batch = 0;
+                }
+            }
+            Some(Err(e)) => panic!("raw consume: {e}"),
+            None => {
+                if in_batch > 0 {
+                    store(&consumer, topic, &mut last_offsets);
+                    in_batch = 0;
+                }
+            }
+        }
+    }
+    store(&consumer, topic, &mut last_offsets);
+    let took = first.map(|f| f.elapsed()).unwrap_or_default();
+    let cpu = process_cpu()
+        .zip(cpu_start)
+        .map(|(b, a)| b - a)
+        .unwrap_or_default();
+    (n as f64 / took.as_secs_f64(), cpu)
+}
+
+fn store(consumer: &BaseConsumer, topic: &str, last: &mut HashMap<i32, i64>) {
+    let mut list = TopicPartitionList::with_capacity(last.len());
+    for (p, o) in last.drain() {
+        list.add_partition_offset(topic, p, Offset::Offset(o + 1))
+            .unwrap();
+    }
+    consumer.store_offsets(&list).unwrap();
+}
+
+fn rand_suffix() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+        % 1_000_000_007
+}
+
+struct Progress {
+    target: usize,
+    count: AtomicUsize,
+    first: OnceLock<(Instant, Duration)>,
+    done: Mutex<Option<Instant>>,
+    finished: Condvar,
+}
+
+struct Counter {
+    progress: Arc<Progress>,
+    io_ms: u64,
+}
+
+impl Consumer for Counter {
+    type Payload = Raw;
+    async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
+        self.progress
+            .first
+            .get_or_init(|| (Instant::now(), process_cpu().unwrap_or_default()));
+        if self.io_ms > 0 {
+            for _ in ctx.messages() {
+                tokio::time::sleep(Duration::from_millis(self.io_ms)).await;
+            }
+        }
+        let n = ctx.messages().len();
+        if self.progress.count.fetch_add(n, Ordering::AcqRel) + n >= self.progress.target {
+            self.progress
+                .done
+                .lock()
+                .unwrap()
+                .get_or_insert_with(Instant::now);
+            self.progress.finished.notify_all();
+        }
+        Ok(())
+    }
+}
+
+fn framework(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    io_ms: u64,
+    concurrency: usize,
+    tune: &[(&str, &str)],
+    max_messages: usize,
+) -> (f64, Duration) {
+    let group = format!("bench-fw-{}", rand_suffix());
+    let progress = Arc::new(Progress {
+        target: n,
+        count: AtomicUsize::new(0),
+        first: OnceLock::new(),
+        done: Mutex::new(None),
+        finished: Condvar::new(),
+    });
+    let p = progress.clone();
+    let mut builder = App::builder()
+        .name(group.as_str())
+        .concurrency(concurrency)
+        .kafka("bootstrap.servers", brokers)
+        .kafka("auto.offset.reset", "earliest")
+        .kafka("session.timeout.ms", "6000")
+        .kafka("fetch.wait.max.ms", "10")
+        .kafka("fetch.queue.backoff.ms", "10");
+    for (k, v) in tune {
+        builder = builder.kafka(*k, *v);
+    }
+    let app = builder
+        .topic(topic, move |t| {
+            t.consumer(move || Counter {
+                progress: p.clone(),
+                io_ms,
+            })
+            .max_messages(max_messages)
+        })
+        .build()
+        .unwrap();
+    let running = app.start().unwrap();
+    let (done, timeout) = progress
+        .finished
+        .wait_timeout_while(
+            progress.done.lock().unwrap(),
+            Duration::from_secs(600),
+            |d| d.is_none(),
+        )
+        .unwrap();
+    assert!(
+        !timeout.timed_out(),
+        "karafka-rs did not consume {n} messages in time"
+    );
+    let end = done.unwrap();
+    drop(done);
+    let cpu_end = process_cpu().unwrap_or_default();
+    let (start, cpu_start) = *progress.first.get().unwrap();
+    running.stop().unwrap();
+    (
+        n as f64 / (end - start).as_secs_f64(),
+        cpu_end.saturating_sub(cpu_start),
+    )
+}
+
+fn main() {
+    let n = env_usize("BENCH_MESSAGES", 1_000_000);
+    let rounds = env_usize("BENCH_ROUNDS", 3);
+    let io_messages = env_usize("BENCH_IO_MESSAGES", 20_000);
+    let (brokers, cluster, partitions, broker_name) = match std::env::var("KARAFKA_BROKERS") {
+        Ok(b) => (b.clone(), None, 10, format!("external broker {b}")),
+        Err(_) => {
+            let cluster = EmbeddedCluster::start(1).unwrap();
+            (
+                cluster.bootstrap_servers().to_owned(),
+                Some(cluster),
+                32,
+                "embedded mock cluster".to_owned(),
+            )
+        }
+    };
+    let broker = match &cluster {
+        Some(c) => TestBroker::with_cluster(c.clone()),
+        None => TestBroker::from_vars(Some(&brokers), Some("kafka")).unwrap(),
+    };
+    let topic = format!("bench-consume-{}", rand_suffix());
+    broker.create_topic(&topic, partitions).unwrap();
+    println!(
+        "consumer benchmarks on {broker_name}: {n} x 100 B in {partitions} partitions, {rounds} rounds, alternating raw / karafka-rs"
+    );
+    let started = Instant::now();
+    backlog(&brokers, &topic, n, partitions, 10_000);
+    println!("  backlog produced in {:?}", started.elapsed());
+
+    let max_messages = env_usize("BENCH_MAX_MESSAGES", 100);
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("karafka") {
+        for round in 0..rounds {
+            let (r, c) = framework(&brokers, &topic, n, 0, 5, &[], max_messages);
+            println!(
+                "  round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s",
+                rate(r),
+                c.as_secs_f64()
+            );
+        }
+        return;
+    }
+    let (mut raw, mut fw, mut raw_cpu, mut fw_cpu) = (vec![], vec![], vec![], vec![]);
+    for round in 0..rounds {
+        let (r, c) = raw_pass_through(&brokers, &topic, n, max_messages);
+        println!(
+            "  round {round}: raw        {:>12} msg/s  cpu {:.2} s",
+            rate(r),
+            c.as_secs_f64()
+        );
+        raw.push(r);
+        raw_cpu.push(c.as_secs_f64());
+        let (r, c) = framework(&brokers, &topic, n, 0, 5, &[], max_messages);
+        println!(
+            "  round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s",
+            rate(r),
+            c.as_secs_f64()
+        );
+        fw.push(r);
+        fw_cpu.push(c.as_secs_f64());
+    }
+
+    // IO-bound: 10 partitions, concurrency 10, 1 ms per message.
+    let io_topic = format!("bench-io-{}", rand_suffix());
+    broker.create_topic(&io_topic, 10).unwrap();
+    // As a live stream arrives: small record batches (brokers return whole record batches,
+    // so only small ones let a fetch interleave partitions).
+    backlog(&brokers, &io_topic, io_messages * (rounds + 1), 10, 10);
+    let mut io_default = vec![];
+    let mut io_tuned = vec![];
+    let tuned = [("fetch.message.max.bytes", "1024")];
+    for round in 0..rounds {
+        let (r, _) = framework(&brokers, &io_topic, io_messages, 1, 10, &[], 100);
+        io_default.push(r / 10_000.0);
+        let (r, _) = framework(&brokers, &io_topic, io_messages, 1, 10, &tuned, 100);
+        io_tuned.push(r / 10_000.0);
+        println!(
+            "  round {round}: IO-bound efficiency default {:.3}, with fetch.message.max.bytes=1024 {:.3}",
+            io_default[round], io_tuned[round]
+        );
+    }
+
+    let row = |name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String| {
+        let (r, f) = (Summary::of(raw), Summary::of(fw));
+        println!(
+            "| {name} | {} / {} / {} | {} / {} / {} | {:.3} |",
+            fmt(r.min),
+            fmt(r.median),
+            fmt(r.max),
+            fmt(f.min),
+            fmt(f.median),
+            fmt(f.max),
+            f.median / r.median
+        );
+    };
+    println!();
+    println!(
+        "| metric | raw rdkafka min / median / max | karafka-rs min / median / max | ratio (median, karafka-rs / raw) |"
+    );
+    println!("|---|---|---|---|");
+    row(
+        &format!("pass-through {n} x 100 B, msg/s"),
+        &raw,
+        &fw,
+        &|v| rate(v),
+    );
+    row(
+        "process CPU from first to last message, s",
+        &raw_cpu,
+        &fw_cpu,
+        &|v| format!("{v:.2}"),
+    );
+    // What `tokio::time::sleep(1 ms)` really costs on this runtime (its timer ticks every
+    // millisecond, so a 1 ms sleep lasts longer): the efficiency no scheduling can exceed.
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let sleep_cost = runtime.block_on(async {
+        let started = Instant::now();
+        for _ in 0..500 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        started.elapsed() / 500
+    });
+    println!(
+        "| tokio::time::sleep(1 ms) takes on average, µs (efficiency ceiling {:.3}) | - | {} | - |",
+        1e-3 / sleep_cost.as_secs_f64(),
+        sleep_cost.as_micros()
+    );
+    let d = Summary::of(&io_default);
+    let t = Summary::of(&io_tuned);
+    println!(
+        "| IO-bound efficiency (1 ms/message, 10 partitions, concurrency 10), defaults | - | {:.3} / {:.3} / {:.3} | - |",
+        d.min, d.median, d.max
+    );
+    println!(
+        "| IO-bound efficiency, fetch.message.max.bytes=1024 | - | {:.3} / {:.3} / {:.3} | - |",
+        t.min, t.median, t.max
+    );
+}
