@@ -392,6 +392,7 @@ impl App {
         let semaphore = Arc::new(tokio::sync::Semaphore::new(inner.settings.concurrency));
         let (done_tx, done_rx) = mpsc::channel();
         let mut listeners = Vec::new();
+        let mut shared = Vec::new();
         for group in &inner.routes.consumer_groups {
             for sg in &group.subscription_groups {
                 let listener = crate::connection::listener::Listener::new(
@@ -411,6 +412,7 @@ impl App {
                         return Err(e);
                     }
                 };
+                shared.push(listener.shared());
                 let name = format!("karafka.listener#{}.{}", group.name, sg.name);
                 let done = done_tx.clone();
                 let label = name.clone();
@@ -431,6 +433,7 @@ impl App {
             app: self.clone(),
             control,
             listeners,
+            groups: shared,
             done: done_rx,
             runtime,
         })
@@ -452,11 +455,28 @@ pub struct Running {
     app: App,
     control: Arc<Control>,
     listeners: Vec<(String, JoinHandle<()>)>,
+    groups: Vec<Arc<crate::connection::client::GroupShared>>,
     done: mpsc::Receiver<String>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
 impl Running {
+    /// Per-partition state held across the app's listeners: (coordinators, consumer
+    /// instances). Revoked partitions leave both. For tests of that.
+    #[doc(hidden)]
+    pub fn partition_state(&self) -> (usize, usize) {
+        self.groups.iter().fold((0, 0), |(c, i), g| {
+            (
+                c + g
+                    .coordinators
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .len(),
+                i + g.instances.load(Ordering::Acquire),
+            )
+        })
+    }
+
     /// Whether every listener is still running.
     pub fn is_running(&self) -> bool {
         !self.control.stopping() && self.listeners.iter().all(|(_, t)| !t.is_finished())

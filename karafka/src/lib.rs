@@ -15,17 +15,36 @@
 //! | Pro features | `karafka-pro` | `pro` (feature `pro`) |
 //! | tests: embedded cluster, fixtures | `karafka-testing` | `testing` (feature `testing`) |
 //!
-//! **Status:** the shared core (settings, contracts, instrumentation, message types), the
-//! producer and the test fixtures are ready; the consumer is under construction.
+//! **Status:** the shared core, the producer, the consumer framework and the test fixtures
+//! are ready; the Pro features are not implemented yet.
 //!
-//! ```
-//! use karafka::KafkaSettings;
-//! use karafka::instrumentation::{Monitor, TracingListener};
+//! ```no_run
+//! use karafka::{App, Consumer, ConsumeResult, Context};
+//! use karafka::payload::Json;
+//! use karafka::routing::DeadLetterQueue;
 //!
-//! let monitor = Monitor::new();
-//! monitor.subscribe(TracingListener::new());
-//! let kafka = KafkaSettings::new().with("bootstrap.servers", "127.0.0.1:9092");
-//! assert!(kafka.validate("kafka").is_empty());
+//! #[derive(serde::Deserialize)]
+//! struct Order { id: u64 }
+//!
+//! struct Orders;
+//!
+//! impl Consumer for Orders {
+//!     type Payload = Json<Order>;
+//!     async fn consume(&mut self, ctx: &Context<Json<Order>>) -> ConsumeResult {
+//!         for message in ctx.messages() {
+//!             println!("order {}", message.payload()?.id);
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let app = App::builder()
+//!     .kafka("bootstrap.servers", "127.0.0.1:9092")
+//!     .topic("orders", |t| t.consumer(|| Orders).dead_letter_queue(DeadLetterQueue::new("orders-dlq")))
+//!     .build()?;
+//! let running = app.start()?;
+//! running.stop()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub use karafka_core::{
@@ -35,7 +54,12 @@ pub use karafka_core::{
 pub use karafka_core::{contract, instrumentation, message, settings};
 
 pub use karafka_consumer as consumer;
+pub use karafka_consumer::{
+    App, AppBuilder, BatchMetadata, ConsumeResult, Consumer, Context, DeserializationError,
+    Message, Messages, Running, payload, routing,
+};
 pub use karafka_producer as producer;
+pub use karafka_producer::{Producer, VariantConfig};
 
 #[cfg(feature = "pro")]
 pub use karafka_pro as pro;

@@ -36,6 +36,8 @@ pub(crate) struct GroupShared {
     pub(crate) revocations: Mutex<Vec<(TopicPartition, bool)>>,
     /// Set once the listener shuts down: the final revocation runs no hooks.
     pub(crate) closing: AtomicBool,
+    /// How many consumer instances the listener holds (published after every cycle).
+    pub(crate) instances: std::sync::atomic::AtomicUsize,
 }
 
 impl GroupShared {

@@ -83,6 +83,7 @@ impl Listener {
             coordinators: Mutex::new(HashMap::new()),
             revocations: Mutex::new(Vec::new()),
             closing: Default::default(),
+            instances: Default::default(),
         });
         let consumer: BaseConsumer<GroupContext> = native::client_config(&route.kafka)
             .create_with_context(GroupContext {
@@ -116,6 +117,10 @@ impl Listener {
         })
     }
 
+    pub(crate) fn shared(&self) -> Arc<GroupShared> {
+        self.shared.clone()
+    }
+
     pub(crate) fn run(mut self) {
         while !self.shared.control.stopping() {
             self.resume_due();
@@ -140,6 +145,9 @@ impl Listener {
             for done in self.execute(jobs) {
                 self.after(done);
             }
+            self.shared
+                .instances
+                .store(self.instances.len(), Ordering::Release);
         }
         self.shutdown();
     }

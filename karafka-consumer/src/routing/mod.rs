@@ -6,7 +6,7 @@
 //!   consumer group. Topics whose connection settings differ (kafka overrides,
 //!   `max_messages`, `max_wait_time`, `initial_offset`) get separate subscription groups
 //!   automatically; [`ConsumerGroupBuilder::subscription_group`] names one explicitly.
-//! - A **topic** routes to a [`Consumer`](crate::Consumer) type.
+//! - A **topic** routes to a [consumer](crate::Consumer) type.
 //!
 //! Routes are declared on the [`AppBuilder`](crate::AppBuilder) and validated by its
 //! `build()`, which lists every problem at once.
