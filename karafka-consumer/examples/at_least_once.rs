@@ -78,8 +78,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .name(group.as_str())
         .kafka("bootstrap.servers", brokers)
         .kafka("session.timeout.ms", "6000")
-        // The same member id on every run: a restarted process takes its partitions back at once.
+        // The same member id on every run: a restarted process takes its partitions back at once
+        // (on brokers that implement static membership).
         .kafka("group.instance.id", format!("{group}-member"))
+        // Incremental rebalances: only moved partitions are revoked (and committed).
+        .kafka("partition.assignment.strategy", "cooperative-sticky")
         .kafka("auto.commit.interval.ms", "1000")
         .topic(&topic, move |t| {
             t.consumer(move || Recorder {

@@ -148,6 +148,21 @@ fn every_message_survives_three_kills() {
     let unique: HashSet<(i32, i64)> = records.iter().map(|(_, p, o)| (*p, *o)).collect();
     assert_eq!(unique.len(), MESSAGES, "messages were lost");
 
+    // Nothing is skipped: per partition, in the order they were recorded, no offset is
+    // processed before the one before it was processed at least once.
+    let mut progress: HashMap<i32, i64> = HashMap::new();
+    for (run, p, o) in &records {
+        let next = progress.entry(*p).or_insert(0);
+        assert!(
+            *o <= *next,
+            "run {run} processed {p}@{o} before {p}@{}: a message was skipped",
+            *next
+        );
+        if *o == *next {
+            *next += 1;
+        }
+    }
+
     // Per run and partition: offsets strictly increase, and repeats form a prefix.
     let mut seen_before: HashSet<(i32, i64)> = HashSet::new();
     let mut duplicates: BTreeMap<u32, usize> = BTreeMap::new();
