@@ -243,7 +243,7 @@ fn framework(
     drop(done);
     let cpu_end = process_cpu().unwrap_or_default();
     let (start, cpu_start) = *progress.first.get().unwrap();
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
     (
         n as f64 / (end - start).as_secs_f64(),
         cpu_end.saturating_sub(cpu_start),

@@ -100,6 +100,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             break;
         }
     }
-    running.stop()?;
+    running.stop_blocking()?;
     Ok(())
 }

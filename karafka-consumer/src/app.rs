@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use karafka_core::instrumentation::Monitor;
+use karafka_core::instrumentation::{AppStatus, Event, Monitor};
 use karafka_core::{ConfigError, KafkaSettings, Violations};
 use karafka_producer::Producer;
 
@@ -29,16 +29,76 @@ pub(crate) struct InFlight {
 }
 
 /// Flags every listener of a running app watches.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Control {
     pub(crate) stop: AtomicBool,
+    /// No new batches; assignments kept.
+    pub(crate) quiet: AtomicBool,
+    /// Listeners that went quiet (paused everything, no job in flight).
+    pub(crate) quiet_listeners: std::sync::atomic::AtomicUsize,
+    pub(crate) listeners: std::sync::atomic::AtomicUsize,
+    pub(crate) status: Mutex<AppStatus>,
+    pub(crate) app: Arc<str>,
+    pub(crate) monitor: Monitor,
+    /// When the app started, for listener heartbeats (ms since then).
+    pub(crate) epoch: Instant,
     /// Jobs in flight, for the shutdown report.
     pub(crate) in_flight: Mutex<Vec<InFlight>>,
 }
 
 impl Control {
+    fn new(app: Arc<str>, monitor: Monitor) -> Self {
+        Control {
+            stop: AtomicBool::new(false),
+            quiet: AtomicBool::new(false),
+            quiet_listeners: Default::default(),
+            listeners: Default::default(),
+            status: Mutex::new(AppStatus::Initializing),
+            app,
+            monitor,
+            epoch: Instant::now(),
+            in_flight: Mutex::new(Vec::new()),
+        }
+    }
+
     pub(crate) fn stopping(&self) -> bool {
         self.stop.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn quieting(&self) -> bool {
+        self.quiet.load(Ordering::Acquire)
+    }
+
+    /// Milliseconds since the app started (listener heartbeats).
+    pub(crate) fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Moves to `status` (once per status) and emits it.
+    pub(crate) fn set_status(&self, status: AppStatus) {
+        {
+            let mut current = self.status.lock().unwrap_or_else(|p| p.into_inner());
+            if *current == status {
+                return;
+            }
+            *current = status;
+        }
+        self.monitor.emit_with(|| Event::AppStatus {
+            app: self.app.clone(),
+            status,
+        });
+    }
+
+    pub(crate) fn status(&self) -> AppStatus {
+        *self.status.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A listener finished going quiet; the last one makes the app quiet.
+    pub(crate) fn listener_quiet(&self) {
+        let quiet = self.quiet_listeners.fetch_add(1, Ordering::AcqRel) + 1;
+        if quiet >= self.listeners.load(Ordering::Acquire) && !self.stopping() {
+            self.set_status(AppStatus::Quiet);
+        }
     }
 }
 
@@ -264,6 +324,7 @@ impl AppBuilder {
         Ok(App {
             inner: Arc::new(AppInner {
                 name: self.name,
+                kafka: self.kafka,
                 routes,
                 monitor,
                 producer,
@@ -280,43 +341,21 @@ impl AppBuilder {
     }
 }
 
-/// Keys of the app's connection settings the default producer inherits.
-const PRODUCER_KEYS: &[&str] = &[
-    "bootstrap.servers",
-    "client.id",
-    "security.protocol",
-    "socket.",
-    "ssl.",
-    "sasl.",
-    "broker.address.family",
-    "log_level",
-];
-
 fn default_producer(
     kafka: &KafkaSettings,
     monitor: &Monitor,
 ) -> std::result::Result<Producer, ConfigError> {
-    let inherited: KafkaSettings = kafka
-        .iter()
-        .filter(|(k, _)| {
-            PRODUCER_KEYS.iter().any(|p| {
-                if p.ends_with('.') {
-                    k.starts_with(p)
-                } else {
-                    k == p
-                }
-            })
-        })
-        .collect();
     Producer::builder()
         .id("karafka-app")
-        .kafka_settings(&inherited)
+        .kafka_settings(&kafka.connection_only())
         .monitor(monitor.clone())
         .build()
 }
 
 pub(crate) struct AppInner {
     pub(crate) name: String,
+    /// The app-level librdkafka settings (before per-group/topic overrides).
+    pub(crate) kafka: KafkaSettings,
     pub(crate) routes: Routes,
     pub(crate) monitor: Monitor,
     pub(crate) producer: Producer,
@@ -331,6 +370,21 @@ pub struct App {
 }
 
 impl App {
+    pub(crate) fn with_routes(&self, routes: Routes) -> App {
+        let inner = &self.inner;
+        App {
+            inner: Arc::new(AppInner {
+                name: inner.name.clone(),
+                kafka: inner.kafka.clone(),
+                routes,
+                monitor: inner.monitor.clone(),
+                producer: inner.producer.clone(),
+                settings: inner.settings.clone(),
+                running: AtomicBool::new(false),
+            }),
+        }
+    }
+
     /// A builder with every default.
     pub fn builder() -> AppBuilder {
         AppBuilder::default()
@@ -388,7 +442,11 @@ impl App {
                 (Some(runtime), handle)
             }
         };
-        let control = Arc::new(Control::default());
+        let control = Arc::new(Control::new(
+            inner.name.as_str().into(),
+            inner.monitor.clone(),
+        ));
+        control.set_status(AppStatus::Initializing);
         let semaphore = Arc::new(tokio::sync::Semaphore::new(inner.settings.concurrency));
         let (done_tx, done_rx) = mpsc::channel();
         let mut listeners = Vec::new();
@@ -429,6 +487,8 @@ impl App {
                 listeners.push((name, thread));
             }
         }
+        control.listeners.store(listeners.len(), Ordering::Release);
+        control.set_status(AppStatus::Running);
         Ok(Running {
             app: self.clone(),
             control,
@@ -447,6 +507,17 @@ impl fmt::Debug for App {
             .field("routes", &self.inner.routes)
             .finish_non_exhaustive()
     }
+}
+
+/// The health of a running app (see [`Running::health`]).
+#[derive(Debug, Clone)]
+pub struct Health {
+    /// Whether nothing is wrong.
+    pub healthy: bool,
+    /// The app's status.
+    pub status: AppStatus,
+    /// What is wrong, one line each.
+    pub reasons: Vec<String>,
 }
 
 /// A started app. [`stop`](Running::stop) it to finish in-flight jobs, commit and leave the
@@ -482,14 +553,89 @@ impl Running {
         !self.control.stopping() && self.listeners.iter().all(|(_, t)| !t.is_finished())
     }
 
+    /// Where the app is.
+    pub fn status(&self) -> AppStatus {
+        self.control.status()
+    }
+
+    /// Quiets the app: no new batches are handed out; jobs in flight finish; connections and
+    /// assignments are kept (every partition is paused), so a deployment can drain before it
+    /// stops. The status goes `quieting`, then `quiet` once every listener is idle.
+    pub fn quiet(&self) {
+        if !self.control.quiet.swap(true, Ordering::AcqRel) {
+            self.control.set_status(AppStatus::Quieting);
+        }
+    }
+
+    /// Stops (see [`stop_blocking`](Self::stop_blocking)) without blocking the async caller:
+    /// the wait runs on tokio's blocking pool.
+    pub async fn stop(self) -> Result<()> {
+        match tokio::task::spawn_blocking(move || self.stop_blocking()).await {
+            Ok(result) => result,
+            Err(e) => Err(Error::Core(karafka_core::Error::Io {
+                operation: "stop the app".into(),
+                source: std::io::Error::other(e.to_string()),
+            })),
+        }
+    }
+
     /// Stops: no new batches; in-flight jobs finish; `shutdown` hooks run; offsets are
-    /// committed; groups are left. Waits up to `shutdown_timeout`, then fails with a report
-    /// of what was still running.
-    pub fn stop(mut self) -> Result<()> {
+    /// committed; groups are left. Waits up to `shutdown_timeout`, then fails with
+    /// [`Error::ShutdownTimeout`] and a report of what was still running (listeners, and jobs
+    /// with their partitions and how long they have run).
+    pub fn stop_blocking(mut self) -> Result<()> {
         self.stop_inner()
     }
 
+    /// Health: a listener that has not polled within `max.poll.interval.ms` (librdkafka would
+    /// drop it from its group) or a job running longer than `job_timeout` makes the app
+    /// unhealthy; the reasons say which.
+    pub fn health(&self, job_timeout: Duration) -> Health {
+        let mut reasons = Vec::new();
+        let now = self.control.now_ms();
+        for group in &self.groups {
+            let limit_ms: u64 = group
+                .route
+                .kafka
+                .get("max.poll.interval.ms")
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(300_000);
+            let last = group.last_poll_ms.load(Ordering::Acquire);
+            let silent = now.saturating_sub(last);
+            if silent > limit_ms {
+                reasons.push(format!(
+                    "listener {}.{} has not polled for {silent} ms (max.poll.interval.ms is {limit_ms})",
+                    group.route.consumer_group, group.route.name
+                ));
+            }
+        }
+        for job in self
+            .control
+            .in_flight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+        {
+            let running = job.started.elapsed();
+            if running > job_timeout {
+                reasons.push(format!(
+                    "job {} {} offsets {}..={} has run for {running:?} (limit {job_timeout:?})",
+                    job.job.as_str(),
+                    job.tp,
+                    job.offsets.0,
+                    job.offsets.1
+                ));
+            }
+        }
+        Health {
+            healthy: reasons.is_empty(),
+            status: self.status(),
+            reasons,
+        }
+    }
+
     fn stop_inner(&mut self) -> Result<()> {
+        self.control.set_status(AppStatus::Stopping);
         self.control.stop.store(true, Ordering::Release);
         let timeout = self.app.inner.settings.shutdown_timeout;
         let deadline = Instant::now() + timeout;
@@ -515,33 +661,44 @@ impl Running {
             runtime.shutdown_timeout(Duration::from_secs(1));
         }
         self.app.inner.running.store(false, Ordering::Release);
+        self.control.set_status(AppStatus::Stopped);
         Ok(())
     }
 
-    fn report(&self, listeners: &[String]) -> String {
-        let mut report = String::new();
-        for name in listeners {
-            report.push_str(&format!("  listener {name} is still running\n"));
-        }
-        for job in self
-            .control
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            report.push_str(&format!(
-                "  job {} {} offsets {}..={} of listener {} has been running for {:?}\n",
-                job.job.as_str(),
-                job.tp,
-                job.offsets.0,
-                job.offsets.1,
-                job.listener,
-                job.started.elapsed()
-            ));
-        }
-        report
+    /// What would be reported if stopping timed out now (for the forced stop of `run`).
+    pub(crate) fn reporter(&self) -> impl Fn() -> String + Send + 'static {
+        let control = self.control.clone();
+        let names: Vec<String> = self.listeners.iter().map(|(n, _)| n.clone()).collect();
+        move || report(&control, &names)
     }
+
+    pub(crate) fn report(&self, listeners: &[String]) -> String {
+        report(&self.control, listeners)
+    }
+}
+
+fn report(control: &Control, listeners: &[String]) -> String {
+    let mut report = String::new();
+    for name in listeners {
+        report.push_str(&format!("  listener {name} is still running\n"));
+    }
+    for job in control
+        .in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        report.push_str(&format!(
+            "  job {} {} offsets {}..={} of listener {} has been running for {:?}\n",
+            job.job.as_str(),
+            job.tp,
+            job.offsets.0,
+            job.offsets.1,
+            job.listener,
+            job.started.elapsed()
+        ));
+    }
+    report
 }
 
 impl Drop for Running {

@@ -64,10 +64,11 @@
 //!     .build()?;
 //! let running = app.start()?;
 //! // ... until it is time to stop:
-//! running.stop()?;
+//! running.stop_blocking()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+pub mod admin;
 mod app;
 pub(crate) mod connection;
 mod consumer;
@@ -77,13 +78,16 @@ mod message;
 pub mod payload;
 pub(crate) mod processing;
 pub mod routing;
+mod server;
 mod settings;
 
-pub use app::{App, AppBuilder, Running};
+pub use app::{App, AppBuilder, Health, Running};
 pub use consumer::{ConsumeResult, Consumer, NoConsumer};
 pub use context::{ClientOps, Context};
 pub use error::{Error, Result};
+pub use karafka_core::instrumentation::AppStatus;
 pub use message::{BatchMetadata, DeserializationError, Message, Messages};
+pub use server::{Exit, Selection};
 pub use settings::{
     DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
 };

@@ -74,7 +74,7 @@ fn every_message_is_consumed_in_order_and_committed() {
         seen.lock().unwrap().values().map(Vec::len).sum::<usize>() >= 300
     })
     .expect("all 300 messages consumed");
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
 
     let seen = seen.lock().unwrap();
     let total: usize = seen.values().map(Vec::len).sum();

@@ -260,3 +260,81 @@ fn defaults_apply_and_topics_override_them() {
     assert_eq!(topics[0], ("a".to_owned(), 250, Duration::from_millis(300)));
     assert_eq!(topics[1], ("b".to_owned(), 10, Duration::from_millis(300)));
 }
+
+#[test]
+fn declared_topics_routes_dead_letter_topics_and_opt_outs() {
+    use karafka_consumer::routing::Declaratives;
+    let app = base()
+        .defaults(|t| t.declaratives(Declaratives::new().replication_factor(3)))
+        .topic("orders", |t| {
+            t.consumer(|| Noop)
+                .declaratives(
+                    Declaratives::new()
+                        .partitions(6)
+                        .config("retention.ms", "1000"),
+                )
+                .dead_letter_queue(DeadLetterQueue::new("orders-dlq"))
+        })
+        .topic("audit", |t| t.consumer(|| Noop))
+        .topic("legacy", |t| {
+            t.consumer(|| Noop).declaratives(Declaratives::unmanaged())
+        })
+        .consumer_group("billing", |g| g.topic("orders", |t| t.consumer(|| Noop)))
+        .build()
+        .unwrap();
+    let declared: Vec<(&str, i32, i32)> = app
+        .routes()
+        .declared_topics()
+        .map(|(name, d)| (name, d.partition_count(), d.replication()))
+        .collect();
+    assert_eq!(
+        declared,
+        vec![("audit", 1, 3), ("orders", 6, 1), ("orders-dlq", 1, 3)],
+        "explicit declaratives win over a group's defaults; DLQ topics get the defaults; \
+         unmanaged topics are left out"
+    );
+}
+
+#[test]
+fn bad_and_conflicting_declaratives() {
+    use karafka_consumer::routing::Declaratives;
+    says(
+        base().topic("t", |t| {
+            t.consumer(|| Noop)
+                .declaratives(Declaratives::new().partitions(0))
+        }),
+        "consumer_groups.karafka.topics.t.declaratives.partitions",
+        "at least 1 partition",
+    );
+    says(
+        base().topic("t", |t| {
+            t.consumer(|| Noop)
+                .declaratives(Declaratives::new().replication_factor(0))
+        }),
+        "consumer_groups.karafka.topics.t.declaratives.replication_factor",
+        "at least 1",
+    );
+    says(
+        base().topic("t", |t| {
+            t.consumer(|| Noop)
+                .declaratives(Declaratives::new().config("retention.ms", ""))
+        }),
+        "consumer_groups.karafka.topics.t.declaratives.configs.retention.ms",
+        "is empty",
+    );
+    says(
+        base()
+            .topic("t", |t| {
+                t.consumer(|| Noop)
+                    .declaratives(Declaratives::new().partitions(2))
+            })
+            .consumer_group("other", |g| {
+                g.topic("t", |t| {
+                    t.consumer(|| Noop)
+                        .declaratives(Declaratives::new().partitions(3))
+                })
+            }),
+        "consumer_groups.other.topics.t.declaratives",
+        "declared at consumer_groups.karafka.topics.t",
+    );
+}

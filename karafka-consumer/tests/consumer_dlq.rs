@@ -117,7 +117,7 @@ fn a_message_that_keeps_failing_is_dead_lettered_and_skipped() {
         processed.lock().unwrap().len() == 9
     })
     .expect("every other message is processed");
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
 
     let expected: BTreeSet<i64> = (0..10).filter(|i| *i != 3).collect();
     assert_eq!(*processed.lock().unwrap(), expected);
@@ -207,7 +207,7 @@ fn a_payload_that_does_not_decode_goes_to_the_dlq() {
         *sum.lock().unwrap() == 7
     })
     .expect("the valid payloads are summed");
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
     let dead = read(&broker, &dlq_topic, 1);
     assert_eq!(dead[0].payload(), Some(b"{{not json".as_slice()));
     assert!(events.count("error.occurred") >= 2, "{:?}", events.names());
@@ -280,7 +280,7 @@ fn a_failed_dlq_dispatch_is_retried_never_skipped() {
         dispatch_errors() >= 3
     })
     .expect("the dispatch is tried again and again");
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
     assert_eq!(
         *processed.lock().unwrap(),
         BTreeSet::from([0]),

@@ -119,7 +119,7 @@ fn manual_offset_management_commits_only_what_is_marked() {
     };
     let (running, seen, topic, group) = start(&broker, Mode::MarkOnlyFour, 10, &[]);
     wait_until(broker.join_deadline(), || seen.lock().unwrap().len() >= 10).unwrap();
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
     assert_eq!(committed(&broker, &group, &topic, 1).get(&0), Some(&5));
 }
 
@@ -130,7 +130,7 @@ fn seek_moves_the_position_and_skips_the_automatic_mark() {
     };
     let (running, seen, topic, group) = start(&broker, Mode::SeekBackOnce, 6, &[]);
     wait_until(broker.join_deadline(), || seen.lock().unwrap().len() >= 12).unwrap();
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
     let all = offsets(&seen);
     assert_eq!(
         all.iter().filter(|o| **o == 0).count(),
@@ -151,7 +151,7 @@ fn pause_holds_the_partition_for_its_timeout() {
         offsets(&seen).iter().filter(|o| **o == 1).count() >= 2
     })
     .unwrap();
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
     let seen = seen.lock().unwrap().clone();
     let first_batch_at = seen[0].1;
     let (_, resumed_at) = seen
@@ -176,7 +176,7 @@ fn resume_lifts_a_pause() {
         offsets(&seen).iter().filter(|o| **o == 4).count() >= 2
     })
     .unwrap();
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
     assert!(
         started.elapsed() < Duration::from_secs(30),
         "the 60 s pause was not lifted"
@@ -200,7 +200,7 @@ fn mark_as_consumed_sync_commits_at_once() {
         committed(&broker, &group, &topic, 1).get(&0) == Some(&5)
     })
     .expect("committed while the app still runs");
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
 }
 
 struct RevokeProbe {
@@ -248,8 +248,8 @@ fn marking_after_revocation_returns_false() {
     let second = member(Arc::default()).start().unwrap();
     wait_until(broker.join_deadline(), || !log.lock().unwrap().is_empty())
         .expect("the first member lost partitions");
-    second.stop().unwrap();
-    first.stop().unwrap();
+    second.stop_blocking().unwrap();
+    first.stop_blocking().unwrap();
     for (revoked, marked) in log.lock().unwrap().iter() {
         assert!(*revoked, "is_revoked() is true in the revoked hook");
         assert!(!*marked, "mark_as_consumed returned true after revocation");

@@ -78,7 +78,7 @@ fn run(
     })
     .expect("the batch eventually succeeds");
     // Let the successful batch's mark be stored before stopping (stop commits it).
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
     (log, events, topic, group)
 }
 

@@ -53,7 +53,7 @@ fn consumer_statistics_carry_lag() {
         })
     })
     .expect("statistics with an assignment and lag");
-    running.stop().unwrap();
+    running.stop_blocking().unwrap();
     assert_eq!(source, "sg-0", "statistics name their subscription group");
     assert_eq!(stats.client_type, "consumer");
     let lags = stats.consumer_lags();

@@ -173,3 +173,28 @@ pub fn from_borrowed_headers(headers: &BorrowedHeaders) -> Headers {
         })
         .collect()
 }
+
+/// Runs `future` to completion on this thread, parking between polls. For the few futures
+/// karafka-rs waits on synchronously (rdkafka admin requests, completed by librdkafka's
+/// threads). Safe inside an async context: it blocks only the calling thread.
+pub fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    use std::sync::Arc;
+    use std::task::{Context, Poll, Wake, Waker};
+
+    struct Unpark(std::thread::Thread);
+    impl Wake for Unpark {
+        fn wake(self: Arc<Self>) {
+            self.0.unpark();
+        }
+    }
+
+    let waker = Waker::from(Arc::new(Unpark(std::thread::current())));
+    let mut cx = Context::from_waker(&waker);
+    let mut future = std::pin::pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
+            return out;
+        }
+        std::thread::park();
+    }
+}

@@ -144,6 +144,35 @@ impl KafkaSettings {
         merged
     }
 
+    /// Only the settings that say how to reach and authenticate to the cluster
+    /// (`bootstrap.servers`, `client.id`, `security.protocol`, `socket.*`, `ssl.*`, `sasl.*`,
+    /// `broker.address.family`, `log_level`): what a producer or admin client derived from a
+    /// consumer's settings keeps, without consumer-only keys that would only produce warnings.
+    ///
+    /// ```
+    /// use karafka_core::KafkaSettings;
+    /// let consumer = KafkaSettings::new()
+    ///     .with("bootstrap.servers", "b:9092")
+    ///     .with("sasl.password", "s3cret")
+    ///     .with("fetch.min.bytes", "1");
+    /// let connection = consumer.connection_only();
+    /// assert_eq!(connection.len(), 2);
+    /// assert!(!connection.contains_key("fetch.min.bytes"));
+    /// ```
+    pub fn connection_only(&self) -> KafkaSettings {
+        const KEYS: &[&str] = &[
+            "bootstrap.servers",
+            "client.id",
+            "security.protocol",
+            "broker.address.family",
+            "log_level",
+        ];
+        const PREFIXES: &[&str] = &["socket.", "ssl.", "sasl."];
+        self.iter()
+            .filter(|(k, _)| KEYS.contains(k) || PREFIXES.iter().any(|p| k.starts_with(p)))
+            .collect()
+    }
+
     /// Checks every key and value with librdkafka's own configuration parser and returns
     /// one [`Violation`] per rejected key, each at `path.<key>` and naming the key.
     ///

@@ -71,15 +71,24 @@ impl BrokerKind {
                 ReadCommittedFiltersAborted
                 | AdminCreateTopics
                 | TransactionalOffsetCommit
-                | ProducerFencing,
+                | ProducerFencing
+                | OffsetsForTimes
+                | ListGroups,
             ) => false,
             (
                 BrokerKind::Tansu,
-                AdminCreateTopics | Transactions | TransactionalOffsetCommit | ProducerFencing,
+                AdminCreateTopics
+                | Transactions
+                | TransactionalOffsetCommit
+                | ProducerFencing
+                | ListGroups,
             ) => true,
             (
                 BrokerKind::Tansu,
-                ConsumerProtocol | ReadCommittedFiltersAborted | ExactHighWatermarks,
+                ConsumerProtocol
+                | ReadCommittedFiltersAborted
+                | ExactHighWatermarks
+                | OffsetsForTimes,
             ) => false,
         }
     }
@@ -114,6 +123,11 @@ pub enum Capability {
     ProducerFencing,
     /// Faults can be injected (broker down, request errors, latency): the embedded cluster.
     FaultInjection,
+    /// Offsets can be looked up by timestamp (ListOffsets with a time). Only Kafka: the mock
+    /// answers the end of the partition, Tansu offset 0, whatever the time.
+    OffsetsForTimes,
+    /// The cluster lists its consumer groups (ListGroups). Tansu and Kafka; not the mock.
+    ListGroups,
 }
 
 impl Capability {
@@ -132,6 +146,8 @@ impl Capability {
             }
             Capability::ProducerFencing => "fencing of producers that share a transactional.id",
             Capability::FaultInjection => "fault injection (only the embedded cluster)",
+            Capability::OffsetsForTimes => "offset lookups by timestamp (ListOffsets with a time)",
+            Capability::ListGroups => "listing consumer groups (ListGroups)",
         }
     }
 }
@@ -361,7 +377,7 @@ impl TestBroker {
             .map_err(|e| FixtureError::Admin(format!("creating the admin client: {e}")))?;
         let new_topic = NewTopic::new(topic, partitions, TopicReplication::Fixed(1));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(20)));
-        let results = crate::block_on::block_on(admin.create_topics([&new_topic], &options))
+        let results = karafka_core::native::block_on(admin.create_topics([&new_topic], &options))
             .map_err(|e| FixtureError::Admin(format!("creating topic `{topic}`: {e}")))?;
         for result in results {
             if let Err((name, code)) = result {

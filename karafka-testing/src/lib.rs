@@ -50,7 +50,6 @@
 //! wait_until(Duration::from_secs(10), || true).unwrap();
 //! ```
 
-mod block_on;
 mod broker;
 mod buffered;
 mod embedded;

@@ -43,7 +43,7 @@
 //!     .topic("orders", |t| t.consumer(|| Orders).dead_letter_queue(DeadLetterQueue::new("orders-dlq")))
 //!     .build()?;
 //! let running = app.start()?;
-//! running.stop()?;
+//! running.stop_blocking()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 

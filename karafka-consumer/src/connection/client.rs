@@ -38,6 +38,8 @@ pub(crate) struct GroupShared {
     pub(crate) closing: AtomicBool,
     /// How many consumer instances the listener holds (published after every cycle).
     pub(crate) instances: std::sync::atomic::AtomicUsize,
+    /// When the listener last polled (ms since the app started).
+    pub(crate) last_poll_ms: std::sync::atomic::AtomicU64,
 }
 
 impl GroupShared {

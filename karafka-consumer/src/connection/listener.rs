@@ -84,6 +84,7 @@ impl Listener {
             revocations: Mutex::new(Vec::new()),
             closing: Default::default(),
             instances: Default::default(),
+            last_poll_ms: Default::default(),
         });
         let consumer: BaseConsumer<GroupContext> = native::client_config(&route.kafka)
             .create_with_context(GroupContext {
@@ -122,7 +123,17 @@ impl Listener {
     }
 
     pub(crate) fn run(mut self) {
+        let mut quiet = false;
         while !self.shared.control.stopping() {
+            self.heartbeat();
+            if self.shared.control.quieting() {
+                if !quiet {
+                    quiet = true;
+                    self.shared.control.listener_quiet();
+                }
+                self.stay_quiet();
+                continue;
+            }
             self.resume_due();
             let (batch, eofs, polled_for) = self.poll_batch();
             let mut jobs = self.revocation_jobs();
@@ -150,6 +161,34 @@ impl Listener {
                 .store(self.instances.len(), Ordering::Release);
         }
         self.shutdown();
+    }
+
+    fn heartbeat(&self) {
+        self.shared
+            .last_poll_ms
+            .store(self.shared.control.now_ms(), Ordering::Release);
+    }
+
+    /// Quiet: every assigned partition paused, polling only to keep the membership (and to
+    /// serve rebalances; revoked partitions still get their `revoked` hooks).
+    fn stay_quiet(&mut self) {
+        if let Ok(assignment) = self.consumer.assignment() {
+            if assignment.count() > 0 {
+                let _ = self.consumer.pause(&assignment);
+            }
+        }
+        // Whatever was fetched before the pause is dropped: it is fetched again later from
+        // the committed offsets.
+        while let Some(polled) = self.consumer.poll(Duration::from_millis(100)) {
+            drop(polled);
+            if self.shared.control.stopping() {
+                break;
+            }
+        }
+        let jobs = self.revocation_jobs();
+        if !jobs.is_empty() {
+            drop(self.execute(jobs));
+        }
     }
 
     // -- polling ----------------------------------------------------------------------------

@@ -21,7 +21,7 @@ use std::time::Duration;
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor};
 use karafka_core::{KafkaSettings, Violations};
 
-pub use topic::{DeadLetterQueue, InitialOffset, TopicBuilder};
+pub use topic::{DeadLetterQueue, Declaratives, InitialOffset, TopicBuilder};
 pub(crate) use topic::{TopicDraft, TopicSettings};
 
 use crate::consumer::{Consumer, Factory};
@@ -161,6 +161,7 @@ pub struct TopicRoute {
     pub(crate) dead_letter_queue: Option<DeadLetterQueue>,
     pub(crate) kafka: KafkaSettings,
     pub(crate) active: bool,
+    pub(crate) declaratives: Declaratives,
     pub(crate) factory: Option<Factory>,
 }
 
@@ -201,6 +202,10 @@ impl TopicRoute {
     pub fn is_active(&self) -> bool {
         self.active
     }
+    /// How it should exist in the cluster.
+    pub fn declaratives(&self) -> &Declaratives {
+        &self.declaratives
+    }
 }
 
 impl fmt::Debug for TopicRoute {
@@ -215,6 +220,7 @@ impl fmt::Debug for TopicRoute {
             .field("dead_letter_queue", &self.dead_letter_queue)
             .field("kafka", &self.kafka)
             .field("active", &self.active)
+            .field("declaratives", &self.declaratives)
             .finish()
     }
 }
@@ -285,12 +291,22 @@ impl ConsumerGroupRoute {
 #[derive(Debug, Default)]
 pub struct Routes {
     pub(crate) consumer_groups: Vec<ConsumerGroupRoute>,
+    /// Managed topics and how they should exist, by name (routed topics and the dead-letter
+    /// topics they send to).
+    pub(crate) declared: BTreeMap<String, Declaratives>,
 }
 
 impl Routes {
     /// Every consumer group.
     pub fn consumer_groups(&self) -> impl Iterator<Item = &ConsumerGroupRoute> {
         self.consumer_groups.iter()
+    }
+
+    /// The topics `topics` commands manage, by name, with how each should exist: every routed
+    /// topic whose declaratives are not [`Declaratives::unmanaged`], and every dead-letter
+    /// topic that is not routed itself (with the `defaults` block's declaratives).
+    pub fn declared_topics(&self) -> impl Iterator<Item = (&str, &Declaratives)> {
+        self.declared.iter().map(|(k, v)| (k.as_str(), v))
     }
 }
 
@@ -328,6 +344,9 @@ pub(crate) fn resolve(
 ) -> Routes {
     let mut routes = Routes::default();
     let mut group_names = HashSet::new();
+    // Topic name → (declaratives, set explicitly on a route, where).
+    let mut declared: BTreeMap<String, (Declaratives, bool, String)> = BTreeMap::new();
+    let mut dead_letter_topics = Vec::new();
     if groups.iter().all(|g| g.drafts.is_empty()) {
         v.push(
             "routes",
@@ -380,6 +399,36 @@ pub(crate) fn resolve(
                     "is the topic itself: failed messages would come back forever; use another topic".into()
                 });
             }
+            let declaratives = settings.declaratives.clone().unwrap_or_default();
+            check_declaratives(&declaratives, &format!("{path}.declaratives"), v);
+            let explicit_declaratives = draft.settings.declaratives.is_some();
+            match declared.get(&draft.name) {
+                Some((existing, existing_explicit, where_)) => {
+                    if explicit_declaratives && *existing_explicit && *existing != declaratives {
+                        v.push(
+                            format!("{path}.declaratives"),
+                            format!(
+                                "differ from those declared at {where_}; a topic exists once in the \
+                                 cluster: declare it the same way (or only once)"
+                            ),
+                        );
+                    } else if explicit_declaratives && !existing_explicit {
+                        declared.insert(
+                            draft.name.clone(),
+                            (declaratives.clone(), true, path.clone()),
+                        );
+                    }
+                }
+                None => {
+                    declared.insert(
+                        draft.name.clone(),
+                        (declaratives.clone(), explicit_declaratives, path.clone()),
+                    );
+                }
+            }
+            if let Some(dlq) = &settings.dead_letter_queue {
+                dead_letter_topics.push(dlq.topic().to_owned());
+            }
             v.extend(settings.kafka.validate(&format!("{path}.kafka")));
             for (key, why) in FORBIDDEN {
                 if settings.kafka.contains_key(key) {
@@ -396,6 +445,7 @@ pub(crate) fn resolve(
                 dead_letter_queue: settings.dead_letter_queue.clone(),
                 kafka: settings.kafka.clone(),
                 active,
+                declaratives,
                 factory: draft.spec.as_ref().map(|s| s.factory(reporter.clone())),
             };
             topics.push((explicit, Arc::new(route)));
@@ -466,7 +516,49 @@ pub(crate) fn resolve(
             subscription_groups,
         });
     }
+    let dlq_declaratives = defaults.declaratives.clone().unwrap_or_default();
+    for topic in dead_letter_topics {
+        declared
+            .entry(topic)
+            .or_insert_with(|| (dlq_declaratives.clone(), false, String::new()));
+    }
+    routes.declared = declared
+        .into_iter()
+        .filter(|(_, (d, _, _))| d.is_managed())
+        .map(|(name, (d, _, _))| (name, d))
+        .collect();
     routes
+}
+
+fn check_declaratives(d: &Declaratives, path: &str, v: &mut Violations) {
+    if !d.is_managed() {
+        return;
+    }
+    v.check(
+        d.partition_count() >= 1,
+        format!("{path}.partitions"),
+        || {
+            format!(
+                "is {}; a topic needs at least 1 partition",
+                d.partition_count()
+            )
+        },
+    );
+    v.check(
+        d.replication() >= 1,
+        format!("{path}.replication_factor"),
+        || format!("is {}; it must be at least 1", d.replication()),
+    );
+    for (key, value) in d.configs() {
+        v.check(
+            !key.trim().is_empty() && !key.contains(char::is_whitespace),
+            format!("{path}.configs"),
+            || format!("has an invalid key `{key}`: topic config names look like `retention.ms`"),
+        );
+        v.check(!value.is_empty(), format!("{path}.configs.{key}"), || {
+            "is empty; remove it to keep the broker's default".into()
+        });
+    }
 }
 
 /// librdkafka settings the framework owns.

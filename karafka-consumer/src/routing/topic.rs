@@ -1,5 +1,6 @@
 //! Declaring a topic: its consumer, deserializer and settings.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -88,6 +89,96 @@ impl DeadLetterQueue {
     }
 }
 
+/// How a topic should exist in the cluster: what `topics plan` compares with the cluster and
+/// `topics migrate` applies (see [`crate::admin`]).
+///
+/// Every routed topic is declared (1 partition, replication factor 1, no configs) unless its
+/// declaratives say otherwise or it opts out with [`Declaratives::unmanaged`]. Dead-letter
+/// topics that are not routed themselves are declared with the `defaults` block's
+/// declaratives; route one with `.active(false)` to declare it differently.
+///
+/// ```
+/// use karafka_consumer::routing::Declaratives;
+/// let orders = Declaratives::new()
+///     .partitions(6)
+///     .replication_factor(3)
+///     .config("retention.ms", "604800000")
+///     .config("cleanup.policy", "delete");
+/// assert_eq!(orders.partition_count(), 6);
+/// assert_eq!(orders.configs().get("cleanup.policy").map(String::as_str), Some("delete"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Declaratives {
+    managed: bool,
+    partitions: i32,
+    replication_factor: i32,
+    configs: BTreeMap<String, String>,
+}
+
+impl Default for Declaratives {
+    fn default() -> Self {
+        Declaratives::new()
+    }
+}
+
+impl Declaratives {
+    /// 1 partition, replication factor 1, the broker's default configs.
+    pub fn new() -> Self {
+        Declaratives {
+            managed: true,
+            partitions: 1,
+            replication_factor: 1,
+            configs: BTreeMap::new(),
+        }
+    }
+
+    /// Leaves the topic alone: `topics` commands neither create, change nor delete it.
+    pub fn unmanaged() -> Self {
+        Declaratives {
+            managed: false,
+            ..Declaratives::new()
+        }
+    }
+
+    /// Partition count (at least 1). Migrations raise it; Kafka cannot lower it.
+    pub fn partitions(mut self, partitions: i32) -> Self {
+        self.partitions = partitions;
+        self
+    }
+
+    /// Replication factor (at least 1; only used when the topic is created).
+    pub fn replication_factor(mut self, factor: i32) -> Self {
+        self.replication_factor = factor;
+        self
+    }
+
+    /// A topic config (`retention.ms`, `cleanup.policy`, ...).
+    pub fn config(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.configs.insert(key.into(), value.into());
+        self
+    }
+
+    /// Whether `topics` commands manage the topic.
+    pub fn is_managed(&self) -> bool {
+        self.managed
+    }
+
+    /// The partition count.
+    pub fn partition_count(&self) -> i32 {
+        self.partitions
+    }
+
+    /// The replication factor.
+    pub fn replication(&self) -> i32 {
+        self.replication_factor
+    }
+
+    /// The topic configs.
+    pub fn configs(&self) -> &BTreeMap<String, String> {
+        &self.configs
+    }
+}
+
 /// A topic's settings; unset ones come from the `defaults` block, then the built-in defaults.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct TopicSettings {
@@ -98,6 +189,7 @@ pub(crate) struct TopicSettings {
     pub(crate) dead_letter_queue: Option<DeadLetterQueue>,
     pub(crate) kafka: KafkaSettings,
     pub(crate) active: Option<bool>,
+    pub(crate) declaratives: Option<Declaratives>,
 }
 
 impl TopicSettings {
@@ -116,6 +208,10 @@ impl TopicSettings {
                 .or_else(|| defaults.dead_letter_queue.clone()),
             kafka: defaults.kafka.merged(&self.kafka),
             active: self.active.or(defaults.active),
+            declaratives: self
+                .declaratives
+                .clone()
+                .or_else(|| defaults.declaratives.clone()),
         }
     }
 }
@@ -241,6 +337,13 @@ impl<C: Consumer> TopicBuilder<C> {
     /// declarative topic management, without a consumer.
     pub fn active(mut self, active: bool) -> Self {
         self.settings.active = Some(active);
+        self
+    }
+
+    /// How the topic should exist in the cluster, for `topics plan`/`migrate` (default
+    /// [`Declaratives::new`]: 1 partition, replication factor 1).
+    pub fn declaratives(mut self, declaratives: Declaratives) -> Self {
+        self.settings.declaratives = Some(declaratives);
         self
     }
 

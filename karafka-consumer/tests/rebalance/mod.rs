@@ -144,7 +144,7 @@ pub fn scenario(broker: &TestBroker, consumer_settings: KafkaSettings) -> Arc<Ob
     at(3.0);
     let third = member(3);
     at(4.5);
-    first.stop().unwrap();
+    first.stop_blocking().unwrap();
     producing.join().unwrap();
     wait_until(Duration::from_secs(120), || {
         observed.processed.lock().unwrap().len() >= MESSAGES
@@ -155,8 +155,8 @@ pub fn scenario(broker: &TestBroker, consumer_settings: KafkaSettings) -> Arc<Ob
             observed.processed.lock().unwrap().len()
         )
     });
-    second.stop().unwrap();
-    third.stop().unwrap();
+    second.stop_blocking().unwrap();
+    third.stop_blocking().unwrap();
     let deliveries = *observed.deliveries.lock().unwrap();
     eprintln!(
         "rebalance scenario: {MESSAGES} messages, {} deliveries ({} redelivered after rebalances), per member {:?}, {:?}",

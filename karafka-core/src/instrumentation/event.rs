@@ -246,8 +246,48 @@ pub enum Event {
         /// Attempts made before giving up on the message.
         attempts: u32,
     },
+    /// `app.initializing`, `app.running`, `app.quieting`, `app.quiet`, `app.stopping`,
+    /// `app.stopped`: the app's status changed.
+    AppStatus {
+        /// The app's name.
+        app: Arc<str>,
+        /// The new status.
+        status: AppStatus,
+    },
     /// An application-defined event (name chosen by the application).
     Custom(CustomEvent),
+}
+
+/// Where a running app is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum AppStatus {
+    /// Connecting and subscribing.
+    Initializing,
+    /// Consuming.
+    Running,
+    /// Asked to go quiet: finishing in-flight jobs, handing out no new batches.
+    Quieting,
+    /// Quiet: no jobs, no new batches; connections and assignments kept.
+    Quiet,
+    /// Stopping: finishing jobs, running shutdown hooks, committing, leaving the groups.
+    Stopping,
+    /// Stopped.
+    Stopped,
+}
+
+impl AppStatus {
+    /// `initializing`, `running`, `quieting`, `quiet`, `stopping`, `stopped`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            AppStatus::Initializing => "initializing",
+            AppStatus::Running => "running",
+            AppStatus::Quieting => "quieting",
+            AppStatus::Quiet => "quiet",
+            AppStatus::Stopping => "stopping",
+            AppStatus::Stopped => "stopped",
+        }
+    }
 }
 
 /// Consumer jobs.
@@ -338,6 +378,12 @@ impl Event {
         "client.resume",
         "consumer.consuming.retry",
         "dead_letter_queue.dispatched",
+        "app.initializing",
+        "app.running",
+        "app.quieting",
+        "app.quiet",
+        "app.stopping",
+        "app.stopped",
     ];
 
     /// The event's stable dotted name.
@@ -398,6 +444,14 @@ impl Event {
             Event::Resumed { .. } => "client.resume",
             Event::Retry { .. } => "consumer.consuming.retry",
             Event::DlqDispatched { .. } => "dead_letter_queue.dispatched",
+            Event::AppStatus { status, .. } => match status {
+                AppStatus::Initializing => "app.initializing",
+                AppStatus::Running => "app.running",
+                AppStatus::Quieting => "app.quieting",
+                AppStatus::Quiet => "app.quiet",
+                AppStatus::Stopping => "app.stopping",
+                AppStatus::Stopped => "app.stopped",
+            },
             Event::Custom(e) => &e.name,
         }
     }
@@ -587,6 +641,7 @@ impl fmt::Display for Event {
                 f,
                 "{name} {topic}/{partition}@{offset} -> {dlq_topic} after {attempts} attempt(s)"
             ),
+            Event::AppStatus { app, .. } => write!(f, "{name} {app}"),
             Event::Custom(e) => {
                 f.write_str(&e.name)?;
                 if let Some(d) = e.duration {

@@ -34,8 +34,8 @@ pub mod statistics;
 mod tracing_listener;
 
 pub use event::{
-    AssignmentChange, CustomEvent, Dispatch, ErrorKind, ErrorOccurred, Event, JobKind, PauseReason,
-    ProducerStage, TransactionStage,
+    AppStatus, AssignmentChange, CustomEvent, Dispatch, ErrorKind, ErrorOccurred, Event, JobKind,
+    PauseReason, ProducerStage, TransactionStage,
 };
 pub use monitor::{FnListener, Listener, Monitor, SubscriptionId};
 pub use statistics::Statistics;
