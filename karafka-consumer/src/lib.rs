@@ -70,6 +70,8 @@
 
 pub mod admin;
 mod app;
+#[cfg(feature = "cli")]
+pub mod cli;
 pub(crate) mod connection;
 mod consumer;
 mod context;

@@ -17,30 +17,6 @@ const MESSAGES: usize = 200_000;
 const PARTITIONS: i32 = 8;
 
 /// Builds the example with the same cargo and returns its path.
-fn example_binary() -> std::path::PathBuf {
-    let status = Command::new(env!("CARGO"))
-        .args([
-            "build",
-            "-q",
-            "-p",
-            "karafka-consumer",
-            "--example",
-            "at_least_once",
-        ])
-        .status()
-        .expect("run cargo to build the at_least_once example");
-    assert!(
-        status.success(),
-        "building the at_least_once example failed"
-    );
-    // This test runs from <target>/<profile>/deps/.
-    let exe = std::env::current_exe().unwrap();
-    let profile_dir = exe.parent().and_then(|deps| deps.parent()).unwrap();
-    let binary = profile_dir.join("examples").join("at_least_once");
-    assert!(binary.exists(), "{} is missing", binary.display());
-    binary
-}
-
 fn lines(path: &std::path::Path) -> Vec<(u32, i32, i64)> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -73,7 +49,7 @@ fn every_message_survives_three_kills() {
     let Some(broker) = TestBroker::require(&[]) else {
         return;
     };
-    let binary = example_binary();
+    let binary = karafka_testing::example_binary("karafka-consumer", "at_least_once").unwrap();
     let (topic, group) = (unique_topic("kill9"), unique_group("kill9"));
     broker.create_topic(&topic, PARTITIONS).unwrap();
     let producer = Producer::builder()

@@ -18,6 +18,6 @@ fn members_join_and_leave_without_loss_or_overlap() {
         }
     }
     settings.set("partition.assignment.strategy", "range,roundrobin");
-    let observed = rebalance::scenario(&broker, settings);
+    let observed = rebalance::scenario_staggered(&broker, settings);
     rebalance::assert_sound(&observed);
 }

@@ -54,6 +54,7 @@ mod broker;
 mod buffered;
 mod embedded;
 mod names;
+mod process;
 mod wait;
 
 pub use broker::{
@@ -65,6 +66,7 @@ pub use embedded::{
     ApiKey, DEFAULT_INITIAL_REBALANCE_DELAY, EmbeddedCluster, EmbeddedClusterBuilder, ErrorCode,
 };
 pub use names::{unique_group, unique_name, unique_topic};
+pub use process::example_binary;
 pub use wait::{WaitTimeout, wait_for, wait_until, wait_until_async};
 
 /// A test fixture could not be set up.

@@ -54,6 +54,8 @@ pub use karafka_core::{
 pub use karafka_core::{contract, instrumentation, message, settings};
 
 pub use karafka_consumer as consumer;
+#[cfg(feature = "cli")]
+pub use karafka_consumer::cli;
 pub use karafka_consumer::{
     App, AppBuilder, BatchMetadata, ConsumeResult, Consumer, Context, DeserializationError,
     Message, Messages, Running, payload, routing,

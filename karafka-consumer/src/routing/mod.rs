@@ -163,6 +163,7 @@ pub struct TopicRoute {
     pub(crate) active: bool,
     pub(crate) declaratives: Declaratives,
     pub(crate) factory: Option<Factory>,
+    pub(crate) consumer_type: Option<&'static str>,
 }
 
 impl TopicRoute {
@@ -201,6 +202,10 @@ impl TopicRoute {
     /// Whether it is consumed.
     pub fn is_active(&self) -> bool {
         self.active
+    }
+    /// The consumer's Rust type name (`None` for a topic routed without a consumer).
+    pub fn consumer_type(&self) -> Option<&'static str> {
+        self.consumer_type
     }
     /// How it should exist in the cluster.
     pub fn declaratives(&self) -> &Declaratives {
@@ -447,6 +452,7 @@ pub(crate) fn resolve(
                 active,
                 declaratives,
                 factory: draft.spec.as_ref().map(|s| s.factory(reporter.clone())),
+                consumer_type: draft.spec.as_ref().map(|s| s.consumer_type()),
             };
             topics.push((explicit, Arc::new(route)));
         }

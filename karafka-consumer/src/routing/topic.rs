@@ -219,6 +219,8 @@ impl TopicSettings {
 /// Builds a consumer [`Factory`] once the app's monitor is known.
 pub(crate) trait ConsumerSpec: Send + Sync {
     fn factory(&self, reporter: DecodeReporter) -> Factory;
+    /// The consumer's Rust type, for `info`.
+    fn consumer_type(&self) -> &'static str;
 }
 
 type Make<C> = Arc<dyn Fn() -> C + Send + Sync>;
@@ -244,6 +246,10 @@ impl<C: Consumer> ConsumerSpec for Typed<C> {
             decoded
         });
         Arc::new(move || Box::new(Erased::new(make(), decoder.clone())) as Box<dyn ErasedConsumer>)
+    }
+
+    fn consumer_type(&self) -> &'static str {
+        std::any::type_name::<C>()
     }
 }
 
