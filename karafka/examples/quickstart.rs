@@ -52,6 +52,7 @@ struct Tally {
 
 struct Visits {
     tally: Arc<Tally>,
+    fail_every: u64,
     progress: ProgressBar,
 }
 
@@ -66,7 +67,10 @@ impl Consumer for Visits {
             .fetch_add(visits.len() as u64, Ordering::Relaxed);
         // A failure on the first attempt: the framework pauses the partition, backs off and
         // hands the batch again from its first unmarked message.
-        if ctx.attempt() == 1 && visits.iter().any(|v| v.id % FAIL_EVERY == 0) {
+        if ctx.attempt() == 1
+            && self.fail_every > 0
+            && visits.iter().any(|v| v.id % self.fail_every == 0)
+        {
             return Err("simulated failure (the quick start fails a few first attempts)".into());
         }
         let mut seen = self.tally.seen.lock().unwrap_or_else(|p| p.into_inner());
@@ -118,6 +122,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|_| format!("QUICKSTART_MESSAGES must be a number, got `{n}`"))?,
         Err(_) => 100_000,
     };
+    let fail_every: u64 = match std::env::var("QUICKSTART_FAIL_EVERY") {
+        Ok(n) => n
+            .parse()
+            .map_err(|_| format!("QUICKSTART_FAIL_EVERY must be a number, got `{n}`"))?,
+        Err(_) => FAIL_EVERY,
+    };
     let topic = format!("quickstart-visits-{}", std::process::id());
 
     // 1. A broker: yours, or one embedded in this process.
@@ -127,10 +137,20 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             println!("broker: {brokers} (KARAFKA_BROKERS)");
             let admin = Admin::new(&KafkaSettings::new().with("bootstrap.servers", &brokers))?;
             admin.create_topic(&topic, PARTITIONS, 1, &Default::default())?;
+            // Consumers subscribe by name: wait until the metadata shows the new topic.
+            let created = Instant::now();
+            while admin.partition_count(&topic).unwrap_or(0) < PARTITIONS {
+                if created.elapsed() > Duration::from_secs(30) {
+                    return Err(format!("topic `{topic}` did not appear within 30 s").into());
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
             brokers
         }
         _ => {
-            let cluster = EmbeddedCluster::start(1)?;
+            let cluster = EmbeddedCluster::builder()
+                .initial_rebalance_delay(Duration::from_millis(100))
+                .start()?;
             cluster.create_topic(&topic, PARTITIONS)?;
             let brokers = cluster.bootstrap_servers().to_string();
             println!("broker: embedded cluster on {brokers} (set KARAFKA_BROKERS to use yours)");
@@ -151,13 +171,17 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         let tally = tally.clone();
         let progress = progress.clone();
         App::builder()
-            .name("quickstart")
+            .name(format!("quickstart-{}", std::process::id()))
             .kafka("bootstrap.servers", bootstrap.as_str())
             .kafka("auto.offset.reset", "earliest")
+            // A new group's first join waits for more members: 3 s on Kafka
+            // (group.initial.rebalance.delay.ms), half the session timeout on Tansu.
+            .kafka("session.timeout.ms", "6000")
             .pause_timeout(Duration::from_millis(100))
             .topic(&topic, move |t| {
                 t.consumer(move || Visits {
                     tally: tally.clone(),
+                    fail_every,
                     progress: progress.clone(),
                 })
             })
@@ -172,8 +196,29 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             }
         });
     }
-    let started = Instant::now();
+    let assigned = Arc::new(AtomicU64::new(0));
+    {
+        let assigned = assigned.clone();
+        app.monitor().subscribe_fn(move |event| {
+            if event.name() == "rebalance.partitions_assigned" {
+                assigned.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
     let running = app.start()?;
+    // Produce once the group has its partitions, so the latency is the pipeline's, not the
+    // group join's.
+    progress.set_message("(joining the consumer group)");
+    let joining = Instant::now();
+    while assigned.load(Ordering::Relaxed) == 0 {
+        if joining.elapsed() > Duration::from_secs(60) {
+            let _ = running.stop_blocking();
+            return Err("the app was not assigned partitions within 60 s".into());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let joined_in = joining.elapsed();
+    let started = Instant::now();
 
     // 3. Produce while the app consumes.
     let producer = Producer::builder()
@@ -191,7 +236,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     sent_at_us: now_us(),
                 };
                 let payload = serde_json::to_vec(&visit).expect("a Visit always serializes");
-                Message::new(topic.as_str(), payload).key(format!("visitor-{}", id % 1000))
+                Message::new(topic.as_str(), payload).key(format!("visitor-{}", id % 997))
             })
             .collect();
         producer.produce_many_sync(batch)?;
@@ -199,6 +244,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let produced_in = started.elapsed();
     producer.close()?;
     progress.set_message(format!("(all {messages} produced in {produced_in:.1?})"));
+    progress.tick();
 
     // 4. Wait until every event was consumed.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -225,7 +271,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let deliveries = tally.deliveries.load(Ordering::Relaxed);
     println!();
     println!("summary");
+    println!("  group joined in:     {joined_in:.1?}");
     println!("  messages consumed:   {messages} (each exactly once in the result set)");
+    println!("  produced in:         {produced_in:.1?}");
     println!(
         "  deliveries:          {deliveries} ({} handed again by retries)",
         deliveries.saturating_sub(messages)
@@ -241,7 +289,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         percentile(&latencies, 0.99)
     );
     println!(
-        "  retries:             {} (a batch holding an id divisible by {FAIL_EVERY} fails its first attempt)",
+        "  retries:             {} (a batch holding an id divisible by {fail_every} fails its first attempt)",
         retries.load(Ordering::Relaxed)
     );
     Ok(())
