@@ -136,6 +136,8 @@ pub struct AppBuilder {
     groups: Vec<ConsumerGroupBuilder>,
     monitor: Option<Monitor>,
     producer: Option<Producer>,
+    #[cfg(feature = "web")]
+    web: Option<crate::web::Web>,
 }
 
 impl Default for AppBuilder {
@@ -152,6 +154,8 @@ impl Default for AppBuilder {
             groups: Vec::new(),
             monitor: None,
             producer: None,
+            #[cfg(feature = "web")]
+            web: None,
         }
     }
 }
@@ -266,10 +270,31 @@ impl AppBuilder {
         self
     }
 
+    /// Serves `/healthz` and `/metrics` while the app runs (feature `web`; see
+    /// [`web`](crate::web)). Also turns librdkafka statistics on
+    /// (`statistics.interval.ms=5000`) unless set, for the lag gauge.
+    #[cfg(feature = "web")]
+    pub fn web(mut self, web: crate::web::Web) -> Self {
+        self.web = Some(web);
+        self
+    }
+
     /// Validates everything and builds the app (nothing connects yet).
-    pub fn build(self) -> Result<App, ConfigError> {
+    pub fn build(mut self) -> Result<App, ConfigError> {
         let mut v = Violations::new();
-        let monitor = self.monitor.unwrap_or_default();
+        let monitor = self.monitor.take().unwrap_or_default();
+        #[cfg(feature = "web")]
+        let web = match self.web.take() {
+            Some(web) => {
+                if !self.kafka.contains_key("statistics.interval.ms") {
+                    self.kafka.set("statistics.interval.ms", "5000");
+                }
+                let metrics = Arc::new(crate::web::Metrics::new());
+                monitor.subscribe_arc(metrics.clone());
+                Some((web, metrics))
+            }
+            None => None,
+        };
         v.check(
             self.kafka
                 .get("bootstrap.servers")
@@ -336,6 +361,8 @@ impl AppBuilder {
                     pause_exponential: self.pause_exponential,
                 },
                 running: AtomicBool::new(false),
+                #[cfg(feature = "web")]
+                web,
             }),
         })
     }
@@ -361,6 +388,8 @@ pub(crate) struct AppInner {
     pub(crate) producer: Producer,
     pub(crate) settings: ProcessingSettings,
     running: AtomicBool,
+    #[cfg(feature = "web")]
+    pub(crate) web: Option<(crate::web::Web, Arc<crate::web::Metrics>)>,
 }
 
 /// A built app: routes and settings, ready to [`start`](App::start). Cheap to clone.
@@ -381,6 +410,8 @@ impl App {
                 producer: inner.producer.clone(),
                 settings: inner.settings.clone(),
                 running: AtomicBool::new(false),
+                #[cfg(feature = "web")]
+                web: inner.web.clone(),
             }),
         }
     }
@@ -488,15 +519,29 @@ impl App {
             }
         }
         control.listeners.store(listeners.len(), Ordering::Release);
-        control.set_status(AppStatus::Running);
-        Ok(Running {
+        #[allow(unused_mut)]
+        let mut running = Running {
             app: self.clone(),
-            control,
+            control: control.clone(),
             listeners,
             groups: shared,
             done: done_rx,
             runtime,
-        })
+            #[cfg(feature = "web")]
+            web: None,
+        };
+        #[cfg(feature = "web")]
+        if let Some((web, metrics)) = &inner.web {
+            // On failure `running` is dropped, which stops the listeners again.
+            running.web = Some(crate::web::WebServer::start(
+                web,
+                metrics.clone(),
+                control.clone(),
+                running.groups.clone(),
+            )?);
+        }
+        control.set_status(AppStatus::Running);
+        Ok(running)
     }
 }
 
@@ -529,6 +574,8 @@ pub struct Running {
     groups: Vec<Arc<crate::connection::client::GroupShared>>,
     done: mpsc::Receiver<String>,
     runtime: Option<tokio::runtime::Runtime>,
+    #[cfg(feature = "web")]
+    web: Option<crate::web::WebServer>,
 }
 
 impl Running {
@@ -591,47 +638,14 @@ impl Running {
     /// drop it from its group) or a job running longer than `job_timeout` makes the app
     /// unhealthy; the reasons say which.
     pub fn health(&self, job_timeout: Duration) -> Health {
-        let mut reasons = Vec::new();
-        let now = self.control.now_ms();
-        for group in &self.groups {
-            let limit_ms: u64 = group
-                .route
-                .kafka
-                .get("max.poll.interval.ms")
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(300_000);
-            let last = group.last_poll_ms.load(Ordering::Acquire);
-            let silent = now.saturating_sub(last);
-            if silent > limit_ms {
-                reasons.push(format!(
-                    "listener {}.{} has not polled for {silent} ms (max.poll.interval.ms is {limit_ms})",
-                    group.route.consumer_group, group.route.name
-                ));
-            }
-        }
-        for job in self
-            .control
-            .in_flight
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-        {
-            let running = job.started.elapsed();
-            if running > job_timeout {
-                reasons.push(format!(
-                    "job {} {} offsets {}..={} has run for {running:?} (limit {job_timeout:?})",
-                    job.job.as_str(),
-                    job.tp,
-                    job.offsets.0,
-                    job.offsets.1
-                ));
-            }
-        }
-        Health {
-            healthy: reasons.is_empty(),
-            status: self.status(),
-            reasons,
-        }
+        health(&self.control, &self.groups, job_timeout)
+    }
+
+    /// The address the health and metrics server listens on (feature `web`, when configured
+    /// with [`AppBuilder::web`]).
+    #[cfg(feature = "web")]
+    pub fn web_addr(&self) -> Option<std::net::SocketAddr> {
+        self.web.as_ref().map(|w| w.addr())
     }
 
     fn stop_inner(&mut self) -> Result<()> {
@@ -662,6 +676,10 @@ impl Running {
         }
         self.app.inner.running.store(false, Ordering::Release);
         self.control.set_status(AppStatus::Stopped);
+        #[cfg(feature = "web")]
+        if let Some(mut web) = self.web.take() {
+            web.stop();
+        }
         Ok(())
     }
 
@@ -674,6 +692,53 @@ impl Running {
 
     pub(crate) fn report(&self, listeners: &[String]) -> String {
         report(&self.control, listeners)
+    }
+}
+
+pub(crate) fn health(
+    control: &Control,
+    groups: &[Arc<crate::connection::client::GroupShared>],
+    job_timeout: Duration,
+) -> Health {
+    let mut reasons = Vec::new();
+    let now = control.now_ms();
+    for group in groups {
+        let limit_ms: u64 = group
+            .route
+            .kafka
+            .get("max.poll.interval.ms")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(300_000);
+        let last = group.last_poll_ms.load(Ordering::Acquire);
+        let silent = now.saturating_sub(last);
+        if silent > limit_ms {
+            reasons.push(format!(
+                "listener {}.{} has not polled for {silent} ms (max.poll.interval.ms is {limit_ms})",
+                group.route.consumer_group, group.route.name
+            ));
+        }
+    }
+    for job in control
+        .in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+    {
+        let running = job.started.elapsed();
+        if running > job_timeout {
+            reasons.push(format!(
+                "job {} {} offsets {}..={} has run for {running:?} (limit {job_timeout:?})",
+                job.job.as_str(),
+                job.tp,
+                job.offsets.0,
+                job.offsets.1
+            ));
+        }
+    }
+    Health {
+        healthy: reasons.is_empty(),
+        status: control.status(),
+        reasons,
     }
 }
 

@@ -82,6 +82,8 @@ pub(crate) mod processing;
 pub mod routing;
 mod server;
 mod settings;
+#[cfg(feature = "web")]
+pub mod web;
 
 pub use app::{App, AppBuilder, Health, Running};
 pub use consumer::{ConsumeResult, Consumer, NoConsumer};

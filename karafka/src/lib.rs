@@ -15,8 +15,14 @@
 //! | Pro features | `karafka-pro` | `pro` (feature `pro`) |
 //! | tests: embedded cluster, fixtures | `karafka-testing` | `testing` (feature `testing`) |
 //!
-//! **Status:** the shared core, the producer, the consumer framework and the test fixtures
-//! are ready; the Pro features are not implemented yet.
+//! Features: `cli` (default) — [`cli`]: `server`, `info`, `topics` inside your binary; `web` —
+//! `web`: `/healthz` and Prometheus `/metrics`; `pro`; `testing`.
+//!
+//! The quick start, on an embedded cluster: `cargo run --example quickstart`.
+//!
+//! **Status:** the shared core, the producer, the consumer framework, running it (server,
+//! signals, CLI, admin, health and metrics) and the test fixtures are ready; the Pro features
+//! are not implemented yet.
 //!
 //! ```no_run
 //! use karafka::{App, Consumer, ConsumeResult, Context};
@@ -56,6 +62,8 @@ pub use karafka_core::{contract, instrumentation, message, settings};
 pub use karafka_consumer as consumer;
 #[cfg(feature = "cli")]
 pub use karafka_consumer::cli;
+#[cfg(feature = "web")]
+pub use karafka_consumer::web;
 pub use karafka_consumer::{
     App, AppBuilder, BatchMetadata, ConsumeResult, Consumer, Context, DeserializationError,
     Message, Messages, Running, payload, routing,
