@@ -17,6 +17,12 @@
 //! - [`payload`]: what payloads decode into ([`payload::Json`] by default choice,
 //!   [`payload::Raw`], [`payload::Text`]); decoding is lazy and failures are retried, then
 //!   dead-lettered.
+//! - Running it: [`App::run`] (signals: SIGINT/SIGTERM/SIGQUIT stop, SIGTSTP quiets, a second
+//!   signal forces; statuses instrumented; a shutdown report when `shutdown_timeout` passes),
+//!   [`App::select`] (run only some routes), [`Running::health`]; [`admin`] (topics,
+//!   watermarks, group offsets and lag, moving a group, declarative topics: plan/migrate);
+//!   `cli` (feature `cli`: `server`, `info`, `topics` inside your binary); `web` (feature
+//!   `web`: `/healthz` and Prometheus `/metrics`).
 //!
 //! ## How it runs
 //!
