@@ -380,3 +380,113 @@ fn topics_migrate_through_the_cli_is_idempotent() {
         .collect();
     assert!(names.contains(&topic));
 }
+
+#[test]
+fn a_second_stop_signal_forces_exit_2_and_names_the_job() {
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
+    let topic = unique_topic("forced");
+    let group = unique_group("forced");
+    broker.create_topic(&topic, 1).unwrap();
+    produce(&broker, &topic, 2);
+
+    let server = Server::start(
+        &broker,
+        &topic,
+        &group,
+        &[("STUCK", "1"), ("SHUTDOWN_TIMEOUT_MS", "60000")],
+    );
+    server.wait_for_line("a batch start", |l| l.starts_with("start "));
+    server.signal(libc::SIGTERM);
+    server.wait_for_line("status stopping", |l| l == "status stopping");
+    let began = Instant::now();
+    server.signal(libc::SIGTERM);
+    let (status, stderr, _) = server.exit(Duration::from_secs(30));
+    assert_eq!(status.code(), Some(2), "stderr:\n{stderr}");
+    assert!(
+        began.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        began.elapsed()
+    );
+    assert!(
+        stderr.contains("forced by a second stop signal")
+            && stderr.contains(&format!("job consume {topic}/0")),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn server_options_select_consumer_groups_subscription_groups_and_topics() {
+    use clap::Parser;
+    use karafka::consumer::Selection;
+
+    let cli = cli::Cli::try_parse_from([
+        "app",
+        "server",
+        "--consumer-groups",
+        "billing,audit",
+        "--topics",
+        "invoices",
+    ])
+    .unwrap();
+    let cli::Command::Server(args) = cli.command else {
+        panic!("parsed {cli:?}");
+    };
+    assert_eq!(args.consumer_groups, ["billing", "audit"]);
+    assert_eq!(args.topics, ["invoices"]);
+    assert!(args.subscription_groups.is_empty());
+
+    // Building connects to nothing.
+    let app = App::builder()
+        .kafka("bootstrap.servers", "127.0.0.1:1")
+        .consumer_group("billing", |g| {
+            g.topic("invoices", |t| t.consumer(|| Count(Arc::default())))
+                .topic("payments", |t| t.consumer(|| Count(Arc::default())))
+        })
+        .consumer_group("audit", |g| {
+            g.subscription_group("slow", |s| {
+                s.topic("trail", |t| t.consumer(|| Count(Arc::default())))
+            })
+        })
+        .build()
+        .unwrap();
+    let routed = |app: &App| -> Vec<(String, String, String)> {
+        app.routes()
+            .consumer_groups()
+            .flat_map(|g| {
+                g.subscription_groups().flat_map(move |s| {
+                    s.topics().map(move |t| {
+                        (
+                            g.name().to_owned(),
+                            s.name().to_owned(),
+                            t.name().to_owned(),
+                        )
+                    })
+                })
+            })
+            .collect()
+    };
+    let select = |cgs: &[&str], sgs: &[&str], topics: &[&str]| {
+        app.select(&Selection {
+            consumer_groups: cgs.iter().map(|s| s.to_string()).collect(),
+            subscription_groups: sgs.iter().map(|s| s.to_string()).collect(),
+            topics: topics.iter().map(|s| s.to_string()).collect(),
+        })
+    };
+    assert_eq!(routed(&select(&[], &[], &[]).unwrap()).len(), 3);
+    let billing = routed(&select(&["billing"], &[], &[]).unwrap());
+    assert!(
+        billing.iter().all(|(g, ..)| g == "billing") && billing.len() == 2,
+        "{billing:?}"
+    );
+    assert_eq!(
+        routed(&select(&[], &["slow"], &[]).unwrap()),
+        [("audit".into(), "slow".into(), "trail".into())]
+    );
+    let invoices = routed(&select(&[], &[], &["invoices"]).unwrap());
+    assert_eq!(invoices.len(), 1);
+    assert_eq!(invoices[0].2, "invoices");
+    let error = select(&["nope"], &[], &[]).unwrap_err().to_string();
+    assert!(error.contains("matches no route"), "{error}");
+}
