@@ -47,7 +47,7 @@ pub(crate) struct Control {
 }
 
 impl Control {
-    fn new(app: Arc<str>, monitor: Monitor) -> Self {
+    pub(crate) fn new(app: Arc<str>, monitor: Monitor) -> Self {
         Control {
             stop: AtomicBool::new(false),
             quiet: AtomicBool::new(false),

@@ -82,6 +82,8 @@ pub(crate) mod connection;
 mod consumer;
 mod context;
 mod error;
+#[cfg(feature = "testing")]
+pub mod harness;
 mod message;
 pub mod payload;
 pub(crate) mod processing;

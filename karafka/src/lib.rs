@@ -13,10 +13,11 @@
 //! | producing only | `karafka-producer` | [`producer`] |
 //! | consuming (routes, workers, offsets) | `karafka-consumer` | [`consumer`] |
 //! | Pro features | `karafka-pro` | `pro` (feature `pro`) |
-//! | tests: embedded cluster, fixtures | `karafka-testing` | `testing` (feature `testing`) |
+//! | tests: consumer harness (no broker), embedded cluster, fixtures | `karafka-testing`, `karafka-consumer` (`testing`) | `testing` (feature `testing`) |
 //!
 //! Features: `cli` (default) — [`cli`]: `server`, `info`, `topics` inside your binary; `web` —
-//! `web`: `/healthz` and Prometheus `/metrics`; `pro`; `testing`.
+//! `web`: `/healthz` and Prometheus `/metrics`; `pro`; `testing` — `testing`: the consumer
+//! harness (test consumers without a broker) and the broker fixtures.
 //!
 //! The quick start, on an embedded cluster: `cargo run --example quickstart`.
 //!
@@ -74,5 +75,13 @@ pub use karafka_producer::{Producer, VariantConfig};
 #[cfg(feature = "pro")]
 pub use karafka_pro as pro;
 
+/// Testing (feature `testing`): the consumer [`Harness`](testing::Harness) (no broker), and
+/// `karafka-testing`'s fixtures (embedded cluster, external brokers, in-memory producer
+/// client, helpers).
 #[cfg(feature = "testing")]
-pub use karafka_testing as testing;
+pub mod testing {
+    pub use karafka_consumer::harness::{
+        BatchOutcome, Harness, HarnessError, PauseState, TestConsumer,
+    };
+    pub use karafka_testing::*;
+}

@@ -16,9 +16,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
-use karafka_core::instrumentation::{ErrorKind, Event, JobKind, PauseReason};
-use karafka_core::{Headers, TopicPartition, native};
-use karafka_producer::Message as Outgoing;
+use karafka_core::instrumentation::{ErrorKind, Event, JobKind};
+use karafka_core::{Headers, KafkaError, TopicPartition, native};
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::BorrowedMessage;
@@ -31,11 +30,10 @@ use crate::consumer::ErasedConsumer;
 use crate::context::{ClientOps, JobInput};
 use crate::error::Result;
 use crate::message::{RawBatch, RawMessage};
-use crate::processing::backoff::backoff;
-use crate::processing::coordinator::{Coordinator, Intents, Pause};
+use crate::processing::coordinator::Coordinator;
 use crate::processing::executor::{self, Done, Job};
-use crate::processing::strategy::{Decision, Facts, decide};
-use crate::routing::{DeadLetterQueue, SubscriptionGroupRoute, TopicRoute};
+use crate::processing::outcome::{Outcomes, PartitionControl};
+use crate::routing::{SubscriptionGroupRoute, TopicRoute};
 
 /// A partition's consumer instance and the last batch it got.
 type Instance = (Box<dyn ErasedConsumer>, Arc<RawBatch>);
@@ -526,206 +524,16 @@ impl Listener {
             return;
         }
         self.instances.insert(tp.clone(), (consumer, batch.clone()));
-        let intents = coordinator.take_intents();
-        let (first_offset, last_offset) = match (batch.messages.first(), batch.messages.last()) {
-            (Some(f), Some(l)) => (f.offset, l.offset),
-            _ => return,
-        };
-        let settings = &self.shared.settings;
-        let facts = Facts {
-            succeeded: outcome.is_ok(),
-            attempt: coordinator.attempt(),
-            first_offset,
-            last_offset,
-            stored_before,
-            stored_after: coordinator.stored(),
-            manual: topic.manual_offset_management,
-            took_control: intents.took_control(),
-            dlq: topic.dead_letter_queue.as_ref(),
-            pause_timeout: settings.pause_timeout,
-            pause_max_timeout: settings.pause_max_timeout,
-            exponential: settings.pause_exponential,
-        };
-        match decide(&facts) {
-            Decision::Mark { next } => {
-                coordinator.set_attempt(1);
-                if coordinator.mark(next) {
-                    self.ops.store_offset(&tp, next);
-                }
-                self.apply(&tp, &coordinator, intents);
-            }
-            Decision::Keep => {
-                if outcome.is_ok() {
-                    coordinator.set_attempt(1);
-                    self.apply(&tp, &coordinator, intents);
-                } else {
-                    coordinator.set_attempt(1);
-                }
-            }
-            Decision::Retry {
-                attempt,
-                resume_from,
-                backoff,
-            } => {
-                coordinator.set_attempt(attempt);
-                let shared = &self.shared;
-                shared.monitor.emit_with(|| Event::Retry {
-                    consumer_group: shared.route.consumer_group.clone(),
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    attempt,
-                    offset: resume_from,
-                    backoff,
-                });
-                self.pause(&tp, &coordinator, resume_from, backoff, PauseReason::Retry);
-            }
-            Decision::DeadLetter { offset, attempts } => {
-                let dlq = topic.dead_letter_queue.clone();
-                match (dlq, batch.messages.iter().find(|m| m.offset == offset)) {
-                    (Some(dlq), Some(raw)) => {
-                        self.dead_letter(&tp, &coordinator, &dlq, raw, attempts)
-                    }
-                    _ => {
-                        // Cannot happen (the offset comes from this batch); retry rather than skip.
-                        let wait = backoff(
-                            attempts,
-                            settings.pause_timeout,
-                            settings.pause_max_timeout,
-                            settings.pause_exponential,
-                        );
-                        self.pause(&tp, &coordinator, offset, wait, PauseReason::Retry);
-                    }
-                }
-            }
-        }
+        self.outcomes()
+            .settle(&tp, &topic, &batch, &coordinator, &outcome, stored_before);
     }
 
-    /// Carries out what the consumer asked for during a successful job.
-    fn apply(&self, tp: &TopicPartition, coordinator: &Arc<Coordinator>, intents: Intents) {
-        if let Some(offset) = intents.seek {
-            if let Err(e) = client::seek(&self.consumer, tp, offset) {
-                self.shared
-                    .error(ErrorKind::ConnectionClientPoll, e, Some(tp));
-            }
+    fn outcomes(&self) -> Outcomes<'_> {
+        Outcomes {
+            shared: &self.shared,
+            ops: self.ops.as_ref(),
+            partitions: self,
         }
-        if let Some((offset, timeout)) = intents.pause {
-            self.pause(tp, coordinator, offset, timeout, PauseReason::User);
-        }
-        if intents.resume && coordinator.is_paused() {
-            self.resume(tp, coordinator);
-        }
-    }
-
-    /// Sends the message at `raw` to the dead-letter queue and skips it; if the dispatch fails,
-    /// the batch is retried later (the message is never dropped).
-    fn dead_letter(
-        &self,
-        tp: &TopicPartition,
-        coordinator: &Arc<Coordinator>,
-        dlq: &DeadLetterQueue,
-        raw: &RawMessage,
-        attempts: u32,
-    ) {
-        let shared = &self.shared;
-        let mut headers: Headers = raw.headers.clone();
-        headers
-            .append("source_topic", raw.topic.to_string())
-            .append("source_partition", raw.partition.to_string())
-            .append("source_offset", raw.offset.to_string())
-            .append(
-                "source_consumer_group",
-                shared.route.consumer_group.to_string(),
-            );
-        let mut message = Outgoing {
-            payload: raw.payload.clone(),
-            key: raw.key.clone(),
-            headers,
-            ..Outgoing::new(dlq.topic(), Bytes::new())
-        };
-        if raw.payload.is_none() && raw.key.is_none() {
-            // A null key and payload cannot be a tombstone; keep it as an empty payload.
-            message.payload = Some(Bytes::new());
-        }
-        match shared.producer.produce_sync(message) {
-            Ok(_) => {
-                let next = raw.offset + 1;
-                coordinator.set_attempt(1);
-                if coordinator.mark(next) {
-                    self.ops.store_offset(tp, next);
-                }
-                if let Err(e) = client::seek(&self.consumer, tp, next) {
-                    shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
-                }
-                shared.monitor.emit_with(|| Event::DlqDispatched {
-                    consumer_group: shared.route.consumer_group.clone(),
-                    topic: tp.topic.clone(),
-                    partition: tp.partition,
-                    offset: raw.offset,
-                    dlq_topic: dlq.topic().into(),
-                    attempts,
-                });
-            }
-            Err(e) => {
-                shared.error(ErrorKind::DlqDispatch, e, Some(tp));
-                // Try again after a back-off: the next failure dispatches again.
-                coordinator.set_attempt(attempts);
-                let settings = &shared.settings;
-                let wait = backoff(
-                    attempts,
-                    settings.pause_timeout,
-                    settings.pause_max_timeout,
-                    settings.pause_exponential,
-                );
-                self.pause(tp, coordinator, raw.offset, wait, PauseReason::Retry);
-            }
-        }
-    }
-
-    // -- pauses -------------------------------------------------------------------------------
-
-    fn pause(
-        &self,
-        tp: &TopicPartition,
-        coordinator: &Arc<Coordinator>,
-        resume_from: i64,
-        timeout: Duration,
-        reason: PauseReason,
-    ) {
-        let shared = &self.shared;
-        if let Err(e) = client::pause(&self.consumer, tp, false) {
-            shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
-        }
-        coordinator.set_pause(Some(Pause {
-            until: Instant::now() + timeout,
-            resume_from,
-        }));
-        shared.monitor.emit_with(|| Event::Paused {
-            consumer_group: shared.route.consumer_group.clone(),
-            topic: tp.topic.clone(),
-            partition: tp.partition,
-            offset: resume_from,
-            timeout,
-            reason,
-        });
-    }
-
-    /// Seeks to the resume offset and resumes.
-    fn resume(&self, tp: &TopicPartition, coordinator: &Arc<Coordinator>) {
-        let shared = &self.shared;
-        if let Some(pause) = coordinator.pause() {
-            if let Err(e) = client::seek(&self.consumer, tp, pause.resume_from) {
-                shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
-            }
-        }
-        if let Err(e) = client::pause(&self.consumer, tp, true) {
-            shared.error(ErrorKind::ConnectionClientPoll, e, Some(tp));
-        }
-        coordinator.set_pause(None);
-        shared.monitor.emit_with(|| Event::Resumed {
-            consumer_group: shared.route.consumer_group.clone(),
-            topic: tp.topic.clone(),
-            partition: tp.partition,
-        });
     }
 
     fn resume_due(&self) {
@@ -739,8 +547,9 @@ impl Listener {
             .filter(|c| c.pause().is_some_and(|p| p.until <= now))
             .cloned()
             .collect();
+        let outcomes = self.outcomes();
         for coordinator in due {
-            self.resume(&coordinator.tp.clone(), &coordinator);
+            outcomes.resume(&coordinator.tp.clone(), &coordinator);
         }
     }
 
@@ -785,5 +594,19 @@ impl Listener {
         let Listener { consumer, ops, .. } = self;
         drop(ops);
         drop(consumer);
+    }
+}
+
+impl PartitionControl for Listener {
+    fn pause(&self, tp: &TopicPartition) -> std::result::Result<(), KafkaError> {
+        client::pause(&self.consumer, tp, false)
+    }
+
+    fn resume(&self, tp: &TopicPartition) -> std::result::Result<(), KafkaError> {
+        client::pause(&self.consumer, tp, true)
+    }
+
+    fn seek(&self, tp: &TopicPartition, offset: i64) -> std::result::Result<(), KafkaError> {
+        client::seek(&self.consumer, tp, offset)
     }
 }

@@ -4,4 +4,5 @@
 pub(crate) mod backoff;
 pub(crate) mod coordinator;
 pub(crate) mod executor;
+pub(crate) mod outcome;
 pub(crate) mod strategy;
