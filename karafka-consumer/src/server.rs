@@ -31,7 +31,19 @@ impl App {
     /// Past `shutdown_timeout` it returns [`Error::ShutdownTimeout`] with a report naming what
     /// blocked; the report is also logged. Processes exit with code 2 in both cases (the CLI
     /// does that for you).
+    ///
+    /// Called inside a tokio runtime it fails at once (blocking there would stall the
+    /// runtime): use [`start`](App::start) and [`Running::stop`](crate::Running::stop) there.
     pub fn run(&self) -> Result<Exit> {
+        if tokio::runtime::Handle::try_current().is_ok() {
+            return Err(Error::Core(karafka_core::Error::Io {
+                operation: "run the app".into(),
+                source: std::io::Error::other(
+                    "`App::run` blocks and was called inside a tokio runtime; there, use \
+                     `app.start()` and `running.stop().await` instead",
+                ),
+            }));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
             .thread_name("karafka.worker")

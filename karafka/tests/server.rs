@@ -490,3 +490,17 @@ fn server_options_select_consumer_groups_subscription_groups_and_topics() {
     let error = select(&["nope"], &[], &[]).unwrap_err().to_string();
     assert!(error.contains("matches no route"), "{error}");
 }
+
+#[tokio::test]
+async fn run_inside_a_runtime_fails_clearly_instead_of_panicking() {
+    let app = App::builder()
+        .kafka("bootstrap.servers", "127.0.0.1:1")
+        .topic("t", |t| t.consumer(|| Count(Arc::default())))
+        .build()
+        .unwrap();
+    let error = app.run().unwrap_err().to_string();
+    assert!(
+        error.contains("inside a tokio runtime") && error.contains("app.start()"),
+        "{error}"
+    );
+}
