@@ -456,6 +456,11 @@ impl App {
 
     fn start_listeners(&self) -> Result<Running> {
         let inner = &self.inner;
+        #[cfg(feature = "web")]
+        let bound = match &inner.web {
+            Some((web, _)) => Some(crate::web::Bound::bind(web)?),
+            None => None,
+        };
         let (runtime, handle) = match tokio::runtime::Handle::try_current() {
             Ok(handle) => (None, handle),
             Err(_) => {
@@ -531,14 +536,11 @@ impl App {
             web: None,
         };
         #[cfg(feature = "web")]
-        if let Some((web, metrics)) = &inner.web {
-            // On failure `running` is dropped, which stops the listeners again.
-            running.web = Some(crate::web::WebServer::start(
-                web,
-                metrics.clone(),
-                control.clone(),
-                running.groups.clone(),
-            )?);
+        if let (Some(bound), Some((_, metrics))) = (bound, &inner.web) {
+            // On failure (no thread or runtime for the server) `running` is dropped, which
+            // stops the listeners again.
+            running.web =
+                Some(bound.serve(metrics.clone(), control.clone(), running.groups.clone())?);
         }
         control.set_status(AppStatus::Running);
         Ok(running)
@@ -657,10 +659,11 @@ impl Running {
         while !remaining.is_empty() {
             let now = Instant::now();
             if now >= deadline {
-                return Err(Error::ShutdownTimeout {
-                    timeout,
-                    report: self.report(&remaining),
-                });
+                let report = self.report(&remaining);
+                // Give up on the stuck listeners (their threads are left to the process's
+                // exit): dropping this handle must not wait for them a second time.
+                self.listeners.clear();
+                return Err(Error::ShutdownTimeout { timeout, report });
             }
             match self.done.recv_timeout(deadline - now) {
                 Ok(name) => remaining.retain(|n| *n != name),

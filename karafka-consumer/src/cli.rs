@@ -22,7 +22,8 @@
 //!
 //! Exit codes: 0 done; 1 an error (printed to stderr); 2 the shutdown did not finish in
 //! `shutdown_timeout` or was forced by a second signal (the report of what blocked is printed);
-//! 64 bad arguments. To put these commands under your own clap CLI, embed [`Command`] as a
+//! 64 bad arguments (unknown options, a selection that matches no route, a destructive
+//! `topics` action without `--yes`). To put these commands under your own clap CLI, embed [`Command`] as a
 //! subcommand and call [`execute`].
 
 use std::fmt::Write as _;
@@ -135,19 +136,35 @@ pub fn execute(app: &App, command: &Command, out: &mut dyn Write) -> ExitCode {
         Command::Server(args) => server(app, args),
         Command::Info => out
             .write_all(info(app).as_bytes())
-            .map_err(|e| io_error("write `info`", e)),
+            .map_err(|e| Failure::App(io_error("write `info`", e))),
         Command::Topics { action } => topics(app, action, out),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
-        Err(Error::ShutdownTimeout { timeout, report }) => {
+        Err(Failure::Usage(message)) => {
+            eprintln!("error: {message}");
+            ExitCode::from(EXIT_USAGE)
+        }
+        Err(Failure::App(Error::ShutdownTimeout { timeout, report })) => {
             eprintln!("the shutdown did not finish (limit {timeout:?}); still running:\n{report}");
             ExitCode::from(EXIT_SHUTDOWN_TIMEOUT)
         }
-        Err(e) => {
+        Err(Failure::App(e)) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// How a command failed: the command line was wrong, or the app failed.
+enum Failure {
+    Usage(String),
+    App(Error),
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        Failure::App(e)
     }
 }
 
@@ -158,14 +175,16 @@ fn io_error(operation: &'static str, e: std::io::Error) -> Error {
     })
 }
 
-fn server(app: &App, args: &ServerArgs) -> Result<(), Error> {
+fn server(app: &App, args: &ServerArgs) -> Result<(), Failure> {
     let selection = Selection {
         consumer_groups: args.consumer_groups.clone(),
         subscription_groups: args.subscription_groups.clone(),
         topics: args.topics.clone(),
     };
-    let app = app.select(&selection)?;
-    app.run().map(|_| ())
+    let app = app
+        .select(&selection)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    Ok(app.run().map(|_| ())?)
 }
 
 /// What `info` prints: versions, the app's settings, every consumer group with its
@@ -228,12 +247,17 @@ pub fn info(app: &App) -> String {
     s
 }
 
-fn topics(app: &App, action: &TopicsAction, out: &mut dyn Write) -> Result<(), Error> {
+fn topics(app: &App, action: &TopicsAction, out: &mut dyn Write) -> Result<(), Failure> {
+    match action {
+        TopicsAction::Delete { yes } => confirm(*yes, "delete")?,
+        TopicsAction::Reset { yes } => confirm(*yes, "reset")?,
+        _ => {}
+    }
     let admin = Admin::for_app(app)?;
     let routes = app.routes();
     let mut say = |text: String| {
         out.write_all(text.as_bytes())
-            .map_err(|e| io_error("write the topics output", e))
+            .map_err(|e| Failure::App(io_error("write the topics output", e)))
     };
     match action {
         TopicsAction::Plan => say(format!("{}\n", admin.plan(routes)?)),
@@ -249,13 +273,11 @@ fn topics(app: &App, action: &TopicsAction, out: &mut dyn Write) -> Result<(), E
             let created = admin.create_declared(routes)?;
             say(listing("created", &created))
         }
-        TopicsAction::Delete { yes } => {
-            confirm(*yes, "delete")?;
+        TopicsAction::Delete { .. } => {
             let deleted = admin.delete_declared(routes)?;
             say(listing("deleted", &deleted))
         }
-        TopicsAction::Reset { yes } => {
-            confirm(*yes, "reset")?;
+        TopicsAction::Reset { .. } => {
             let reset = admin.reset_declared(routes)?;
             say(listing("reset", &reset))
         }
@@ -270,13 +292,12 @@ fn listing(what: &str, topics: &[String]) -> String {
     }
 }
 
-fn confirm(yes: bool, action: &str) -> Result<(), Error> {
+fn confirm(yes: bool, action: &str) -> Result<(), Failure> {
     if yes {
         Ok(())
     } else {
-        Err(Error::Config(karafka_core::ConfigError::single(
-            "topics",
-            format!("`topics {action}` deletes the declared topics' data; add --yes to confirm"),
+        Err(Failure::Usage(format!(
+            "`topics {action}` deletes the declared topics' data; add --yes to confirm"
         )))
     }
 }

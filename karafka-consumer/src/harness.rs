@@ -414,8 +414,8 @@ impl TestConsumer {
         for partition in partitions {
             let tp = self.tp(partition);
             let coordinator = self.shared.coordinator(&tp);
-            if coordinator.is_paused() {
-                if coordinator.attempt() > 1 {
+            if let Some(pause) = coordinator.pause() {
+                if pause.retry {
                     self.outcomes().resume(&tp, &coordinator);
                 } else {
                     continue;
@@ -493,7 +493,7 @@ impl TestConsumer {
         let coordinator = self.shared.coordinator(&self.tp(partition));
         coordinator.pause().map(|p| PauseState {
             resume_from: p.resume_from,
-            retry: coordinator.attempt() > 1,
+            retry: p.retry,
         })
     }
 

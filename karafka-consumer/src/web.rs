@@ -28,14 +28,15 @@
 //! | `karafka_errors_total` | counter | `kind` (the error's event name) |
 //! | `karafka_retries_total` | counter | `consumer_group`, `topic` |
 //! | `karafka_dlq_dispatched_total` | counter | `consumer_group`, `topic` |
-//! | `karafka_consumer_lag` | gauge | `subscription_group`, `topic`, `partition` |
+//! | `karafka_consumer_lag` | gauge | `consumer_group`, `subscription_group`, `topic`, `partition` |
 //! | `karafka_consumption_lag_seconds` | histogram | `consumer_group`, `topic` |
 //! | `karafka_processing_seconds` | histogram | `consumer_group`, `topic` |
 //! | `karafka_produced_messages_total` | counter | `topic` |
 //! | `karafka_delivery_errors_total` | counter | `topic` |
 //!
 //! The lag gauge comes from librdkafka's statistics: with `web` configured the app sets
-//! `statistics.interval.ms=5000` unless you set it. Consumption lag is the time from a batch's
+//! `statistics.interval.ms=5000` unless you set it; a partition leaves the gauge when its
+//! client stops reporting it (revoked, or its lag unknown). Consumption lag is the time from a batch's
 //! last message's create time to the start of its processing; processing is the time in
 //! `consume`.
 
@@ -94,6 +95,7 @@ struct TopicLabels {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PartitionLabels {
+    consumer_group: String,
     subscription_group: String,
     topic: String,
     partition: String,
@@ -125,6 +127,9 @@ pub(crate) struct Metrics {
     retries: Family<TopicLabels, Counter>,
     dlq: Family<TopicLabels, Counter>,
     lag: Family<PartitionLabels, Gauge>,
+    /// The lag series each client reported last, to drop the ones it no longer reports
+    /// (partitions revoked, or whose lag became unknown).
+    lag_series: std::sync::Mutex<std::collections::HashMap<(String, String), Vec<PartitionLabels>>>,
     consumption_lag: Histograms,
     processing: Histograms,
     produced: Family<ProducedLabels, Counter>,
@@ -204,6 +209,7 @@ impl Metrics {
             retries,
             dlq,
             lag,
+            lag_series: Default::default(),
             consumption_lag,
             processing,
             produced,
@@ -264,16 +270,26 @@ impl Listener for Metrics {
             }
             Event::StatisticsEmitted {
                 source_id,
+                consumer_group: Some(consumer_group),
                 statistics,
+                ..
             } => {
+                let mut current = Vec::new();
                 for (topic, partition, lag) in statistics.consumer_lags() {
-                    self.lag
-                        .get_or_create(&PartitionLabels {
-                            subscription_group: source_id.to_string(),
-                            topic,
-                            partition: partition.to_string(),
-                        })
-                        .set(lag);
+                    let labels = PartitionLabels {
+                        consumer_group: consumer_group.to_string(),
+                        subscription_group: source_id.to_string(),
+                        topic,
+                        partition: partition.to_string(),
+                    };
+                    self.lag.get_or_create(&labels).set(lag);
+                    current.push(labels);
+                }
+                let mut series = self.lag_series.lock().unwrap_or_else(|p| p.into_inner());
+                let key = (consumer_group.to_string(), source_id.to_string());
+                let previous = series.insert(key, current.clone()).unwrap_or_default();
+                for gone in previous.iter().filter(|l| !current.contains(l)) {
+                    self.lag.remove(gone);
                 }
             }
             Event::MessageAcknowledged { topic, .. } => {
@@ -324,20 +340,24 @@ impl std::fmt::Debug for WebServer {
     }
 }
 
-impl WebServer {
-    /// Binds `web.addr` (failing clearly when it cannot) and serves on a thread of its own.
-    pub(crate) fn start(
-        web: &Web,
-        metrics: Arc<Metrics>,
-        control: Arc<Control>,
-        groups: Vec<Arc<GroupShared>>,
-    ) -> Result<WebServer> {
-        let io = |operation: String, e: std::io::Error| {
-            Error::Core(karafka_core::Error::Io {
-                operation: operation.into(),
-                source: e,
-            })
-        };
+fn io(operation: String, e: std::io::Error) -> Error {
+    Error::Core(karafka_core::Error::Io {
+        operation: operation.into(),
+        source: e,
+    })
+}
+
+/// The web address, bound before the app's listeners start (a taken address fails the start
+/// before anything joins a group).
+pub(crate) struct Bound {
+    listener: std::net::TcpListener,
+    addr: SocketAddr,
+    job_timeout: Duration,
+}
+
+impl Bound {
+    /// Binds `web.addr`, failing clearly when it cannot.
+    pub(crate) fn bind(web: &Web) -> Result<Bound> {
         let listener = std::net::TcpListener::bind(web.addr).map_err(|e| {
             io(
                 format!(
@@ -353,11 +373,30 @@ impl WebServer {
         let addr = listener
             .local_addr()
             .map_err(|e| io("read the web listener's address".into(), e))?;
+        Ok(Bound {
+            listener,
+            addr,
+            job_timeout: web.job_timeout,
+        })
+    }
+
+    /// Serves `/healthz` and `/metrics` on a thread of its own.
+    pub(crate) fn serve(
+        self,
+        metrics: Arc<Metrics>,
+        control: Arc<Control>,
+        groups: Vec<Arc<GroupShared>>,
+    ) -> Result<WebServer> {
+        let Bound {
+            listener,
+            addr,
+            job_timeout,
+        } = self;
         let state = Arc::new(WebState {
             metrics,
             control,
             groups,
-            job_timeout: web.job_timeout,
+            job_timeout,
         });
         let (shutdown, stopped) = tokio::sync::oneshot::channel::<()>();
         let runtime = tokio::runtime::Builder::new_current_thread()
@@ -396,18 +435,27 @@ impl WebServer {
             thread: Some(thread),
         })
     }
+}
 
+impl WebServer {
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
-    /// Stops serving and waits for the thread.
+    /// Stops serving: waits up to 2 s for requests in progress, then leaves the thread to
+    /// finish on its own (a slow or stalled client cannot hold the app's stop).
     pub(crate) fn stop(&mut self) {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
         if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+            let deadline = std::time::Instant::now() + Duration::from_secs(2);
+            while !thread.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            if thread.is_finished() {
+                let _ = thread.join();
+            }
         }
     }
 }

@@ -41,6 +41,7 @@ fn consumer_statistics_carry_lag() {
         if let Event::StatisticsEmitted {
             source_id,
             statistics,
+            ..
         } = e
         {
             *sink.lock().unwrap() = Some((source_id.to_string(), statistics.clone()));

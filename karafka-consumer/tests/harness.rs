@@ -9,7 +9,9 @@ use karafka_consumer::harness::{Harness, HarnessError, PauseState};
 use karafka_consumer::payload::{Json, Raw};
 use karafka_consumer::routing::DeadLetterQueue;
 use karafka_consumer::{App, AppBuilder, ConsumeResult, Consumer, Context};
+use karafka_core::KafkaError;
 use karafka_producer::Message;
+use karafka_testing::Fault;
 
 fn app() -> AppBuilder {
     // Never contacted: the harness builds no client.
@@ -141,6 +143,43 @@ async fn without_marking_the_first_message_of_the_failing_batch_is_dead_lettered
         .map(|p| p.message.payload.unwrap())
         .collect();
     assert_eq!(dlq, ["good 0", "bad"]);
+    assert_eq!(orders.marked(0), Some(2));
+}
+
+#[tokio::test]
+async fn a_failed_dead_letter_dispatch_is_retried_and_nothing_is_lost() {
+    let app = app()
+        .topic("orders", |t| {
+            t.consumer(|| Picky {
+                marks: true,
+                ..Picky::default()
+            })
+            .dead_letter_queue(DeadLetterQueue::new("orders-dlq").max_retries(0))
+        })
+        .build()
+        .unwrap();
+    let harness = Harness::new(&app);
+    let mut orders = harness.consumer_for("orders").unwrap();
+    orders.produce("bad");
+    orders.produce("good");
+    harness.client().inject(Fault::Refuse(KafkaError::other(
+        "produce",
+        "the DLQ is down",
+    )));
+    orders.consume().await;
+    // The dispatch failed: the message is neither skipped nor marked; a retry is scheduled.
+    assert!(harness.produced("orders-dlq").is_empty());
+    assert_eq!(orders.marked(0), None);
+    assert_eq!(
+        orders.paused(0),
+        Some(PauseState {
+            resume_from: 0,
+            retry: true
+        })
+    );
+    orders.consume().await; // fails again, and this time the dispatch goes through
+    assert_eq!(harness.produced("orders-dlq").len(), 1);
+    orders.consume().await;
     assert_eq!(orders.marked(0), Some(2));
 }
 

@@ -123,7 +123,7 @@ fn metrics_after_consuming_show_counters_histograms_and_lag() {
 
     let labels = format!("{{consumer_group=\"{group}\",topic=\"{topic}\"}}");
     let lag_prefix = format!(
-        "karafka_consumer_lag{{subscription_group=\"sg-0\",topic=\"{topic}\",partition=\"0\"}}"
+        "karafka_consumer_lag{{consumer_group=\"{group}\",subscription_group=\"sg-0\",topic=\"{topic}\",partition=\"0\"}}"
     );
     let mut metrics = String::new();
     // The lag gauge appears with the next statistics report after the assignment; on the

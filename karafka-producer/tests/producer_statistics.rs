@@ -31,6 +31,7 @@ fn statistics_are_decoded_and_emitted() {
         if let Event::StatisticsEmitted {
             source_id,
             statistics,
+            ..
         } = e
         {
             *sink.lock().unwrap() = Some((source_id.to_string(), statistics.clone()));

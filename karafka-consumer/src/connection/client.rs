@@ -91,6 +91,7 @@ impl ClientContext for GroupContext {
         match Statistics::from_json(statistics) {
             Ok(stats) => shared.monitor.emit(Event::StatisticsEmitted {
                 source_id: shared.route.name.clone(),
+                consumer_group: Some(shared.route.consumer_group.clone()),
                 statistics: Arc::new(stats),
             }),
             Err(e) => shared.error(ErrorKind::StatisticsDecode, e, None),

@@ -12,6 +12,10 @@ use karafka_core::TopicPartition;
 pub(crate) struct Pause {
     pub(crate) until: Instant,
     pub(crate) resume_from: i64,
+    /// A retry back-off (not a pause the consumer asked for); the harness ends these at the
+    /// next `consume`.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
+    pub(crate) retry: bool,
 }
 
 /// What a consumer asked for during its job; applied by the listener after the job.

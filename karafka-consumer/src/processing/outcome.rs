@@ -216,6 +216,7 @@ impl Outcomes<'_> {
         coordinator.set_pause(Some(Pause {
             until: Instant::now() + timeout,
             resume_from,
+            retry: reason == PauseReason::Retry,
         }));
         shared.monitor.emit_with(|| Event::Paused {
             consumer_group: shared.route.consumer_group.clone(),

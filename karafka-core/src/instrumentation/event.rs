@@ -23,6 +23,8 @@ pub enum Event {
     StatisticsEmitted {
         /// The producer's id or the subscription group's name.
         source_id: Arc<str>,
+        /// The consumer group of a consumer's subscription group (`None` for producers).
+        consumer_group: Option<Arc<str>>,
         /// The decoded report.
         statistics: Arc<Statistics>,
     },
@@ -499,6 +501,7 @@ impl fmt::Display for Event {
             Event::StatisticsEmitted {
                 source_id,
                 statistics,
+                ..
             } => write!(
                 f,
                 "{name} {source_id}: {} messages queued, {} produced, {} consumed",

@@ -52,6 +52,7 @@ impl ClientContext for Context {
         match Statistics::from_json(statistics) {
             Ok(stats) => self.monitor.emit(Event::StatisticsEmitted {
                 source_id: self.producer_id.clone(),
+                consumer_group: None,
                 statistics: Arc::new(stats),
             }),
             Err(e) => self.monitor.emit(Event::ErrorOccurred(
