@@ -136,7 +136,8 @@ impl Admin {
         }
     }
 
-    /// Creates `topic` with `partitions`, `replication_factor` and topic `configs`.
+    /// Creates `topic` with `partitions`, `replication_factor` and topic `configs`; returns
+    /// once the cluster's metadata shows it (consumers subscribing by name find it).
     pub fn create_topic(
         &self,
         topic: &str,
@@ -160,10 +161,10 @@ impl Admin {
                 return Err(self.failed(operation, code));
             }
         }
-        Ok(())
+        self.await_topic(topic, true)
     }
 
-    /// Deletes `topic`.
+    /// Deletes `topic`; returns once the cluster's metadata no longer shows it.
     pub fn delete_topic(&self, topic: &str) -> Result<()> {
         let operation = format!("delete topic `{topic}`");
         let results = native::block_on(self.admin.delete_topics(&[topic], &self.options()))
@@ -173,7 +174,7 @@ impl Admin {
                 return Err(self.failed(operation, code));
             }
         }
-        Ok(())
+        self.await_topic(topic, false)
     }
 
     /// Raises `topic`'s partition count to `total` (Kafka cannot lower it).
@@ -584,7 +585,6 @@ impl Admin {
                         declaratives.replication(),
                         declaratives.configs(),
                     )?;
-                    self.await_topic(topic, true)?;
                 }
                 TopicChange::AddPartitions { topic, to, .. } => {
                     self.create_partitions(topic, *to)?
@@ -621,7 +621,6 @@ impl Admin {
                     declared.replication(),
                     declared.configs(),
                 )?;
-                self.await_topic(name, true)?;
                 created.push(name.to_owned());
             }
         }
@@ -634,7 +633,6 @@ impl Admin {
         for (name, _) in routes.declared_topics() {
             if self.topic(name)?.is_some() {
                 self.delete_topic(name)?;
-                self.await_topic(name, false)?;
                 deleted.push(name.to_owned());
             }
         }

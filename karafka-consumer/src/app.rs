@@ -464,16 +464,7 @@ impl App {
         let (runtime, handle) = match tokio::runtime::Handle::try_current() {
             Ok(handle) => (None, handle),
             Err(_) => {
-                let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-                let runtime = tokio::runtime::Builder::new_multi_thread()
-                    .worker_threads(workers)
-                    .thread_name("karafka.worker")
-                    .enable_all()
-                    .build()
-                    .map_err(|e| karafka_core::Error::Io {
-                        operation: "start the worker runtime".into(),
-                        source: e,
-                    })?;
+                let runtime = worker_runtime()?;
                 let handle = runtime.handle().clone();
                 (Some(runtime), handle)
             }
@@ -696,6 +687,21 @@ impl Running {
     pub(crate) fn report(&self, listeners: &[String]) -> String {
         report(&self.control, listeners)
     }
+}
+
+/// The runtime jobs run on when the app is not started inside one: a worker per core.
+pub(crate) fn worker_runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .thread_name("karafka.worker")
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            Error::Core(karafka_core::Error::Io {
+                operation: "start the worker runtime".into(),
+                source: e,
+            })
+        })
 }
 
 pub(crate) fn health(

@@ -44,15 +44,7 @@ impl App {
                 ),
             }));
         }
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(std::thread::available_parallelism().map_or(2, |n| n.get()))
-            .thread_name("karafka.worker")
-            .enable_all()
-            .build()
-            .map_err(|e| karafka_core::Error::Io {
-                operation: "start the worker runtime".into(),
-                source: e,
-            })?;
+        let runtime = crate::app::worker_runtime()?;
         let app = self.clone();
         let outcome = runtime.block_on(async move {
             let io = |e: std::io::Error| {

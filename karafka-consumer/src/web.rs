@@ -330,6 +330,8 @@ pub(crate) struct WebServer {
     addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<JoinHandle<()>>,
+    /// Disconnected when the server thread ends.
+    finished: std::sync::mpsc::Receiver<()>,
 }
 
 impl std::fmt::Debug for WebServer {
@@ -403,9 +405,11 @@ impl Bound {
             .enable_io()
             .build()
             .map_err(|e| io("start the web runtime".into(), e))?;
+        let (finished_tx, finished) = std::sync::mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("karafka.web".into())
             .spawn(move || {
+                let _finished = finished_tx;
                 runtime.block_on(async move {
                     let listener = match tokio::net::TcpListener::from_std(listener) {
                         Ok(l) => l,
@@ -433,6 +437,7 @@ impl Bound {
             addr,
             shutdown: Some(shutdown),
             thread: Some(thread),
+            finished,
         })
     }
 }
@@ -449,11 +454,11 @@ impl WebServer {
             let _ = shutdown.send(());
         }
         if let Some(thread) = self.thread.take() {
-            let deadline = std::time::Instant::now() + Duration::from_secs(2);
-            while !thread.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(5));
-            }
-            if thread.is_finished() {
+            let ended = matches!(
+                self.finished.recv_timeout(Duration::from_secs(2)),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected)
+            );
+            if ended {
                 let _ = thread.join();
             }
         }
