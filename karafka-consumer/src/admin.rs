@@ -74,10 +74,10 @@ impl Admin {
         let config = native::client_config(&settings);
         let admin = config
             .create()
-            .map_err(|e| native::kafka_error("create the admin client", &e))?;
-        let metadata = config
-            .create()
-            .map_err(|e| native::kafka_error("create the metadata client", &e))?;
+            .map_err(|e| native::client_creation_error("create the admin client", &e, &settings))?;
+        let metadata = config.create().map_err(|e| {
+            native::client_creation_error("create the metadata client", &e, &settings)
+        })?;
         Ok(Admin {
             settings,
             admin,

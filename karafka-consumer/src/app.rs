@@ -173,13 +173,20 @@ impl fmt::Debug for AppBuilder {
 }
 
 impl AppBuilder {
-    /// The app's name: the default consumer group's id (default `karafka`).
+    /// The app's name: the default consumer group's id (default `karafka`). This, or
+    /// [`consumer_group`](Self::consumer_group), is how the group is chosen: a `group.id`
+    /// librdkafka setting is refused at `build()`.
     pub fn name(mut self, name: impl Into<String>) -> Self {
         self.name = name.into();
         self
     }
 
     /// A librdkafka setting for every connection (`bootstrap.servers` is required).
+    ///
+    /// Settings the framework owns are refused at `build()`: `group.id` (use
+    /// [`name`](Self::name) or [`consumer_group`](Self::consumer_group)) and
+    /// `enable.auto.offset.store`. Settings that need a librdkafka feature the build lacks
+    /// (TLS, SCRAM, zstd, ...) are refused naming the cargo feature to enable.
     pub fn kafka(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
         self.kafka.set(key, value);
         self
@@ -303,6 +310,7 @@ impl AppBuilder {
             || "is required: the brokers to connect to, e.g. `127.0.0.1:9092`".into(),
         );
         v.extend(self.kafka.validate("app.kafka"));
+        routing::check_owned_settings(&self.kafka, "app.kafka", &mut v);
         v.check(self.concurrency >= 1, "app.concurrency", || {
             "must be at least 1".into()
         });

@@ -194,7 +194,12 @@ pub fn info(app: &App) -> String {
     let settings = &inner.settings;
     let mut s = String::new();
     let _ = writeln!(s, "karafka-rs {}", env!("CARGO_PKG_VERSION"));
-    let _ = writeln!(s, "librdkafka {}", karafka_core::librdkafka_version());
+    let _ = writeln!(
+        s,
+        "librdkafka {} (features: {})",
+        karafka_core::librdkafka_version(),
+        karafka_core::librdkafka_features().join(", ")
+    );
     let _ = writeln!(s, "app {}", inner.name);
     let _ = writeln!(
         s,

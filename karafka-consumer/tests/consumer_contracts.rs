@@ -225,6 +225,47 @@ fn subscription_groups_form_by_connection_settings() {
 }
 
 #[test]
+fn group_id_is_refused_at_every_level_with_the_builder_call_to_use() {
+    // A user who sets `group.id` expects that group and its committed offsets; silently
+    // joining the app's group instead would reprocess the topic from auto.offset.reset.
+    let app_level = base()
+        .kafka("group.id", "orders-service")
+        .topic("t", |t| t.consumer(|| Noop));
+    says(app_level, "app.kafka.group.id", ".name(\"orders-service\")");
+    says(
+        base().topic("t", |t| t.consumer(|| Noop).kafka("group.id", "g2")),
+        "consumer_groups.karafka.topics.t.kafka.group.id",
+        ".consumer_group(\"g2\", ...)",
+    );
+    says(
+        base().consumer_group("g", |g| {
+            g.subscription_group("sg", |sg| {
+                sg.topic("x", |t| t.consumer(|| Noop))
+                    .kafka("group.id", "g3")
+            })
+        }),
+        "consumer_groups.g.subscription_groups.sg.kafka.group.id",
+        "is set by the consumer group's name",
+    );
+    says(
+        base()
+            .kafka("enable.auto.offset.store", "true")
+            .topic("t", |t| t.consumer(|| Noop)),
+        "app.kafka.enable.auto.offset.store",
+        "must stay false",
+    );
+    // Named instead, the app consumes as that group.
+    let app = base()
+        .name("orders-service")
+        .topic("t", |t| t.consumer(|| Noop))
+        .build()
+        .unwrap();
+    let group = app.routes().consumer_groups().next().unwrap();
+    let sg = group.subscription_groups().next().unwrap();
+    assert_eq!(sg.kafka().get("group.id"), Some("orders-service"));
+}
+
+#[test]
 fn named_subscription_groups_must_share_connection_settings() {
     says(
         base().consumer_group("g", |g| {

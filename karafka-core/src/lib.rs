@@ -15,6 +15,8 @@
 //!   [`Event`](instrumentation::Event)s with stable dotted names, the
 //!   [`Listener`](instrumentation::Listener) trait, timing helpers and a ready
 //!   [`TracingListener`](instrumentation::TracingListener).
+//! - [`librdkafka`]: the linked librdkafka's version and features (TLS, SASL, zstd) and the
+//!   cargo features that bring them.
 //! - [`message`]: what producer and consumer share: [`Headers`] (several values per key),
 //!   [`Timestamp`], [`Offset`], [`TopicPartition`].
 //! - [`Error`] / [`Result`]: the shared error type; [`KafkaError`] carries librdkafka's
@@ -35,6 +37,7 @@
 pub mod contract;
 mod error;
 pub mod instrumentation;
+pub mod librdkafka;
 pub mod message;
 #[doc(hidden)]
 pub mod native;
@@ -49,5 +52,11 @@ pub use settings::KafkaSettings;
 
 /// The librdkafka version linked into this build, e.g. `2.12.1`.
 pub fn librdkafka_version() -> String {
-    rdkafka::util::get_rdkafka_version().1
+    librdkafka::version()
+}
+
+/// The features of the linked librdkafka (`builtin.features`: `ssl`, `sasl_scram`, `zstd`,
+/// ...): see [`librdkafka`] for which cargo feature brings which.
+pub fn librdkafka_features() -> &'static [String] {
+    librdkafka::features()
 }

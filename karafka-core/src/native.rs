@@ -23,6 +23,63 @@ pub fn check_librdkafka_setting(key: &str, value: &str) -> Result<(), String> {
     }
 }
 
+/// The features of the linked librdkafka (its `builtin.features` property), read once.
+pub fn builtin_features() -> &'static [String] {
+    static FEATURES: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    FEATURES.get_or_init(|| {
+        rdkafka::ClientConfig::new()
+            .create_native_config()
+            .and_then(|config| config.get("builtin.features"))
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|f| !f.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            // An empty configuration always parses and the property always exists; an empty
+            // list would only make every feature check report the feature as missing.
+            .unwrap_or_default()
+    })
+}
+
+/// [`kafka_error`] for the creation of a client from `settings`: any secret value of
+/// `settings` that librdkafka's words repeat is redacted.
+pub fn client_creation_error(
+    operation: impl Into<Cow<'static, str>>,
+    error: &rdkafka::error::KafkaError,
+    settings: &KafkaSettings,
+) -> KafkaError {
+    let mut translated = kafka_error(operation, error);
+    translated.message = settings.redact_in(&translated.message);
+    translated
+}
+
+/// librdkafka's `reason` for an error event of a client with `settings`, with what to check
+/// where librdkafka's words alone leave a new user guessing: all brokers down while
+/// `security.protocol` is plaintext (a TLS listener closes such connections at once, and
+/// librdkafka logs that only at debug level).
+pub fn explain_client_error(
+    error: &rdkafka::error::KafkaError,
+    reason: &str,
+    settings: &KafkaSettings,
+) -> String {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    let reason = settings.redact_in(reason);
+    let protocol = settings
+        .get("security.protocol")
+        .unwrap_or("plaintext")
+        .to_ascii_lowercase();
+    match error.rdkafka_error_code() {
+        Some(C::AllBrokersDown) if protocol == "plaintext" => format!(
+            "{reason}: check `bootstrap.servers`; `security.protocol` is PLAINTEXT (the \
+             default), so a listener that requires TLS closes the connection at once: set \
+             it to `SSL` or `SASL_SSL` for such a cluster"
+        ),
+        _ => reason,
+    }
+}
+
 /// An rdkafka `ClientConfig` holding exactly `settings`.
 ///
 /// librdkafka's log level: the `log_level` setting (syslog 0-7) when given, `debug` level

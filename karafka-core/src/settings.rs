@@ -177,7 +177,9 @@ impl KafkaSettings {
     /// one [`Violation`] per rejected key, each at `path.<key>` and naming the key.
     ///
     /// This catches unknown keys and malformed values (`"acks": "most"`) before a client
-    /// is created. Combinations that librdkafka only checks when a client is created (for
+    /// is created, and settings that need a feature this build of librdkafka lacks (TLS,
+    /// SCRAM, OAUTHBEARER, zstd, GSSAPI: see [`librdkafka`](crate::librdkafka)), naming the
+    /// cargo feature that brings it. Combinations that librdkafka only checks when a client is created (for
     /// example `enable.idempotence` with `acks=1`) are reported by the client's creation.
     ///
     /// ```
@@ -192,24 +194,62 @@ impl KafkaSettings {
     /// assert!(violations[0].message.contains("linger.mss"));
     /// ```
     pub fn validate(&self, path: &str) -> Vec<Violation> {
-        self.entries
+        let mut violations =
+            crate::librdkafka::missing_features(self, path, crate::librdkafka::features());
+        let prefix = format!("{path}.");
+        let reported: Vec<String> = violations
             .iter()
-            .filter_map(|(key, value)| {
-                crate::native::check_librdkafka_setting(key, value)
-                    .err()
-                    .map(|reason| {
-                        let shown = if is_secret(key) {
-                            REDACTED
-                        } else {
-                            value.as_str()
-                        };
-                        Violation::new(
-                            format!("{path}.{key}"),
-                            format!("librdkafka rejects `{key}` = `{shown}`: {reason}"),
-                        )
-                    })
-            })
-            .collect()
+            .filter_map(|v| v.path.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        violations.extend(
+            self.entries
+                .iter()
+                .filter(|(key, _)| !reported.contains(key))
+                .filter_map(|(key, value)| {
+                    crate::native::check_librdkafka_setting(key, value)
+                        .err()
+                        .map(|reason| {
+                            let shown = if is_secret(key) {
+                                REDACTED
+                            } else {
+                                value.as_str()
+                            };
+                            let reason = self.redact_in(&reason);
+                            let message = match crate::librdkafka::fix_for_build_reason(&reason) {
+                                Some(fix) => format!(
+                                    "librdkafka rejects `{key}` = `{shown}`: {reason}; {fix}"
+                                ),
+                                None => format!("librdkafka rejects `{key}` = `{shown}`: {reason}"),
+                            };
+                            Violation::new(format!("{path}.{key}"), message)
+                        })
+                }),
+        );
+        violations.sort_by(|a, b| a.path.cmp(&b.path));
+        violations
+    }
+
+    /// `text` with every secret value of this map (see [`is_secret`]) replaced by
+    /// [`REDACTED`]: for messages that librdkafka or a broker wrote about these settings.
+    ///
+    /// ```
+    /// use karafka_core::KafkaSettings;
+    /// let settings = KafkaSettings::new().with("sasl.password", "hunter2");
+    /// assert_eq!(
+    ///     settings.redact_in("bad value \"hunter2\" for sasl.password"),
+    ///     "bad value \"[REDACTED]\" for sasl.password"
+    /// );
+    /// ```
+    pub fn redact_in(&self, text: &str) -> String {
+        let mut text = text.to_owned();
+        for (key, value) in &self.entries {
+            // A one-character secret would redact unrelated characters: never seen in
+            // practice, and a message is better readable than blanked for it.
+            if is_secret(key) && value.len() > 1 && text.contains(value.as_str()) {
+                text = text.replace(value.as_str(), REDACTED);
+            }
+        }
+        text
     }
 }
 

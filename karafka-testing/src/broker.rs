@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::io::Write as _;
+use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -20,6 +21,21 @@ pub const KIND_ENV: &str = "KARAFKA_TEST_BROKER_KIND";
 /// Environment variable naming a file to which every broker test appends whether it ran or
 /// was skipped (one tab-separated line each); `.ci/run` counts them.
 pub const REPORT_ENV: &str = "KARAFKA_TEST_REPORT";
+
+/// Environment variable naming a listener of the test broker that requires TLS
+/// (`scripts/broker start` runs one; see [`SecureListeners`]).
+pub const TLS_BROKERS_ENV: &str = "KARAFKA_TEST_TLS_BROKERS";
+/// Environment variable naming a listener that requires SASL over TLS.
+pub const SASL_SSL_BROKERS_ENV: &str = "KARAFKA_TEST_SASL_SSL_BROKERS";
+/// Environment variable naming the CA (PEM) that signed the secured listeners' certificate.
+pub const TLS_CA_ENV: &str = "KARAFKA_TEST_TLS_CA";
+/// Environment variable naming a CA (PEM) that did not sign it (a client trusting only it
+/// must be refused).
+pub const TLS_OTHER_CA_ENV: &str = "KARAFKA_TEST_TLS_OTHER_CA";
+/// Environment variable naming the SASL user of the SASL listener.
+pub const SASL_USER_ENV: &str = "KARAFKA_TEST_SASL_USER";
+/// Environment variable holding that user's password.
+pub const SASL_PASSWORD_ENV: &str = "KARAFKA_TEST_SASL_PASSWORD";
 
 /// The session timeout test consumers use on every broker. Tansu holds a new group's first
 /// join for half the session timeout, so a short one keeps joins quick there.
@@ -63,7 +79,8 @@ impl BrokerKind {
     pub fn supports(&self, capability: Capability) -> bool {
         use Capability::*;
         match (self, capability) {
-            (_, FaultInjection) => false,
+            // Not a property of the kind: the embedded cluster's handle, the environment.
+            (_, FaultInjection | SecureListeners) => false,
             (BrokerKind::Kafka, _) => true,
             (BrokerKind::Mock, ConsumerProtocol | ExactHighWatermarks | Transactions) => true,
             (
@@ -128,6 +145,10 @@ pub enum Capability {
     OffsetsForTimes,
     /// The cluster lists its consumer groups (ListGroups). Tansu and Kafka; not the mock.
     ListGroups,
+    /// A listener that requires TLS and one that requires SASL (SCRAM-SHA-256/512, PLAIN)
+    /// over TLS, named by the environment ([`SecureListeners`]); `scripts/broker start` runs
+    /// them beside Tansu. Not the embedded cluster (the mock speaks plaintext only).
+    SecureListeners,
 }
 
 impl Capability {
@@ -148,6 +169,10 @@ impl Capability {
             Capability::FaultInjection => "fault injection (only the embedded cluster)",
             Capability::OffsetsForTimes => "offset lookups by timestamp (ListOffsets with a time)",
             Capability::ListGroups => "listing consumer groups (ListGroups)",
+            Capability::SecureListeners => {
+                "TLS and SASL_SSL listeners (KARAFKA_TEST_TLS_BROKERS, KARAFKA_TEST_SASL_SSL_BROKERS: \
+                 `scripts/broker start` runs them)"
+            }
         }
     }
 }
@@ -158,6 +183,97 @@ pub struct TestBroker {
     kind: BrokerKind,
     bootstrap: String,
     embedded: Option<EmbeddedCluster>,
+    secure: Option<SecureListeners>,
+}
+
+/// The secured listeners of the test broker, from the environment (`scripts/broker env`
+/// prints it): one requires TLS, one SASL over TLS; both present a certificate for
+/// `127.0.0.1` signed by a throw-away CA. The password is redacted from `Debug`.
+#[derive(Clone)]
+pub struct SecureListeners {
+    /// `bootstrap.servers` of the listener that requires TLS.
+    pub tls: String,
+    /// `bootstrap.servers` of the listener that requires SASL over TLS.
+    pub sasl_ssl: String,
+    /// The CA that signed the listeners' certificate (PEM file).
+    pub ca: PathBuf,
+    /// A CA that did not sign it, when given.
+    pub other_ca: Option<PathBuf>,
+    /// The SASL user.
+    pub user: String,
+    password: String,
+}
+
+impl fmt::Debug for SecureListeners {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SecureListeners")
+            .field("tls", &self.tls)
+            .field("sasl_ssl", &self.sasl_ssl)
+            .field("ca", &self.ca)
+            .field("other_ca", &self.other_ca)
+            .field("user", &self.user)
+            .field("password", &karafka_core::settings::REDACTED)
+            .finish()
+    }
+}
+
+impl SecureListeners {
+    /// From the environment: `None` when [`TLS_BROKERS_ENV`] is not set; an error when it is
+    /// but another of the variables is missing.
+    pub fn from_env() -> Result<Option<Self>, FixtureError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.trim().is_empty());
+        let Some(tls) = var(TLS_BROKERS_ENV) else {
+            return Ok(None);
+        };
+        let need = |name: &str| {
+            var(name).ok_or_else(|| {
+                FixtureError::Env(format!(
+                    "{TLS_BROKERS_ENV} is set but {name} is not: set them all with \
+                     `eval \"$(scripts/broker env)\"`"
+                ))
+            })
+        };
+        Ok(Some(SecureListeners {
+            tls,
+            sasl_ssl: need(SASL_SSL_BROKERS_ENV)?,
+            ca: PathBuf::from(need(TLS_CA_ENV)?),
+            other_ca: var(TLS_OTHER_CA_ENV).map(PathBuf::from),
+            user: need(SASL_USER_ENV)?,
+            password: need(SASL_PASSWORD_ENV)?,
+        }))
+    }
+
+    /// The SASL user's password.
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+
+    /// Client settings for the TLS listener: `security.protocol=SSL`, the CA, and (as
+    /// librdkafka does by default) the broker's name verified against its certificate.
+    pub fn tls_settings(&self) -> KafkaSettings {
+        KafkaSettings::new()
+            .with("bootstrap.servers", &self.tls)
+            .with("security.protocol", "SSL")
+            .with("ssl.ca.location", self.ca.display().to_string())
+            .with("ssl.endpoint.identification.algorithm", "https")
+            .with("log_level", "4")
+    }
+
+    /// Client settings for the SASL listener with `mechanism` (`SCRAM-SHA-256`,
+    /// `SCRAM-SHA-512`, `PLAIN`) and `password`.
+    pub fn sasl_ssl_settings_with(&self, mechanism: &str, password: &str) -> KafkaSettings {
+        self.tls_settings()
+            .with("bootstrap.servers", &self.sasl_ssl)
+            .with("security.protocol", "SASL_SSL")
+            .with("sasl.mechanisms", mechanism)
+            .with("sasl.username", &self.user)
+            .with("sasl.password", password)
+    }
+
+    /// [`sasl_ssl_settings_with`](Self::sasl_ssl_settings_with) the right password.
+    pub fn sasl_ssl_settings(&self, mechanism: &str) -> KafkaSettings {
+        self.sasl_ssl_settings_with(mechanism, &self.password)
+    }
 }
 
 /// How long the embedded cluster the fixtures start waits for more members of a new group.
@@ -171,7 +287,11 @@ impl TestBroker {
     pub fn from_env() -> Result<Self, FixtureError> {
         let brokers = std::env::var(BROKERS_ENV).ok();
         let kind = std::env::var(KIND_ENV).ok();
-        Self::from_vars(brokers.as_deref(), kind.as_deref())
+        let mut broker = Self::from_vars(brokers.as_deref(), kind.as_deref())?;
+        if broker.embedded.is_none() {
+            broker.secure = SecureListeners::from_env()?;
+        }
+        Ok(broker)
     }
 
     /// [`from_env`](Self::from_env) with explicit values (no environment read).
@@ -186,6 +306,7 @@ impl TestBroker {
                     kind,
                     bootstrap: bootstrap.to_owned(),
                     embedded: None,
+                    secure: None,
                 })
             }
             None => {
@@ -217,6 +338,7 @@ impl TestBroker {
             kind: BrokerKind::Mock,
             bootstrap: cluster.bootstrap_servers().to_owned(),
             embedded: Some(cluster),
+            secure: None,
         }
     }
 
@@ -279,6 +401,7 @@ impl TestBroker {
     pub fn has(&self, capability: Capability) -> bool {
         match capability {
             Capability::FaultInjection => self.embedded.is_some(),
+            Capability::SecureListeners => self.secure.is_some(),
             other => self.kind.supports(other),
         }
     }
@@ -291,6 +414,12 @@ impl TestBroker {
     /// `bootstrap.servers` for clients.
     pub fn bootstrap_servers(&self) -> &str {
         &self.bootstrap
+    }
+
+    /// The secured listeners (TLS, SASL over TLS) beside this broker, when the environment
+    /// names them ([`Capability::SecureListeners`]).
+    pub fn secure(&self) -> Option<&SecureListeners> {
+        self.secure.as_ref()
     }
 
     /// The embedded cluster, for fault injection (`None` on an external broker).

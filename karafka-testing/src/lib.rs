@@ -13,7 +13,11 @@
 //!   - `KARAFKA_TEST_BROKERS=host:port`: use that broker; otherwise start an embedded cluster;
 //!   - `KARAFKA_TEST_BROKER_KIND=mock|tansu|kafka` (default `kafka` when an address is
 //!     given): which [`Capability`]s the broker has;
-//!   - `KARAFKA_TEST_REPORT=path`: append a line per broker test saying whether it ran.
+//!   - `KARAFKA_TEST_REPORT=path`: append a line per broker test saying whether it ran;
+//!   - `KARAFKA_TEST_TLS_BROKERS`, `KARAFKA_TEST_SASL_SSL_BROKERS`, `KARAFKA_TEST_TLS_CA`,
+//!     `KARAFKA_TEST_SASL_USER`, `KARAFKA_TEST_SASL_PASSWORD`: listeners that require TLS
+//!     and SASL over TLS ([`SecureListeners`], capability
+//!     [`Capability::SecureListeners`]).
 //!
 //!   A test declares what it needs with [`TestBroker::require`]; on a broker without it,
 //!   the test prints one line saying why it did not run. A broker that is configured but
@@ -37,7 +41,8 @@
 //!
 //! [`unique_topic`] / [`unique_group`] (no two tests share names), [`wait_until`] /
 //! [`wait_for`] / [`wait_until_async`] (conditions with deadlines instead of sleeps),
-//! [`TestBroker::create_topic`] (on either broker).
+//! [`TestBroker::create_topic`] (on either broker), [`LogCapture`] (what was logged through
+//! `tracing`, librdkafka's own lines included).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -53,18 +58,22 @@
 mod broker;
 mod buffered;
 mod embedded;
+mod logs;
 mod names;
 mod process;
 mod wait;
 
 pub use broker::{
-    BROKERS_ENV, BrokerKind, Capability, KIND_ENV, REPORT_ENV, TEST_INITIAL_REBALANCE_DELAY,
-    TEST_SESSION_TIMEOUT_MS, TestBroker, client_config,
+    BROKERS_ENV, BrokerKind, Capability, KIND_ENV, REPORT_ENV, SASL_PASSWORD_ENV,
+    SASL_SSL_BROKERS_ENV, SASL_USER_ENV, SecureListeners, TEST_INITIAL_REBALANCE_DELAY,
+    TEST_SESSION_TIMEOUT_MS, TLS_BROKERS_ENV, TLS_CA_ENV, TLS_OTHER_CA_ENV, TestBroker,
+    client_config,
 };
 pub use buffered::{BufferedClient, Fault, Produced};
 pub use embedded::{
     ApiKey, DEFAULT_INITIAL_REBALANCE_DELAY, EmbeddedCluster, EmbeddedClusterBuilder, ErrorCode,
 };
+pub use logs::{CapturedEvent, LogCapture};
 pub use names::{unique_group, unique_name, unique_topic};
 pub use process::example_binary;
 pub use wait::{WaitTimeout, wait_for, wait_until, wait_until_async};

@@ -91,8 +91,16 @@ fn build() -> Result<App, Box<dyn std::error::Error>> {
         .kafka("bootstrap.servers", brokers)
         .kafka("session.timeout.ms", "6000")
         .shutdown_timeout(env_ms("SHUTDOWN_TIMEOUT_MS", 60_000)?);
-    if let Ok(password) = std::env::var("SASL_PASSWORD") {
-        builder = builder.kafka("sasl.password", password);
+    // Secrets come from the environment (never from the code); `info` prints them redacted.
+    for (var, key) in [
+        ("SASL_PASSWORD", "sasl.password"),
+        ("SSL_KEY_PASSWORD", "ssl.key.password"),
+        ("SSL_KEY_PEM", "ssl.key.pem"),
+        ("SSL_KEYSTORE_PASSWORD", "ssl.keystore.password"),
+    ] {
+        if let Ok(value) = std::env::var(var) {
+            builder = builder.kafka(key, value);
+        }
     }
     let consumer_record = record.clone();
     let app = builder

@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressState, ProgressStyle};
 use karafka::consumer::admin::Admin;
 use karafka::instrumentation::Event;
 use karafka::payload::Json;
@@ -157,7 +157,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let tally = Arc::new(Tally::default());
     let progress = ProgressBar::new(messages);
     progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} consumed, {per_sec} {msg}")?
+        ProgressStyle::with_template("{bar:40} {pos}/{len} consumed, {rate} {msg}")?
+            // Whole messages per second (indicatif's `{per_sec}` prints four decimals).
+            .with_key(
+                "rate",
+                |state: &ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} msg/s", state.per_sec());
+                },
+            )
             .progress_chars("=> "),
     );
     let app = {

@@ -15,9 +15,34 @@
 //! | Pro features | `karafka-pro` | `pro` (feature `pro`) |
 //! | tests: consumer harness (no broker), embedded cluster, fixtures | `karafka-testing`, `karafka-consumer` (`testing`) | `testing` (feature `testing`) |
 //!
-//! Features: `cli` (default) — [`cli`]: `server`, `info`, `topics` inside your binary; `web` —
-//! `web`: `/healthz` and Prometheus `/metrics`; `pro`; `testing` — `testing`: the consumer
-//! harness (test consumers without a broker) and the broker fixtures.
+//! Features: `ssl-vendored` (default) — TLS and SASL (PLAIN, SCRAM, OAUTHBEARER) with OpenSSL
+//! built from source; `ssl` — the same with the system's OpenSSL (use with
+//! `default-features = false`); `zstd` (default) — zstd compression; `cli` (default) —
+//! [`cli`]: `server`, `info`, `topics` inside your binary; `web` — `web`: `/healthz` and
+//! Prometheus `/metrics`; `pro`; `testing` — `testing`: the consumer harness (test consumers
+//! without a broker) and the broker fixtures. [`librdkafka`] says what the linked librdkafka
+//! has; a setting that needs what it lacks is refused at `build()`, naming the feature.
+//!
+//! Connecting to a managed cluster (TLS with SASL SCRAM):
+//!
+//! ```no_run
+//! # use karafka::{App, Consumer, ConsumeResult, Context};
+//! # struct Orders;
+//! # impl Consumer for Orders {
+//! #     type Payload = karafka::payload::Raw;
+//! #     async fn consume(&mut self, _: &Context<karafka::payload::Raw>) -> ConsumeResult { Ok(()) }
+//! # }
+//! let app = App::builder()
+//!     .name("orders-service") // the consumer group
+//!     .kafka("bootstrap.servers", "b-1.example.com:9096")
+//!     .kafka("security.protocol", "SASL_SSL")
+//!     .kafka("sasl.mechanisms", "SCRAM-SHA-512")
+//!     .kafka("sasl.username", "orders")
+//!     .kafka("sasl.password", std::env::var("KAFKA_PASSWORD")?) // printed as [REDACTED]
+//!     .topic("orders", |t| t.consumer(|| Orders))
+//!     .build()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 //!
 //! The quick start, on an embedded cluster: `cargo run --example quickstart`.
 //!
@@ -56,9 +81,9 @@
 
 pub use karafka_core::{
     ConfigError, Error, Header, Headers, KafkaError, KafkaSettings, Offset, Partition, Result,
-    Timestamp, TimestampKind, TopicPartition, Violation, librdkafka_version,
+    Timestamp, TimestampKind, TopicPartition, Violation, librdkafka_features, librdkafka_version,
 };
-pub use karafka_core::{contract, instrumentation, message, settings};
+pub use karafka_core::{contract, instrumentation, librdkafka, message, settings};
 
 pub use karafka_consumer as consumer;
 #[cfg(feature = "cli")]

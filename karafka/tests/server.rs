@@ -259,16 +259,54 @@ fn info_shows_routes_and_versions_but_no_secret() {
         .env("KARAFKA_BROKERS", "127.0.0.1:1")
         .env("TOPIC", "visits")
         .env("SASL_PASSWORD", "hunter2-very-secret")
+        .env("SSL_KEY_PASSWORD", "hunter3-key-password")
+        .env("SSL_KEY_PEM", "-----BEGIN PRIVATE KEY-----hunter4")
+        .env("SSL_KEYSTORE_PASSWORD", "hunter5-keystore-password")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{output:?}");
-    assert!(!stdout.contains("hunter2"), "a secret leaked:\n{stdout}");
-    assert!(stdout.contains("sasl.password=[REDACTED]"), "{stdout}");
+    for secret in [
+        "hunter2",
+        "hunter3",
+        "hunter4",
+        "BEGIN PRIVATE KEY",
+        "hunter5",
+    ] {
+        assert!(!stdout.contains(secret), "a secret leaked:\n{stdout}");
+    }
+    for key in [
+        "sasl.password",
+        "ssl.key.password",
+        "ssl.key.pem",
+        "ssl.keystore.password",
+    ] {
+        assert!(stdout.contains(&format!("{key}=[REDACTED]")), "{stdout}");
+    }
     assert!(
         stdout.contains(&format!("librdkafka {}", karafka::librdkafka_version())),
         "{stdout}"
     );
+    // The linked librdkafka's features, so a user sees at once what the build supports.
+    let features = stdout
+        .lines()
+        .find_map(|l| {
+            l.split_once("(features: ")
+                .map(|(_, f)| f.trim_end_matches(')'))
+        })
+        .unwrap_or_else(|| panic!("no features line:\n{stdout}"));
+    for feature in [
+        "ssl",
+        "sasl_plain",
+        "sasl_scram",
+        "sasl_oauthbearer",
+        "zstd",
+    ] {
+        assert!(
+            features.split(", ").any(|f| f == feature),
+            "{feature} missing from {features}"
+        );
+    }
     assert!(stdout.contains("topic visits → app::Visits"), "{stdout}");
     assert!(stdout.contains("bootstrap.servers=127.0.0.1:1"), "{stdout}");
 }
@@ -356,7 +394,9 @@ fn topics_migrate_through_the_cli_is_idempotent() {
     let topic = unique_topic("cli-migrate");
     let mut builder = App::builder();
     for (k, v) in broker.consumer_settings("cli-migrate").iter() {
-        builder = builder.kafka(k, v);
+        if k != "group.id" {
+            builder = builder.kafka(k, v);
+        }
     }
     let app = builder
         .topic(&topic, |t| {

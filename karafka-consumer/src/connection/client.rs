@@ -100,7 +100,7 @@ impl ClientContext for GroupContext {
 
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
         let mut translated = native::kafka_error("librdkafka", &error);
-        translated.message = reason.to_owned();
+        translated.message = native::explain_client_error(&error, reason, &self.shared.route.kafka);
         self.shared.error(ErrorKind::Librdkafka, translated, None);
     }
 }

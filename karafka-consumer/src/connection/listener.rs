@@ -88,7 +88,13 @@ impl Listener {
             .create_with_context(GroupContext {
                 shared: shared.clone(),
             })
-            .map_err(|e| native::kafka_error(format!("create the client of {}", route.name), &e))?;
+            .map_err(|e| {
+                native::client_creation_error(
+                    format!("create the client of {}", route.name),
+                    &e,
+                    &route.kafka,
+                )
+            })?;
         let topics: HashMap<Arc<str>, Arc<TopicRoute>> = route
             .topics
             .iter()

@@ -435,11 +435,7 @@ pub(crate) fn resolve(
                 dead_letter_topics.push(dlq.topic().to_owned());
             }
             v.extend(settings.kafka.validate(&format!("{path}.kafka")));
-            for (key, why) in FORBIDDEN {
-                if settings.kafka.contains_key(key) {
-                    v.push(format!("{path}.kafka.{key}"), *why);
-                }
-            }
+            check_owned_settings(&settings.kafka, &format!("{path}.kafka"), v);
             let route = TopicRoute {
                 name: draft.name.as_str().into(),
                 consumer_group: cg.clone(),
@@ -502,6 +498,7 @@ pub(crate) fn resolve(
                 .cloned()
                 .unwrap_or_default();
             v.extend(extra.validate(&format!("{path}.kafka")));
+            check_owned_settings(&extra, &format!("{path}.kafka"), v);
             subscription_groups.push(connection(&cg, name.as_str(), members, app_kafka, &extra));
         }
         for (i, key) in implicit_order.into_iter().enumerate() {
@@ -567,17 +564,27 @@ fn check_declaratives(d: &Declaratives, path: &str, v: &mut Violations) {
     }
 }
 
-/// librdkafka settings the framework owns.
-const FORBIDDEN: &[(&str, &str)] = &[
-    (
-        "group.id",
-        "is set by the consumer group's name; route the topics in `.consumer_group(name, ...)` instead",
-    ),
-    (
-        "enable.auto.offset.store",
-        "must stay false: karafka-rs stores offsets only for processed messages",
-    ),
-];
+/// Reports every librdkafka setting of `kafka` (at `path`) that the framework owns: at the
+/// app, subscription-group and topic levels alike.
+pub(crate) fn check_owned_settings(kafka: &KafkaSettings, path: &str, v: &mut Violations) {
+    if let Some(group) = kafka.get("group.id") {
+        v.push(
+            format!("{path}.group.id"),
+            format!(
+                "is set by the consumer group's name, not by a librdkafka setting: to consume \
+                 as group `{group}` (and keep its committed offsets) name the app \
+                 `.name(\"{group}\")`, or route the topics in `.consumer_group(\"{group}\", ...)`; \
+                 then remove this setting"
+            ),
+        );
+    }
+    if kafka.contains_key("enable.auto.offset.store") {
+        v.push(
+            format!("{path}.enable.auto.offset.store"),
+            "must stay false: karafka-rs stores offsets only for processed messages",
+        );
+    }
+}
 
 /// The connection of a subscription group: the app's settings, then the group's, then the
 /// topics' shared overrides, then what the framework owns.

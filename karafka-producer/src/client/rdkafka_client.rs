@@ -10,7 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor, Statistics};
-use karafka_core::{KafkaError, Partition, TopicPartition, native};
+use karafka_core::{KafkaError, KafkaSettings, Partition, TopicPartition, native};
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::message::{DeliveryResult, Message as _};
@@ -38,6 +38,8 @@ impl ClientFactory for RdKafkaClientFactory {
 struct Context {
     producer_id: Arc<str>,
     monitor: Monitor,
+    /// The client's settings, to explain its errors (and redact secrets from them).
+    kafka: KafkaSettings,
     // rdkafka 0.39 hands each error event to `error` twice when a BaseProducer polls
     // (`Client::poll_event`, then `BaseProducer::handle_error_event`); the second is dropped.
     last_error: Mutex<Option<(String, Instant)>>,
@@ -74,7 +76,7 @@ impl ClientContext for Context {
             *last = Some((text, Instant::now()));
         }
         let mut translated = native::kafka_error("librdkafka", &error);
-        translated.message = reason.to_owned();
+        translated.message = native::explain_client_error(&error, reason, &self.kafka);
         self.monitor.emit(Event::ErrorOccurred(
             ErrorOccurred::new(ErrorKind::Librdkafka, translated)
                 .source_id(self.producer_id.clone()),
@@ -189,11 +191,14 @@ impl RdKafkaClient {
         let context = Context {
             producer_id: setup.producer_id.clone(),
             monitor: setup.monitor.clone(),
+            kafka: setup.kafka.clone(),
             last_error: Mutex::new(None),
         };
         let producer: BaseProducer<Context> = native::client_config(setup.kafka)
             .create_with_context(context)
-            .map_err(|e| native::kafka_error("create producer client", &e))?;
+            .map_err(|e| {
+                native::client_creation_error("create producer client", &e, setup.kafka)
+            })?;
         let producer = Arc::new(producer);
         let stop = Arc::new(AtomicBool::new(false));
         let poller = {

@@ -1,0 +1,341 @@
+//! What the linked librdkafka can do, and which settings need which of its features.
+//!
+//! librdkafka is compiled into every karafka-rs build from the sources bundled in
+//! `rdkafka-sys`; which optional parts it has is decided by cargo features:
+//!
+//! | cargo feature (karafka, karafka-producer, karafka-consumer, karafka-core) | librdkafka features | default |
+//! |---|---|---|
+//! | `ssl-vendored`: OpenSSL compiled from source (needs `perl`, `make`) | `ssl`, `sasl_scram`, `sasl_oauthbearer` | on |
+//! | `ssl`: the system's OpenSSL (`libssl-dev`, `pkg-config`) | `ssl`, `sasl_scram`, `sasl_oauthbearer` | off |
+//! | `zstd`: libzstd compiled from source | `zstd` | on |
+//! | always | `gzip`, `snappy`, `lz4`, `sasl_plain`, `regex`, `plugins` | |
+//!
+//! GSSAPI (Kerberos, `sasl_gssapi`) and OIDC token retrieval (`oidc`) need system libraries
+//! (Cyrus SASL with Kerberos, libcurl) and have no karafka-rs feature: enable rdkafka's
+//! (`gssapi`, `curl-static`) by adding `rdkafka` as a direct dependency of your crate (cargo
+//! unifies the features of the one librdkafka in the build).
+//!
+//! A setting that needs a feature the build lacks is a [`Violation`] at `build()`, naming
+//! the cargo feature to enable:
+//!
+//! ```
+//! use karafka_core::librdkafka;
+//!
+//! let features = librdkafka::features();
+//! assert!(features.iter().any(|f| f == "gzip"));
+//! # #[cfg(feature = "ssl")]
+//! assert!(librdkafka::has_feature("ssl") && librdkafka::has_feature("sasl_scram"));
+//! ```
+
+use crate::contract::Violation;
+use crate::settings::{KafkaSettings, REDACTED, is_secret};
+
+/// The librdkafka version linked into this build, e.g. `2.12.1`.
+pub fn version() -> String {
+    rdkafka::util::get_rdkafka_version().1
+}
+
+/// The features of the linked librdkafka (its `builtin.features`), e.g. `gzip`, `snappy`,
+/// `ssl`, `sasl`, `regex`, `lz4`, `sasl_plain`, `sasl_scram`, `plugins`, `zstd`,
+/// `sasl_oauthbearer`.
+pub fn features() -> &'static [String] {
+    crate::native::builtin_features()
+}
+
+/// Whether the linked librdkafka has `feature` (a name of [`features`]).
+pub fn has_feature(feature: &str) -> bool {
+    features().iter().any(|f| f == feature)
+}
+
+/// What a setting needs that librdkafka only has when built with it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Need {
+    /// The librdkafka feature (`builtin.features` name).
+    feature: &'static str,
+    /// What it is, for the message.
+    what: &'static str,
+    /// How to get it.
+    fix: &'static str,
+}
+
+const TLS: Need = Need {
+    feature: "ssl",
+    what: "TLS (OpenSSL)",
+    fix: "enable the cargo feature `ssl-vendored` (OpenSSL built from source) or `ssl` (the \
+          system's OpenSSL) of karafka / karafka-consumer / karafka-producer; `ssl-vendored` \
+          is a default feature, so check for `default-features = false`",
+};
+const SCRAM: Need = Need {
+    feature: "sasl_scram",
+    what: "SASL SCRAM (it needs OpenSSL)",
+    ..TLS
+};
+const OAUTHBEARER: Need = Need {
+    feature: "sasl_oauthbearer",
+    what: "SASL OAUTHBEARER (it needs OpenSSL)",
+    ..TLS
+};
+const ZSTD: Need = Need {
+    feature: "zstd",
+    what: "zstd compression",
+    fix: "enable the cargo feature `zstd` of karafka / karafka-consumer / karafka-producer; \
+          it is a default feature, so check for `default-features = false`",
+};
+const GSSAPI: Need = Need {
+    feature: "sasl_gssapi",
+    what: "SASL GSSAPI (Kerberos, through Cyrus SASL)",
+    fix: "karafka-rs has no feature for it: add `rdkafka = { version = \"0.39\", features = \
+          [\"gssapi\"] }` to your Cargo.toml (it needs the system's libsasl2 with Kerberos), \
+          or use another mechanism (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512, OAUTHBEARER)",
+};
+const OIDC: Need = Need {
+    feature: "oidc",
+    what: "OAUTHBEARER OIDC token retrieval (through libcurl)",
+    fix: "karafka-rs has no feature for it: add `rdkafka = { version = \"0.39\", features = \
+          [\"curl-static\"] }` to your Cargo.toml",
+};
+
+/// How to get what librdkafka's `reason` for refusing a setting says the build lacks
+/// ("... not available at build time", "not supported in this build: ... depends on
+/// libcurl"), if it says so.
+pub(crate) fn fix_for_build_reason(reason: &str) -> Option<&'static str> {
+    let lower = reason.to_ascii_lowercase();
+    if !(lower.contains("build time") || lower.contains("in this build")) {
+        return None;
+    }
+    if lower.contains("libcurl") {
+        Some(OIDC.fix)
+    } else if lower.contains("openssl") {
+        Some(TLS.fix)
+    } else if lower.contains("zstd") {
+        Some(ZSTD.fix)
+    } else if lower.contains("sasl") || lower.contains("kerberos") {
+        Some(GSSAPI.fix)
+    } else {
+        None
+    }
+}
+
+/// The feature `key` = `value` needs, if any.
+fn need(key: &str, value: &str) -> Option<Need> {
+    let value = value.trim().to_ascii_lowercase();
+    match key {
+        "security.protocol" if matches!(value.as_str(), "ssl" | "sasl_ssl") => Some(TLS),
+        "sasl.mechanisms" | "sasl.mechanism" => match value.as_str() {
+            "scram-sha-256" | "scram-sha-512" => Some(SCRAM),
+            "oauthbearer" => Some(OAUTHBEARER),
+            "gssapi" => Some(GSSAPI),
+            _ => None,
+        },
+        "sasl.oauthbearer.method" if value == "oidc" => Some(OIDC),
+        "compression.codec" | "compression.type" if value == "zstd" => Some(ZSTD),
+        _ if key.starts_with("ssl.") || key.starts_with("ssl_") => Some(TLS),
+        _ if key.starts_with("sasl.kerberos.") => Some(GSSAPI),
+        _ => None,
+    }
+}
+
+/// One [`Violation`] per setting of `settings` that needs a feature missing from
+/// `available`, at `path.<key>`; plus one when a SASL protocol is set without a mechanism
+/// (librdkafka's default, GSSAPI) and `available` lacks GSSAPI.
+pub(crate) fn missing_features(
+    settings: &KafkaSettings,
+    path: &str,
+    available: &[String],
+) -> Vec<Violation> {
+    let has = |feature: &str| available.iter().any(|f| f == feature);
+    let mut violations = Vec::new();
+    for (key, value) in settings.iter() {
+        let Some(need) = need(key, value) else {
+            continue;
+        };
+        if has(need.feature) {
+            continue;
+        }
+        let shown = if is_secret(key) { REDACTED } else { value };
+        violations.push(Violation::new(
+            format!("{path}.{key}"),
+            format!(
+                "`{key}` = `{shown}` needs {}, which this build of librdkafka lacks (its \
+                 features: {}): {}",
+                need.what,
+                available.join(", "),
+                need.fix
+            ),
+        ));
+    }
+    let protocol = settings
+        .get("security.protocol")
+        .map(|p| p.trim().to_ascii_lowercase());
+    let sasl = matches!(protocol.as_deref(), Some("sasl_ssl" | "sasl_plaintext"));
+    let mechanism = settings
+        .get("sasl.mechanisms")
+        .or_else(|| settings.get("sasl.mechanism"));
+    if sasl && mechanism.is_none() && !has(GSSAPI.feature) {
+        violations.push(Violation::new(
+            format!("{path}.sasl.mechanisms"),
+            "is not set, so librdkafka would use its default, GSSAPI (Kerberos), which this \
+             build lacks: set `sasl.mechanisms` to `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` \
+             or `OAUTHBEARER` (what your cluster expects)",
+        ));
+    }
+    violations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn list(features: &[&str]) -> Vec<String> {
+        features.iter().map(|f| (*f).to_owned()).collect()
+    }
+
+    /// What librdkafka has when built without OpenSSL and zstd.
+    fn plain_build() -> Vec<String> {
+        list(&[
+            "gzip",
+            "snappy",
+            "sasl",
+            "regex",
+            "lz4",
+            "sasl_plain",
+            "plugins",
+        ])
+    }
+
+    #[test]
+    fn tls_sasl_and_zstd_settings_name_the_cargo_feature_when_missing() {
+        let settings = KafkaSettings::new()
+            .with("bootstrap.servers", "b:9093")
+            .with("security.protocol", "SASL_SSL")
+            .with("sasl.mechanisms", "SCRAM-SHA-512")
+            .with("ssl.ca.location", "/etc/ca.pem")
+            .with("compression.codec", "zstd");
+        let violations = missing_features(&settings, "app.kafka", &plain_build());
+        let paths: Vec<&str> = violations.iter().map(|v| v.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "app.kafka.compression.codec",
+                "app.kafka.sasl.mechanisms",
+                "app.kafka.security.protocol",
+                "app.kafka.ssl.ca.location",
+            ]
+        );
+        assert!(violations[0].message.contains("cargo feature `zstd`"));
+        for v in &violations[1..] {
+            assert!(v.message.contains("`ssl-vendored`"), "{v}");
+            assert!(v.message.contains("sasl_plain"), "lists the features: {v}");
+        }
+    }
+
+    #[test]
+    fn nothing_is_reported_when_the_build_has_the_features() {
+        let settings = KafkaSettings::new()
+            .with("security.protocol", "ssl")
+            .with("sasl.mechanism", "OAUTHBEARER")
+            .with("compression.type", "zstd");
+        let mut full = plain_build();
+        full.extend(list(&["ssl", "sasl_scram", "sasl_oauthbearer", "zstd"]));
+        assert!(missing_features(&settings, "p", &full).is_empty());
+        // Plain settings need nothing optional.
+        let plain = KafkaSettings::new()
+            .with("security.protocol", "SASL_PLAINTEXT")
+            .with("sasl.mechanisms", "PLAIN")
+            .with("compression.codec", "lz4");
+        assert!(missing_features(&plain, "p", &plain_build()).is_empty());
+    }
+
+    #[test]
+    fn sasl_without_a_mechanism_is_gssapi_and_is_reported_without_kerberos() {
+        let settings = KafkaSettings::new().with("security.protocol", "SASL_PLAINTEXT");
+        let violations = missing_features(&settings, "producer.kafka", &plain_build());
+        assert_eq!(violations.len(), 1);
+        assert_eq!(violations[0].path, "producer.kafka.sasl.mechanisms");
+        assert!(violations[0].message.contains("GSSAPI"));
+        let mut kerberos = plain_build();
+        kerberos.push("sasl_gssapi".into());
+        assert!(missing_features(&settings, "p", &kerberos).is_empty());
+    }
+
+    #[test]
+    fn gssapi_and_oidc_say_how_to_get_them() {
+        let settings = KafkaSettings::new()
+            .with("sasl.mechanisms", "GSSAPI")
+            .with("sasl.oauthbearer.method", "oidc");
+        let violations = missing_features(&settings, "k", &plain_build());
+        assert_eq!(violations.len(), 2);
+        assert_eq!(violations[0].path, "k.sasl.mechanisms");
+        assert!(violations[0].message.contains("features = [\"gssapi\"]"));
+        assert!(
+            violations[1]
+                .message
+                .contains("features = [\"curl-static\"]")
+        );
+    }
+
+    #[test]
+    fn librdkafkas_build_reasons_get_the_fix() {
+        let curl = "Configuration property \"sasl.oauthbearer.client.secret\" not supported in \
+                    this build: OAuth/OIDC depends on libcurl and OpenSSL which were not \
+                    available at build time";
+        assert!(fix_for_build_reason(curl).unwrap().contains("curl-static"));
+        let ssl = "Unsupported value \"SASL_SSL\" for configuration property \
+                   \"security.protocol\": OpenSSL not available at build time";
+        assert!(fix_for_build_reason(ssl).unwrap().contains("ssl-vendored"));
+        let zstd = "Unsupported value \"zstd\" for configuration property \
+                    \"compression.codec\": libzstd not available at build time";
+        assert!(fix_for_build_reason(zstd).unwrap().contains("`zstd`"));
+        assert_eq!(fix_for_build_reason("Invalid value for acks"), None);
+    }
+
+    #[test]
+    fn secret_values_are_not_shown() {
+        let settings = KafkaSettings::new().with("ssl.key.password", "hunter2");
+        let violations = missing_features(&settings, "k", &plain_build());
+        assert_eq!(violations.len(), 1);
+        assert!(!violations[0].message.contains("hunter2"));
+        assert!(violations[0].message.contains(REDACTED));
+    }
+
+    /// The build-time check: the default features link OpenSSL and zstd into librdkafka.
+    #[cfg(all(feature = "ssl", feature = "zstd"))]
+    #[test]
+    fn this_build_has_tls_sasl_and_zstd() {
+        for feature in [
+            "ssl",
+            "sasl_plain",
+            "sasl_scram",
+            "sasl_oauthbearer",
+            "zstd",
+        ] {
+            assert!(
+                has_feature(feature),
+                "librdkafka lacks `{feature}`; it has {:?}",
+                features()
+            );
+        }
+    }
+
+    /// Without the features the settings fail with the cargo feature named: what CI checks
+    /// with `cargo test -p karafka-core --no-default-features`.
+    #[cfg(not(any(feature = "ssl", feature = "zstd")))]
+    #[test]
+    fn a_build_without_the_features_names_them_at_validation() {
+        assert!(
+            !has_feature("ssl") && !has_feature("zstd"),
+            "{:?}",
+            features()
+        );
+        let settings = KafkaSettings::new()
+            .with("security.protocol", "SASL_SSL")
+            .with("sasl.mechanisms", "SCRAM-SHA-256")
+            .with("compression.codec", "zstd");
+        let violations = settings.validate("app.kafka");
+        let text: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
+        assert_eq!(violations.len(), 3, "{text:#?}");
+        assert!(text[0].contains("cargo feature `zstd`"), "{}", text[0]);
+        assert!(text[1].contains("`ssl-vendored`"), "{}", text[1]);
+        assert!(text[2].contains("`ssl-vendored`"), "{}", text[2]);
+    }
+}
