@@ -10,7 +10,7 @@ keeps no SCRAM users, so the broker tests of TLS and SASL put this gateway in fr
 - Every client connection is TLS (Python's ssl module, OpenSSL): a plaintext client fails its
   handshake and is disconnected.
 - With --users (lines `name:password`), the client must authenticate before anything but
-  ApiVersions reaches the broker: SaslHandshake v0-1 then SaslAuthenticate v0-2 with
+  ApiVersions reaches the broker: SaslHandshake v1 then SaslAuthenticate v0-2 with
   SCRAM-SHA-256, SCRAM-SHA-512 (RFC 5802 / RFC 7677, 4096 iterations) or PLAIN. A wrong
   password gets SASL_AUTHENTICATION_FAILED (58) and the connection is closed, as Kafka does.
 - After that (or at once without --users) bytes are relayed unchanged both ways. The broker
@@ -23,6 +23,7 @@ Standard library only. Prints `ready on HOST:PORT` when it listens.
 import argparse
 import asyncio
 import base64
+import binascii
 import hashlib
 import hmac
 import os
@@ -179,10 +180,7 @@ class Scram:
             client_key = self.hmac(self.salted, b"Client Key")
             stored_key = self.hash(client_key).digest()
             signature = self.hmac(stored_key, auth_message)
-            try:
-                given = base64.b64decode(proof)
-            except ValueError:
-                return None, "malformed proof"
+            given = base64.b64decode(proof)
             if len(given) != len(signature):
                 return None, "invalid credentials"
             recovered = bytes(a ^ b for a, b in zip(given, signature))
@@ -217,8 +215,9 @@ class Connection:
 
     async def run(self):
         host, port = self.args.upstream.rsplit(":", 1)
-        up_reader, up_writer = await asyncio.open_connection(host, int(port))
+        up_writer = None
         try:
+            up_reader, up_writer = await asyncio.open_connection(host, int(port))
             # Until authenticated, read frames one by one; ApiVersions goes to the broker.
             while not self.authenticated:
                 frame = await self.frame(self.reader)
@@ -250,17 +249,21 @@ class Connection:
                     if flexible:
                         r.tagged_fields()
                     token = r.compact_bytes() if flexible else r.bytes32()
-                    reply, error = self.authenticate(token)
-                    code = 0 if error is None else (
-                        ILLEGAL_SASL_STATE if self.mechanism is None else SASL_AUTHENTICATION_FAILED
-                    )
-                    message = None
-                    if error is not None:
+                    try:
+                        reply, error = self.authenticate(token)
+                    except (ValueError, UnicodeDecodeError, binascii.Error) as e:
+                        reply, error = None, f"malformed message: {e}"
+                    code, message = 0, None
+                    if error is not None and self.mechanism is None:
+                        code, message = ILLEGAL_SASL_STATE, "SaslAuthenticate before SaslHandshake"
+                    elif error is not None:
+                        code = SASL_AUTHENTICATION_FAILED
                         message = (
                             "Authentication failed during authentication due to invalid "
                             f"credentials with SASL mechanism {self.mechanism}"
                         )
-                        log(f"authentication of {self.mechanism} failed: {error}")
+                    if error is not None:
+                        log(f"authentication with {self.mechanism} failed: {error}")
                     reply = reply or b""
                     body = struct.pack(">h", code)
                     if flexible:
@@ -281,12 +284,13 @@ class Connection:
             await asyncio.gather(
                 relay(self.reader, up_writer), relay(up_reader, self.writer)
             )
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError, ssl.SSLError) as e:
+        except (asyncio.IncompleteReadError, OSError, ValueError) as e:
             if not isinstance(e, asyncio.IncompleteReadError):
                 log(f"connection closed: {e}")
         finally:
             for w in (up_writer, self.writer):
-                w.close()
+                if w is not None:
+                    w.close()
 
     def authenticate(self, token):
         if self.mechanism is None:

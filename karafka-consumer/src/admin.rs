@@ -71,6 +71,13 @@ impl Admin {
                 "is required: the brokers to administer",
             )));
         }
+        let mut violations = karafka_core::Violations::new();
+        violations.extend(settings.validate("admin.kafka"));
+        violations.extend(karafka_core::librdkafka::check_connection(
+            &settings,
+            "admin.kafka",
+        ));
+        violations.into_result().map_err(Error::Config)?;
         let config = native::client_config(&settings);
         let admin = config
             .create()

@@ -7,7 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use karafka_core::instrumentation::{AppStatus, Event, Monitor};
-use karafka_core::{ConfigError, KafkaSettings, Violations};
+use karafka_core::{ConfigError, KafkaSettings, Violation, Violations};
 use karafka_producer::Producer;
 
 use crate::consumer::Consumer;
@@ -385,6 +385,26 @@ fn default_producer(
         .kafka_settings(&kafka.connection_only())
         .monitor(monitor.clone())
         .build()
+        .map_err(|e| {
+            // The app's producer is built from the app-level settings: say so, at their path.
+            let violations = e
+                .violations()
+                .iter()
+                .map(|v| match v.path.strip_prefix("producer.kafka") {
+                    Some(rest) => Violation::new(
+                        format!("app.kafka{rest}"),
+                        format!(
+                            "{} (for the app's producer, which connects with the app-level \
+                             settings: set it with `.kafka(...)` on the app, or give the app a \
+                             producer with `.producer(...)`)",
+                            v.message
+                        ),
+                    ),
+                    None => v.clone(),
+                })
+                .collect();
+            ConfigError::new(violations)
+        })
 }
 
 pub(crate) struct AppInner {

@@ -106,8 +106,31 @@ pub const EXIT_USAGE: u8 = 64;
 pub const EXIT_SHUTDOWN_TIMEOUT: u8 = 2;
 
 /// Parses the process's arguments and runs the command against `app`.
+///
+/// When the program has not installed a `tracing` subscriber, this installs one that writes
+/// to stderr, filtered by `RUST_LOG` (default [`DEFAULT_LOG_FILTER`]): so a server pointed at
+/// a wrong address or a refusing broker shows librdkafka's reasons (target `librdkafka`).
+/// Install your own subscriber before calling `run` to choose otherwise.
 pub fn run(app: &App) -> ExitCode {
+    install_default_logging();
     run_from(app, std::env::args_os())
+}
+
+/// The log filter [`run`] uses when `RUST_LOG` is not set: the framework's and librdkafka's
+/// warnings and errors, and the framework's own `info` lines.
+pub const DEFAULT_LOG_FILTER: &str = "warn,karafka=info";
+
+fn install_default_logging() {
+    if tracing::dispatcher::has_been_set() {
+        return;
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_LOG_FILTER));
+    // Fails only when another thread installed a subscriber meanwhile: that one stays.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }
 
 /// Parses `args` (the first one is the program name) and runs the command against `app`;

@@ -266,6 +266,43 @@ fn group_id_is_refused_at_every_level_with_the_builder_call_to_use() {
 }
 
 #[test]
+fn sasl_needs_a_mechanism_somewhere_in_the_merged_connection() {
+    // Without one librdkafka would use GSSAPI (Kerberos), which this build lacks.
+    says(
+        base()
+            .kafka("security.protocol", "SASL_SSL")
+            .topic("t", |t| t.consumer(|| Noop)),
+        "consumer_groups.karafka.subscription_groups.sg-0.kafka.sasl.mechanisms",
+        "GSSAPI",
+    );
+    // The protocol for the app, the mechanism for one subscription group: its connection is
+    // fine, but the app's producer connects with the app-level settings alone.
+    says(
+        base()
+            .kafka("security.protocol", "SASL_SSL")
+            .consumer_group("g", |g| {
+                g.subscription_group("sg", |sg| {
+                    sg.topic("x", |t| t.consumer(|| Noop))
+                        .kafka("sasl.mechanisms", "SCRAM-SHA-512")
+                })
+            }),
+        "app.kafka.sasl.mechanisms",
+        "for the app's producer",
+    );
+    // The mechanism for the app, the protocol for one subscription group: fine everywhere.
+    base()
+        .kafka("sasl.mechanisms", "SCRAM-SHA-512")
+        .consumer_group("g", |g| {
+            g.subscription_group("sg", |sg| {
+                sg.topic("x", |t| t.consumer(|| Noop))
+                    .kafka("security.protocol", "SASL_SSL")
+            })
+        })
+        .build()
+        .unwrap();
+}
+
+#[test]
 fn named_subscription_groups_must_share_connection_settings() {
     says(
         base().consumer_group("g", |g| {

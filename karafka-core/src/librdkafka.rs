@@ -130,14 +130,15 @@ fn need(key: &str, value: &str) -> Option<Need> {
         "sasl.oauthbearer.method" if value == "oidc" => Some(OIDC),
         "compression.codec" | "compression.type" if value == "zstd" => Some(ZSTD),
         _ if key.starts_with("ssl.") || key.starts_with("ssl_") => Some(TLS),
-        _ if key.starts_with("sasl.kerberos.") => Some(GSSAPI),
+        // Kerberos-only keys (`sasl.kerberos.keytab`, ...) are left to librdkafka's own
+        // check, whose reason gets the fix (`fix_for_build_reason`): some of them
+        // (`sasl.kerberos.service.name`) are accepted by every build.
         _ => None,
     }
 }
 
 /// One [`Violation`] per setting of `settings` that needs a feature missing from
-/// `available`, at `path.<key>`; plus one when a SASL protocol is set without a mechanism
-/// (librdkafka's default, GSSAPI) and `available` lacks GSSAPI.
+/// `available`, at `path.<key>`.
 pub(crate) fn missing_features(
     settings: &KafkaSettings,
     path: &str,
@@ -164,6 +165,32 @@ pub(crate) fn missing_features(
             ),
         ));
     }
+    violations
+}
+
+/// The checks that need a client's whole settings (after the app's, the group's and the
+/// topic's are merged), at `path`: a SASL `security.protocol` without `sasl.mechanisms`
+/// means librdkafka's default, GSSAPI (Kerberos), which is refused when the build lacks it.
+///
+/// ```
+/// use karafka_core::{KafkaSettings, librdkafka};
+///
+/// let settings = KafkaSettings::new()
+///     .with("security.protocol", "SASL_SSL")
+///     .with("sasl.mechanisms", "SCRAM-SHA-512");
+/// assert!(librdkafka::check_connection(&settings, "app.kafka").is_empty());
+/// ```
+pub fn check_connection(settings: &KafkaSettings, path: &str) -> Vec<Violation> {
+    sasl_without_mechanism(settings, path, features())
+        .into_iter()
+        .collect()
+}
+
+fn sasl_without_mechanism(
+    settings: &KafkaSettings,
+    path: &str,
+    available: &[String],
+) -> Option<Violation> {
     let protocol = settings
         .get("security.protocol")
         .map(|p| p.trim().to_ascii_lowercase());
@@ -171,15 +198,15 @@ pub(crate) fn missing_features(
     let mechanism = settings
         .get("sasl.mechanisms")
         .or_else(|| settings.get("sasl.mechanism"));
-    if sasl && mechanism.is_none() && !has(GSSAPI.feature) {
-        violations.push(Violation::new(
+    let kerberos = available.iter().any(|f| f == GSSAPI.feature);
+    (sasl && mechanism.is_none() && !kerberos).then(|| {
+        Violation::new(
             format!("{path}.sasl.mechanisms"),
             "is not set, so librdkafka would use its default, GSSAPI (Kerberos), which this \
              build lacks: set `sasl.mechanisms` to `PLAIN`, `SCRAM-SHA-256`, `SCRAM-SHA-512` \
              or `OAUTHBEARER` (what your cluster expects)",
-        ));
-    }
-    violations
+        )
+    })
 }
 
 #[cfg(test)]
@@ -249,13 +276,26 @@ mod tests {
     #[test]
     fn sasl_without_a_mechanism_is_gssapi_and_is_reported_without_kerberos() {
         let settings = KafkaSettings::new().with("security.protocol", "SASL_PLAINTEXT");
-        let violations = missing_features(&settings, "producer.kafka", &plain_build());
-        assert_eq!(violations.len(), 1);
-        assert_eq!(violations[0].path, "producer.kafka.sasl.mechanisms");
-        assert!(violations[0].message.contains("GSSAPI"));
+        let violation =
+            sasl_without_mechanism(&settings, "producer.kafka", &plain_build()).expect("refused");
+        assert_eq!(violation.path, "producer.kafka.sasl.mechanisms");
+        assert!(violation.message.contains("GSSAPI"));
         let mut kerberos = plain_build();
         kerberos.push("sasl_gssapi".into());
-        assert!(missing_features(&settings, "p", &kerberos).is_empty());
+        assert!(sasl_without_mechanism(&settings, "p", &kerberos).is_none());
+        // A per-key check does not see it: the mechanism may come from another level.
+        assert!(missing_features(&settings, "p", &plain_build()).is_empty());
+        let with = settings.with("sasl.mechanism", "PLAIN");
+        assert!(sasl_without_mechanism(&with, "p", &plain_build()).is_none());
+    }
+
+    #[test]
+    fn kerberos_keys_are_left_to_librdkafka() {
+        let settings = KafkaSettings::new().with("sasl.kerberos.service.name", "kafka");
+        assert!(missing_features(&settings, "p", &plain_build()).is_empty());
+        let reason = "Configuration property \"sasl.kerberos.keytab\" not supported in this \
+                      build: libsasl2 not available at build time";
+        assert!(fix_for_build_reason(reason).unwrap().contains("gssapi"));
     }
 
     #[test]
@@ -298,32 +338,24 @@ mod tests {
         assert!(violations[0].message.contains(REDACTED));
     }
 
-    /// The build-time check: the default features link OpenSSL and zstd into librdkafka.
-    #[cfg(all(feature = "ssl", feature = "zstd"))]
+    /// The build-time check, in every build: librdkafka has TLS/SASL and zstd exactly when
+    /// the cargo features say so. CI runs it with the default features (OpenSSL and zstd
+    /// must be linked) and with `--no-default-features` (they must not be, and the settings
+    /// that need them must be refused naming the cargo feature).
     #[test]
-    fn this_build_has_tls_sasl_and_zstd() {
-        for feature in [
-            "ssl",
-            "sasl_plain",
-            "sasl_scram",
-            "sasl_oauthbearer",
-            "zstd",
-        ] {
-            assert!(
-                has_feature(feature),
-                "librdkafka lacks `{feature}`; it has {:?}",
-                features()
-            );
+    fn librdkafka_has_tls_sasl_and_zstd_exactly_when_the_features_say() {
+        let tls = cfg!(feature = "ssl");
+        for feature in ["ssl", "sasl_scram", "sasl_oauthbearer"] {
+            assert_eq!(has_feature(feature), tls, "`{feature}` in {:?}", features());
         }
-    }
-
-    /// Without the features the settings fail with the cargo feature named: what CI checks
-    /// with `cargo test -p karafka-core --no-default-features`.
-    #[cfg(not(any(feature = "ssl", feature = "zstd")))]
-    #[test]
-    fn a_build_without_the_features_names_them_at_validation() {
+        assert_eq!(
+            has_feature("zstd"),
+            cfg!(feature = "zstd"),
+            "{:?}",
+            features()
+        );
         assert!(
-            !has_feature("ssl") && !has_feature("zstd"),
+            has_feature("sasl_plain") && has_feature("gzip"),
             "{:?}",
             features()
         );
@@ -331,11 +363,33 @@ mod tests {
             .with("security.protocol", "SASL_SSL")
             .with("sasl.mechanisms", "SCRAM-SHA-256")
             .with("compression.codec", "zstd");
-        let violations = settings.validate("app.kafka");
-        let text: Vec<String> = violations.iter().map(|v| v.to_string()).collect();
-        assert_eq!(violations.len(), 3, "{text:#?}");
-        assert!(text[0].contains("cargo feature `zstd`"), "{}", text[0]);
-        assert!(text[1].contains("`ssl-vendored`"), "{}", text[1]);
-        assert!(text[2].contains("`ssl-vendored`"), "{}", text[2]);
+        let violations: Vec<String> = settings
+            .validate("app.kafka")
+            .iter()
+            .map(|v| v.to_string())
+            .collect();
+        let named = |path: &str, fix: &str| {
+            violations
+                .iter()
+                .any(|v| v.starts_with(path) && v.contains(fix))
+        };
+        assert_eq!(
+            named("app.kafka.security.protocol", "`ssl-vendored`"),
+            !tls,
+            "{violations:#?}"
+        );
+        assert_eq!(
+            named("app.kafka.sasl.mechanisms", "`ssl-vendored`"),
+            !tls,
+            "{violations:#?}"
+        );
+        assert_eq!(
+            named("app.kafka.compression.codec", "cargo feature `zstd`"),
+            !cfg!(feature = "zstd"),
+            "{violations:#?}"
+        );
+        if tls && cfg!(feature = "zstd") {
+            assert!(violations.is_empty(), "{violations:#?}");
+        }
     }
 }

@@ -80,6 +80,23 @@ pub fn explain_client_error(
     }
 }
 
+/// Whether `error` (from a client's error callback) says the client cannot reach or log in
+/// to the cluster: authentication, TLS, transport, all brokers down, name resolution.
+pub fn is_connection_error(error: &rdkafka::error::KafkaError) -> bool {
+    use rdkafka::types::RDKafkaErrorCode as C;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            C::Authentication
+                | C::SaslAuthenticationFailed
+                | C::SSL
+                | C::BrokerTransportFailure
+                | C::AllBrokersDown
+                | C::Resolve
+        )
+    )
+}
+
 /// An rdkafka `ClientConfig` holding exactly `settings`.
 ///
 /// librdkafka's log level: the `log_level` setting (syslog 0-7) when given, `debug` level

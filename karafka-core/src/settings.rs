@@ -146,7 +146,7 @@ impl KafkaSettings {
 
     /// Only the settings that say how to reach and authenticate to the cluster
     /// (`bootstrap.servers`, `client.id`, `security.protocol`, `socket.*`, `ssl.*`, `sasl.*`,
-    /// `broker.address.family`, `log_level`): what a producer or admin client derived from a
+    /// `enable.ssl.*`, `enable.sasl.*`, `broker.address.family`, `log_level`): what a producer or admin client derived from a
     /// consumer's settings keeps, without consumer-only keys that would only produce warnings.
     ///
     /// ```
@@ -154,9 +154,10 @@ impl KafkaSettings {
     /// let consumer = KafkaSettings::new()
     ///     .with("bootstrap.servers", "b:9092")
     ///     .with("sasl.password", "s3cret")
+    ///     .with("enable.ssl.certificate.verification", "false")
     ///     .with("fetch.min.bytes", "1");
     /// let connection = consumer.connection_only();
-    /// assert_eq!(connection.len(), 2);
+    /// assert_eq!(connection.len(), 3);
     /// assert!(!connection.contains_key("fetch.min.bytes"));
     /// ```
     pub fn connection_only(&self) -> KafkaSettings {
@@ -167,7 +168,7 @@ impl KafkaSettings {
             "broker.address.family",
             "log_level",
         ];
-        const PREFIXES: &[&str] = &["socket.", "ssl.", "sasl."];
+        const PREFIXES: &[&str] = &["socket.", "ssl.", "sasl.", "enable.ssl.", "enable.sasl."];
         self.iter()
             .filter(|(k, _)| KEYS.contains(k) || PREFIXES.iter().any(|p| k.starts_with(p)))
             .collect()

@@ -253,6 +253,10 @@ impl ProducerBuilder {
 
         let mut kafka = self.kafka;
         v.extend(kafka.validate("producer.kafka"));
+        v.extend(karafka_core::librdkafka::check_connection(
+            &kafka,
+            "producer.kafka",
+        ));
         let custom_client = self.client.is_some();
         v.check(
             custom_client

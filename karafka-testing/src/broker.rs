@@ -197,8 +197,8 @@ pub struct SecureListeners {
     pub sasl_ssl: String,
     /// The CA that signed the listeners' certificate (PEM file).
     pub ca: PathBuf,
-    /// A CA that did not sign it, when given.
-    pub other_ca: Option<PathBuf>,
+    /// A CA that did not sign it: a client trusting only this one must be refused.
+    pub other_ca: PathBuf,
     /// The SASL user.
     pub user: String,
     password: String,
@@ -237,7 +237,7 @@ impl SecureListeners {
             tls,
             sasl_ssl: need(SASL_SSL_BROKERS_ENV)?,
             ca: PathBuf::from(need(TLS_CA_ENV)?),
-            other_ca: var(TLS_OTHER_CA_ENV).map(PathBuf::from),
+            other_ca: PathBuf::from(need(TLS_OTHER_CA_ENV)?),
             user: need(SASL_USER_ENV)?,
             password: need(SASL_PASSWORD_ENV)?,
         }))

@@ -15,7 +15,8 @@
 //!     given): which [`Capability`]s the broker has;
 //!   - `KARAFKA_TEST_REPORT=path`: append a line per broker test saying whether it ran;
 //!   - `KARAFKA_TEST_TLS_BROKERS`, `KARAFKA_TEST_SASL_SSL_BROKERS`, `KARAFKA_TEST_TLS_CA`,
-//!     `KARAFKA_TEST_SASL_USER`, `KARAFKA_TEST_SASL_PASSWORD`: listeners that require TLS
+//!     `KARAFKA_TEST_TLS_OTHER_CA`, `KARAFKA_TEST_SASL_USER`, `KARAFKA_TEST_SASL_PASSWORD`:
+//!     listeners that require TLS
 //!     and SASL over TLS ([`SecureListeners`], capability
 //!     [`Capability::SecureListeners`]).
 //!

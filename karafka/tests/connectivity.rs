@@ -175,6 +175,12 @@ fn refused(settings: &KafkaSettings, says: &str) -> Vec<String> {
         "took {:?}",
         started.elapsed()
     );
+    // The returned error says why, not only that the message timed out.
+    let text = error.to_string();
+    assert!(
+        text.contains(says),
+        "the error does not say `{says}`: {text}"
+    );
     let message = error.into_message().expect("the message comes back");
     assert_eq!(message.payload.as_deref(), Some(&b"payload"[..]));
     let client = producer.id().to_owned();
@@ -243,18 +249,18 @@ fn a_plaintext_client_and_an_untrusted_ca_are_refused() {
         return;
     };
     let secure = broker.secure().unwrap();
+    // The listener is up and speaks TLS: a TLS client gets its answer.
+    create_topic(&secure.tls_settings(), &unique_topic("tls-up"));
     let plaintext = KafkaSettings::new()
         .with("bootstrap.servers", &secure.tls)
         .with("log_level", "4");
     // librdkafka reports only "1/1 brokers are down" (the disconnect itself it logs at debug
     // level): the framework's error event adds what to check.
     refused(&plaintext, "`security.protocol` is PLAINTEXT");
-    if let Some(other) = &secure.other_ca {
-        let untrusted = secure
-            .tls_settings()
-            .with("ssl.ca.location", other.display().to_string());
-        refused(&untrusted, "certificate verify failed");
-    }
+    let untrusted = secure
+        .tls_settings()
+        .with("ssl.ca.location", secure.other_ca.display().to_string());
+    refused(&untrusted, "certificate verify failed");
 }
 
 #[test]

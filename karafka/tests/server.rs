@@ -312,6 +312,40 @@ fn info_shows_routes_and_versions_but_no_secret() {
 }
 
 #[test]
+fn a_server_without_a_subscriber_logs_librdkafkas_reasons_to_stderr() {
+    // No broker: port 1 on loopback refuses connections. The example installs no tracing
+    // subscriber, so `cli::run`'s default one must show librdkafka's words.
+    let log = std::env::temp_dir().join(format!("{}.stderr", unique_topic("server-logs")));
+    let mut child = Command::new(app_binary())
+        .arg("server")
+        .env("KARAFKA_BROKERS", "127.0.0.1:1")
+        .env("TOPIC", "logs")
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let read = || std::fs::read_to_string(&log).unwrap_or_default();
+    let seen = wait_until(Duration::from_secs(20), || {
+        read()
+            .lines()
+            .any(|l| l.contains("librdkafka") && l.contains("Connection refused"))
+    });
+    // SAFETY: kill(2) with the pid of our own live child; no memory is involved.
+    #[allow(unsafe_code)]
+    let rc = unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let status = child.wait().unwrap();
+    let stderr = read();
+    let _ = std::fs::remove_file(&log);
+    assert!(
+        seen.is_ok(),
+        "no librdkafka line about the refused connection:\n{stderr}"
+    );
+    assert!(status.success(), "{status:?}\n{stderr}");
+}
+
+#[test]
 fn bad_arguments_exit_64_with_usage() {
     for (args, says) in [
         (&["server", "--no-such-flag"][..], "--no-such-flag"),

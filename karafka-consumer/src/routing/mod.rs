@@ -501,6 +501,7 @@ pub(crate) fn resolve(
             check_owned_settings(&extra, &format!("{path}.kafka"), v);
             subscription_groups.push(connection(&cg, name.as_str(), members, app_kafka, &extra));
         }
+
         for (i, key) in implicit_order.into_iter().enumerate() {
             if let Some(members) = implicit.remove(&key) {
                 let name = format!("sg-{i}");
@@ -513,6 +514,16 @@ pub(crate) fn resolve(
                 ));
             }
         }
+        // What only the merged settings show (the mechanism may be set at another level).
+        // Reported once per consumer group: its connections share the app's settings.
+        let first_problem = subscription_groups
+            .iter()
+            .map(|sg| {
+                let path = format!("{cg_path}.subscription_groups.{}.kafka", sg.name);
+                karafka_core::librdkafka::check_connection(&sg.kafka, &path)
+            })
+            .find(|found| !found.is_empty());
+        v.extend(first_problem.unwrap_or_default());
         routes.consumer_groups.push(ConsumerGroupRoute {
             name: cg,
             topics: topics.into_iter().map(|(_, t)| t).collect(),

@@ -43,6 +43,12 @@ struct Context {
     // rdkafka 0.39 hands each error event to `error` twice when a BaseProducer polls
     // (`Client::poll_event`, then `BaseProducer::handle_error_event`); the second is dropped.
     last_error: Mutex<Option<(String, Instant)>>,
+    /// The last connection-level failure librdkafka reported (authentication, TLS, brokers
+    /// down), explained: a message that times out says why it could not be sent.
+    /// Cleared by the next delivery (the connection works again); `connection_error_set`
+    /// keeps the hot path to one atomic load.
+    last_connection_error: Mutex<Option<String>>,
+    connection_error_set: AtomicBool,
 }
 
 impl ClientContext for Context {
@@ -77,6 +83,16 @@ impl ClientContext for Context {
         }
         let mut translated = native::kafka_error("librdkafka", &error);
         translated.message = native::explain_client_error(&error, reason, &self.kafka);
+        if native::is_connection_error(&error) {
+            let mut last = lock(&self.last_connection_error);
+            // "All brokers are down" follows the error that says why: keep that one.
+            let generic = error.rdkafka_error_code()
+                == Some(rdkafka::types::RDKafkaErrorCode::AllBrokersDown);
+            if !(generic && last.is_some()) {
+                *last = Some(translated.message.clone());
+            }
+            self.connection_error_set.store(true, Ordering::Release);
+        }
         self.monitor.emit(Event::ErrorOccurred(
             ErrorOccurred::new(ErrorKind::Librdkafka, translated)
                 .source_id(self.producer_id.clone()),
@@ -95,10 +111,16 @@ impl ProducerContext for Context {
         let outcome = match result {
             // Without a broker answer (acks=0) librdkafka 2.x reports RD_KAFKA_OFFSET_INVALID
             // (-1001); reports use -1 for every unknown offset.
-            Ok(m) => Outcome::Delivered {
-                partition: m.partition(),
-                offset: m.offset().max(-1),
-            },
+            Ok(m) => {
+                if self.connection_error_set.load(Ordering::Acquire) {
+                    self.connection_error_set.store(false, Ordering::Release);
+                    *lock(&self.last_connection_error) = None;
+                }
+                Outcome::Delivered {
+                    partition: m.partition(),
+                    offset: m.offset().max(-1),
+                }
+            }
             Err((error, m)) => {
                 let mut message = Message {
                     topic: delivery.topic(),
@@ -113,8 +135,15 @@ impl ProducerContext for Context {
                 if let Some(h) = m.headers() {
                     message.headers = native::from_borrowed_headers(h);
                 }
+                let mut error = native::kafka_error("deliver message", error);
+                if error.code.as_deref() == Some("MessageTimedOut") {
+                    if let Some(cause) = lock(&self.last_connection_error).as_deref() {
+                        error.message =
+                            format!("{}; the last connection error: {cause}", error.message);
+                    }
+                }
                 Outcome::Failed {
-                    error: native::kafka_error("deliver message", error),
+                    error,
                     message: Box::new(message),
                 }
             }
@@ -193,6 +222,8 @@ impl RdKafkaClient {
             monitor: setup.monitor.clone(),
             kafka: setup.kafka.clone(),
             last_error: Mutex::new(None),
+            last_connection_error: Mutex::new(None),
+            connection_error_set: AtomicBool::new(false),
         };
         let producer: BaseProducer<Context> = native::client_config(setup.kafka)
             .create_with_context(context)
