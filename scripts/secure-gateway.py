@@ -11,8 +11,10 @@ keeps no SCRAM users, so the broker tests of TLS and SASL put this gateway in fr
   handshake and is disconnected.
 - With --users (lines `name:password`), the client must authenticate before anything but
   ApiVersions reaches the broker: SaslHandshake v1 then SaslAuthenticate v0-2 with
-  SCRAM-SHA-256, SCRAM-SHA-512 (RFC 5802 / RFC 7677, 4096 iterations) or PLAIN. A wrong
-  password gets SASL_AUTHENTICATION_FAILED (58) and the connection is closed, as Kafka does.
+  SCRAM-SHA-256, SCRAM-SHA-512 (RFC 5802 / RFC 7677, 4096 iterations), PLAIN (RFC 4616) or
+  OAUTHBEARER (RFC 7628: the bearer token must equal the `oauth:` line's value; no JWT is
+  parsed). A wrong password or token gets SASL_AUTHENTICATION_FAILED (58) and the connection
+  is closed, as Kafka does.
 - After that (or at once without --users) bytes are relayed unchanged both ways. The broker
   behind must advertise this gateway's address (--advertised-listener-url), so clients come
   back through it.
@@ -39,7 +41,7 @@ ILLEGAL_SASL_STATE = 34
 SASL_AUTHENTICATION_FAILED = 58
 SCRAM_ITERATIONS = 4096
 SCRAM = {"SCRAM-SHA-256": hashlib.sha256, "SCRAM-SHA-512": hashlib.sha512}
-MECHANISMS = ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"]
+MECHANISMS = ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN", "OAUTHBEARER"]
 
 
 def log(*parts):
@@ -304,6 +306,18 @@ class Connection:
                 self.users[user].encode(), password.encode()
             ):
                 return None, "invalid credentials"
+            self.authenticated = True
+            return b"", None
+        if self.mechanism == "OAUTHBEARER":
+            # gs2 header, then \x01-separated key=value pairs, ending in \x01\x01.
+            _, _, kvs = token.decode().partition(",\x01")
+            pairs = dict(kv.split("=", 1) for kv in kvs.split("\x01") if "=" in kv)
+            bearer = pairs.get("auth", "")
+            expected = self.users.get("oauth")
+            if not bearer.startswith("Bearer ") or expected is None or not hmac.compare_digest(
+                bearer[len("Bearer ") :].encode(), expected.encode()
+            ):
+                return None, "invalid token"
             self.authenticated = True
             return b"", None
         reply, error = self.exchange.respond(token)

@@ -7,6 +7,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use karafka_core::instrumentation::{AppStatus, Event, Monitor};
+use karafka_core::oauth::OAuthTokenProvider;
 use karafka_core::{ConfigError, KafkaSettings, Violation, Violations};
 use karafka_producer::Producer;
 
@@ -136,6 +137,7 @@ pub struct AppBuilder {
     groups: Vec<ConsumerGroupBuilder>,
     monitor: Option<Monitor>,
     producer: Option<Producer>,
+    oauth: Option<Arc<dyn OAuthTokenProvider>>,
     #[cfg(feature = "web")]
     web: Option<crate::web::Web>,
 }
@@ -154,6 +156,7 @@ impl Default for AppBuilder {
             groups: Vec::new(),
             monitor: None,
             producer: None,
+            oauth: None,
             #[cfg(feature = "web")]
             web: None,
         }
@@ -277,6 +280,14 @@ impl AppBuilder {
         self
     }
 
+    /// Where SASL OAUTHBEARER tokens come from (`sasl.mechanisms=OAUTHBEARER`), for every
+    /// connection of the app and its default producer: your code, called on the client's
+    /// thread when librdkafka needs a token (see [`karafka_core::oauth`]).
+    pub fn oauth_token_provider(mut self, provider: impl OAuthTokenProvider) -> Self {
+        self.oauth = Some(Arc::new(provider));
+        self
+    }
+
     /// Serves `/healthz` and `/metrics` while the app runs (feature `web`; see
     /// [`web`](crate::web)). Also turns librdkafka statistics on
     /// (`statistics.interval.ms=5000`) unless set, for the lag gauge.
@@ -341,7 +352,7 @@ impl AppBuilder {
         }
         let producer = match self.producer {
             Some(p) => Some(p),
-            None if v.is_empty() => match default_producer(&self.kafka, &monitor) {
+            None if v.is_empty() => match default_producer(&self.kafka, &monitor, &self.oauth) {
                 Ok(p) => Some(p),
                 Err(e) => {
                     v.absorb(e);
@@ -358,6 +369,7 @@ impl AppBuilder {
             inner: Arc::new(AppInner {
                 name: self.name,
                 kafka: self.kafka,
+                oauth: self.oauth,
                 routes,
                 monitor,
                 producer,
@@ -379,38 +391,43 @@ impl AppBuilder {
 fn default_producer(
     kafka: &KafkaSettings,
     monitor: &Monitor,
+    oauth: &Option<Arc<dyn OAuthTokenProvider>>,
 ) -> std::result::Result<Producer, ConfigError> {
-    Producer::builder()
+    let mut builder = Producer::builder()
         .id("karafka-app")
         .kafka_settings(&kafka.connection_only())
-        .monitor(monitor.clone())
-        .build()
-        .map_err(|e| {
-            // The app's producer is built from the app-level settings: say so, at their path.
-            let violations = e
-                .violations()
-                .iter()
-                .map(|v| match v.path.strip_prefix("producer.kafka") {
-                    Some(rest) => Violation::new(
-                        format!("app.kafka{rest}"),
-                        format!(
-                            "{} (for the app's producer, which connects with the app-level \
+        .monitor(monitor.clone());
+    if let Some(provider) = oauth {
+        builder = builder.oauth_token_provider_arc(provider.clone());
+    }
+    builder.build().map_err(|e| {
+        // The app's producer is built from the app-level settings: say so, at their path.
+        let violations = e
+            .violations()
+            .iter()
+            .map(|v| match v.path.strip_prefix("producer.kafka") {
+                Some(rest) => Violation::new(
+                    format!("app.kafka{rest}"),
+                    format!(
+                        "{} (for the app's producer, which connects with the app-level \
                              settings: set it with `.kafka(...)` on the app, or give the app a \
                              producer with `.producer(...)`)",
-                            v.message
-                        ),
+                        v.message
                     ),
-                    None => v.clone(),
-                })
-                .collect();
-            ConfigError::new(violations)
-        })
+                ),
+                None => v.clone(),
+            })
+            .collect();
+        ConfigError::new(violations)
+    })
 }
 
 pub(crate) struct AppInner {
     pub(crate) name: String,
     /// The app-level librdkafka settings (before per-group/topic overrides).
     pub(crate) kafka: KafkaSettings,
+    /// Where OAUTHBEARER tokens come from, when given.
+    pub(crate) oauth: Option<Arc<dyn OAuthTokenProvider>>,
     pub(crate) routes: Routes,
     pub(crate) monitor: Monitor,
     pub(crate) producer: Producer,
@@ -433,6 +450,7 @@ impl App {
             inner: Arc::new(AppInner {
                 name: inner.name.clone(),
                 kafka: inner.kafka.clone(),
+                oauth: inner.oauth.clone(),
                 routes,
                 monitor: inner.monitor.clone(),
                 producer: inner.producer.clone(),

@@ -17,6 +17,8 @@
 //!   [`TracingListener`](instrumentation::TracingListener).
 //! - [`librdkafka`]: the linked librdkafka's version and features (TLS, SASL, zstd) and the
 //!   cargo features that bring them.
+//! - [`oauth`]: [`OAuthTokenProvider`](oauth::OAuthTokenProvider), OAUTHBEARER tokens from
+//!   your code.
 //! - [`message`]: what producer and consumer share: [`Headers`] (several values per key),
 //!   [`Timestamp`], [`Offset`], [`TopicPartition`].
 //! - [`Error`] / [`Result`]: the shared error type; [`KafkaError`] carries librdkafka's
@@ -41,6 +43,7 @@ pub mod librdkafka;
 pub mod message;
 #[doc(hidden)]
 pub mod native;
+pub mod oauth;
 pub mod settings;
 
 pub use contract::{ConfigError, Violation, Violations};

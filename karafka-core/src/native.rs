@@ -97,6 +97,32 @@ pub fn is_connection_error(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// The OAUTHBEARER token for rdkafka's `generate_oauth_token`, from `provider`. Called only
+/// when librdkafka has no handler of its own (unsecured JWT, OIDC) for the client.
+pub fn generate_oauth_token(
+    provider: Option<&dyn crate::oauth::OAuthTokenProvider>,
+    config: Option<&str>,
+) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+    let Some(provider) = provider else {
+        return Err(
+            "sasl.mechanisms=OAUTHBEARER needs a token: give the producer or app an \
+                    OAuth token provider (`.oauth_token_provider(...)`), or set \
+                    `enable.sasl.oauthbearer.unsecure.jwt=true` (development only)"
+                .into(),
+        );
+    };
+    let token = provider
+        .token(config)
+        .map_err(|e| -> Box<dyn std::error::Error> {
+            format!("the OAuth token provider failed: {e}").into()
+        })?;
+    Ok(rdkafka::client::OAuthToken {
+        token: token.token,
+        principal_name: token.principal,
+        lifetime_ms: token.lifetime_ms,
+    })
+}
+
 /// An rdkafka `ClientConfig` holding exactly `settings`.
 ///
 /// librdkafka's log level: the `log_level` setting (syslog 0-7) when given, `debug` level

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use karafka_core::instrumentation::Monitor;
+use karafka_core::oauth::OAuthTokenProvider;
 use karafka_core::{ConfigError, KafkaSettings, Violations};
 
 use crate::client::ClientFactory;
@@ -102,6 +103,7 @@ pub struct ProducerBuilder {
     monitor: Option<Monitor>,
     middleware: Vec<Box<dyn Middleware>>,
     client: Option<Arc<dyn ClientFactory>>,
+    oauth: Option<Arc<dyn OAuthTokenProvider>>,
 }
 
 impl Default for ProducerBuilder {
@@ -120,6 +122,7 @@ impl Default for ProducerBuilder {
             monitor: None,
             middleware: Vec::new(),
             client: None,
+            oauth: None,
         }
     }
 }
@@ -221,6 +224,36 @@ impl ProducerBuilder {
     /// Adds a middleware (runs after those added before).
     pub fn middleware(mut self, middleware: impl Middleware) -> Self {
         self.middleware.push(Box::new(middleware));
+        self
+    }
+
+    /// Where SASL OAUTHBEARER tokens come from (`sasl.mechanisms=OAUTHBEARER`): your code,
+    /// called on the client's polling thread when librdkafka needs a token. See
+    /// [`karafka_core::oauth`].
+    ///
+    /// ```no_run
+    /// use karafka_core::oauth::OAuthToken;
+    /// use karafka_producer::Producer;
+    ///
+    /// let producer = Producer::builder()
+    ///     .kafka("bootstrap.servers", "b-1.example.com:9098")
+    ///     .kafka("security.protocol", "SASL_SSL")
+    ///     .kafka("sasl.mechanisms", "OAUTHBEARER")
+    ///     .oauth_token_provider(|_config: Option<&str>| {
+    ///         Ok(OAuthToken { token: "...".into(), principal: "me".into(), lifetime_ms: 0 })
+    ///     })
+    ///     .build()?;
+    /// # Ok::<(), karafka_core::ConfigError>(())
+    /// ```
+    pub fn oauth_token_provider(mut self, provider: impl OAuthTokenProvider) -> Self {
+        self.oauth = Some(Arc::new(provider));
+        self
+    }
+
+    /// [`oauth_token_provider`](Self::oauth_token_provider) with a shared provider (one for
+    /// several clients).
+    pub fn oauth_token_provider_arc(mut self, provider: Arc<dyn OAuthTokenProvider>) -> Self {
+        self.oauth = Some(provider);
         self
     }
 
@@ -356,9 +389,10 @@ impl ProducerBuilder {
             transactional,
             idempotent,
         };
+        let oauth = self.oauth;
         let factory = self
             .client
-            .unwrap_or_else(|| Arc::new(crate::client::RdKafkaClientFactory));
+            .unwrap_or_else(|| Arc::new(crate::client::RdKafkaClientFactory { oauth }));
         v.finish((
             config,
             self.monitor.unwrap_or_default(),

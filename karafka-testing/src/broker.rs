@@ -36,6 +36,8 @@ pub const TLS_OTHER_CA_ENV: &str = "KARAFKA_TEST_TLS_OTHER_CA";
 pub const SASL_USER_ENV: &str = "KARAFKA_TEST_SASL_USER";
 /// Environment variable holding that user's password.
 pub const SASL_PASSWORD_ENV: &str = "KARAFKA_TEST_SASL_PASSWORD";
+/// Environment variable holding the OAUTHBEARER token the SASL listener accepts.
+pub const OAUTH_TOKEN_ENV: &str = "KARAFKA_TEST_OAUTH_TOKEN";
 
 /// The session timeout test consumers use on every broker. Tansu holds a new group's first
 /// join for half the session timeout, so a short one keeps joins quick there.
@@ -202,6 +204,7 @@ pub struct SecureListeners {
     /// The SASL user.
     pub user: String,
     password: String,
+    oauth_token: String,
 }
 
 impl fmt::Debug for SecureListeners {
@@ -213,6 +216,7 @@ impl fmt::Debug for SecureListeners {
             .field("other_ca", &self.other_ca)
             .field("user", &self.user)
             .field("password", &karafka_core::settings::REDACTED)
+            .field("oauth_token", &karafka_core::settings::REDACTED)
             .finish()
     }
 }
@@ -240,12 +244,18 @@ impl SecureListeners {
             other_ca: PathBuf::from(need(TLS_OTHER_CA_ENV)?),
             user: need(SASL_USER_ENV)?,
             password: need(SASL_PASSWORD_ENV)?,
+            oauth_token: need(OAUTH_TOKEN_ENV)?,
         }))
     }
 
     /// The SASL user's password.
     pub fn password(&self) -> &str {
         &self.password
+    }
+
+    /// The OAUTHBEARER token the SASL listener accepts (it checks the value only).
+    pub fn oauth_token(&self) -> &str {
+        &self.oauth_token
     }
 
     /// Client settings for the TLS listener: `security.protocol=SSL`, the CA, and (as

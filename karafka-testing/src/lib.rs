@@ -15,7 +15,8 @@
 //!     given): which [`Capability`]s the broker has;
 //!   - `KARAFKA_TEST_REPORT=path`: append a line per broker test saying whether it ran;
 //!   - `KARAFKA_TEST_TLS_BROKERS`, `KARAFKA_TEST_SASL_SSL_BROKERS`, `KARAFKA_TEST_TLS_CA`,
-//!     `KARAFKA_TEST_TLS_OTHER_CA`, `KARAFKA_TEST_SASL_USER`, `KARAFKA_TEST_SASL_PASSWORD`:
+//!     `KARAFKA_TEST_TLS_OTHER_CA`, `KARAFKA_TEST_SASL_USER`, `KARAFKA_TEST_SASL_PASSWORD`,
+//!     `KARAFKA_TEST_OAUTH_TOKEN`:
 //!     listeners that require TLS
 //!     and SASL over TLS ([`SecureListeners`], capability
 //!     [`Capability::SecureListeners`]).
@@ -65,7 +66,7 @@ mod process;
 mod wait;
 
 pub use broker::{
-    BROKERS_ENV, BrokerKind, Capability, KIND_ENV, REPORT_ENV, SASL_PASSWORD_ENV,
+    BROKERS_ENV, BrokerKind, Capability, KIND_ENV, OAUTH_TOKEN_ENV, REPORT_ENV, SASL_PASSWORD_ENV,
     SASL_SSL_BROKERS_ENV, SASL_USER_ENV, SecureListeners, TEST_INITIAL_REBALANCE_DELAY,
     TEST_SESSION_TIMEOUT_MS, TLS_BROKERS_ENV, TLS_CA_ENV, TLS_OTHER_CA_ENV, TestBroker,
     client_config,

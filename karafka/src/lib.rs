@@ -83,7 +83,7 @@ pub use karafka_core::{
     ConfigError, Error, Header, Headers, KafkaError, KafkaSettings, Offset, Partition, Result,
     Timestamp, TimestampKind, TopicPartition, Violation, librdkafka_features, librdkafka_version,
 };
-pub use karafka_core::{contract, instrumentation, librdkafka, message, settings};
+pub use karafka_core::{contract, instrumentation, librdkafka, message, oauth, settings};
 
 pub use karafka_consumer as consumer;
 #[cfg(feature = "cli")]

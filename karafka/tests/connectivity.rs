@@ -1,6 +1,6 @@
 //! Connecting as production clusters require: the producer, the admin client and a consumer
 //! app round-trip messages over TLS with CA and host-name verification on, and over SASL
-//! (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN) over TLS; a wrong password, a plaintext client and
+//! (SCRAM-SHA-256, SCRAM-SHA-512, PLAIN, OAUTHBEARER from a token provider) over TLS; a wrong password, a plaintext client and
 //! a client that trusts another CA fail with clear errors, in bounded time, the message
 //! coming back to the caller; zstd-compressed messages round-trip on every broker.
 //!
@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use karafka::consumer::admin::Admin;
 use karafka::instrumentation::Event;
+use karafka::oauth::OAuthToken;
 use karafka::payload::Text;
 use karafka::producer::Message;
 use karafka::{App, ConsumeResult, Consumer, Context, KafkaSettings, Producer};
@@ -153,6 +154,106 @@ fn sasl_ssl_with_scram_and_plain_round_trips() {
     }
     // Three rounds of the same 50 payloads: 50 distinct messages.
     consume(&secure.sasl_ssl_settings("SCRAM-SHA-512"), &topic, 50);
+}
+
+fn token_provider(
+    token: String,
+) -> impl Fn(Option<&str>) -> Result<OAuthToken, Box<dyn std::error::Error + Send + Sync>> {
+    move |_config| {
+        let expires = std::time::SystemTime::now() + Duration::from_secs(600);
+        Ok(OAuthToken {
+            token: token.clone(),
+            principal: "karafka".into(),
+            lifetime_ms: expires.duration_since(std::time::UNIX_EPOCH)?.as_millis() as i64,
+        })
+    }
+}
+
+#[test]
+fn sasl_ssl_oauthbearer_with_a_token_provider_round_trips() {
+    let Some(broker) = secure_broker() else {
+        return;
+    };
+    let secure = broker.secure().unwrap();
+    // The password settings minus user and password: the token is the credential.
+    let mut settings = secure.sasl_ssl_settings("OAUTHBEARER");
+    settings.remove("sasl.username");
+    settings.remove("sasl.password");
+    let topic = unique_topic("oauth");
+    create_topic(&secure.sasl_ssl_settings("SCRAM-SHA-512"), &topic);
+    let producer = Producer::builder()
+        .kafka_settings(&settings)
+        .oauth_token_provider(token_provider(secure.oauth_token().to_owned()))
+        .build()
+        .unwrap();
+    let messages = (0..40)
+        .map(|i| Message::new(topic.as_str(), format!("message-{i}")))
+        .collect();
+    assert_eq!(producer.produce_many_sync(messages).unwrap().len(), 40);
+    producer.close().unwrap();
+
+    let seen = Seen::default();
+    let sink = seen.clone();
+    let mut builder = App::builder()
+        .name(unique_group("oauth"))
+        .kafka("auto.offset.reset", "earliest")
+        .kafka("session.timeout.ms", TEST_SESSION_TIMEOUT_MS)
+        .oauth_token_provider(token_provider(secure.oauth_token().to_owned()));
+    for (k, v) in settings.iter() {
+        builder = builder.kafka(k, v);
+    }
+    let app = builder
+        .topic(&topic, move |t| t.consumer(move || Collect(sink.clone())))
+        .build()
+        .unwrap();
+    let errors = Errors::attach(app.monitor());
+    let running = app.start().unwrap();
+    let done = wait_until(Duration::from_secs(60), || seen.lock().unwrap().len() >= 40);
+    running.stop_blocking().unwrap();
+    assert!(
+        done.is_ok(),
+        "consumed {}; errors: {:#?}",
+        seen.lock().unwrap().len(),
+        errors.all()
+    );
+}
+
+#[test]
+fn oauthbearer_without_a_good_token_fails_clearly() {
+    let Some(broker) = secure_broker() else {
+        return;
+    };
+    let secure = broker.secure().unwrap();
+    let oauth = secure
+        .tls_settings()
+        .with("bootstrap.servers", &secure.sasl_ssl)
+        .with("security.protocol", "SASL_SSL")
+        .with("sasl.mechanisms", "OAUTHBEARER");
+    // No provider and no librdkafka handler: the error says what to set.
+    refused(&oauth, "oauth_token_provider");
+    // A provider whose token the broker refuses.
+    let wrong = Producer::builder()
+        .kafka_settings(&oauth)
+        .kafka("message.timeout.ms", "4000")
+        .oauth_token_provider(token_provider("not-the-token".into()))
+        .build()
+        .unwrap();
+    let errors = Errors::attach(wrong.monitor());
+    let error = wrong
+        .produce_sync(Message::new("refused", "x"))
+        .expect_err("refused");
+    assert!(
+        error.to_string().contains("Authentication failed"),
+        "{error}"
+    );
+    assert!(errors.all().iter().all(|e| !e.contains("not-the-token")));
+    let _ = wrong.close();
+    // librdkafka's own unsecured-JWT handler still applies without a provider: a token is
+    // sent (and refused here, as it is not the listener's).
+    let unsecured = oauth
+        .with("enable.sasl.oauthbearer.unsecure.jwt", "true")
+        .with("sasl.oauthbearer.config", "principal=karafka");
+    refused(&unsecured, "Authentication failed");
 }
 
 /// A client that cannot connect: its dispatch fails within `message.timeout.ms` (no hang,

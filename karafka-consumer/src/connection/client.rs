@@ -79,9 +79,22 @@ fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
 /// The rdkafka context of a subscription group's client.
 pub(crate) struct GroupContext {
     pub(crate) shared: Arc<GroupShared>,
+    /// Where OAUTHBEARER tokens come from, when the app was given a provider.
+    pub(crate) oauth: Option<Arc<dyn karafka_core::oauth::OAuthTokenProvider>>,
 }
 
 impl ClientContext for GroupContext {
+    // librdkafka asks through this only when it has no handler of its own (unsecured JWT,
+    // OIDC): the provider answers, or the error says to set one.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        native::generate_oauth_token(self.oauth.as_deref(), config)
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         native::log_to_tracing(level, &self.shared.route.name, fac, log_message);
     }

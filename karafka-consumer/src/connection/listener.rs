@@ -87,6 +87,7 @@ impl Listener {
         let consumer: BaseConsumer<GroupContext> = native::client_config(&route.kafka)
             .create_with_context(GroupContext {
                 shared: shared.clone(),
+                oauth: inner.oauth.clone(),
             })
             .map_err(|e| {
                 native::client_creation_error(

@@ -10,6 +10,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor, Statistics};
+use karafka_core::oauth::OAuthTokenProvider;
 use karafka_core::{KafkaError, KafkaSettings, Partition, TopicPartition, native};
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
@@ -26,11 +27,14 @@ use crate::variant::TopicConfig;
 /// How long a topic's partition count is trusted for partition keys.
 const PARTITION_COUNT_TTL: Duration = Duration::from_secs(30);
 
-pub(crate) struct RdKafkaClientFactory;
+pub(crate) struct RdKafkaClientFactory {
+    /// Where OAUTHBEARER tokens come from, when the producer was given a provider.
+    pub(crate) oauth: Option<Arc<dyn OAuthTokenProvider>>,
+}
 
 impl ClientFactory for RdKafkaClientFactory {
     fn create(&self, setup: &ClientSetup<'_>) -> Result<Box<dyn Client>, KafkaError> {
-        Ok(Box::new(RdKafkaClient::new(setup)?))
+        Ok(Box::new(RdKafkaClient::new(setup, self.oauth.clone())?))
     }
 }
 
@@ -49,9 +53,21 @@ struct Context {
     /// keeps the hot path to one atomic load.
     last_connection_error: Mutex<Option<String>>,
     connection_error_set: AtomicBool,
+    oauth: Option<Arc<dyn OAuthTokenProvider>>,
 }
 
 impl ClientContext for Context {
+    // librdkafka asks through this only when it has no handler of its own (unsecured JWT,
+    // OIDC): the provider answers, or the error says to set one.
+    const ENABLE_REFRESH_OAUTH_TOKEN: bool = true;
+
+    fn generate_oauth_token(
+        &self,
+        config: Option<&str>,
+    ) -> Result<rdkafka::client::OAuthToken, Box<dyn std::error::Error>> {
+        native::generate_oauth_token(self.oauth.as_deref(), config)
+    }
+
     fn log(&self, level: RDKafkaLogLevel, fac: &str, log_message: &str) {
         native::log_to_tracing(level, &self.producer_id, fac, log_message);
     }
@@ -216,7 +232,10 @@ impl std::fmt::Debug for RdKafkaClient {
 }
 
 impl RdKafkaClient {
-    fn new(setup: &ClientSetup<'_>) -> Result<Self, KafkaError> {
+    fn new(
+        setup: &ClientSetup<'_>,
+        oauth: Option<Arc<dyn OAuthTokenProvider>>,
+    ) -> Result<Self, KafkaError> {
         let context = Context {
             producer_id: setup.producer_id.clone(),
             monitor: setup.monitor.clone(),
@@ -224,6 +243,7 @@ impl RdKafkaClient {
             last_error: Mutex::new(None),
             last_connection_error: Mutex::new(None),
             connection_error_set: AtomicBool::new(false),
+            oauth,
         };
         let producer: BaseProducer<Context> = native::client_config(setup.kafka)
             .create_with_context(context)
