@@ -16,8 +16,8 @@ use karafka::consumer::admin::Admin;
 use karafka::instrumentation::Event;
 use karafka::oauth::OAuthToken;
 use karafka::payload::Text;
-use karafka::producer::Message;
-use karafka::{App, ConsumeResult, Consumer, Context, KafkaSettings, Producer};
+use karafka::producer::{Message, ProducerBuilder};
+use karafka::{App, AppBuilder, ConsumeResult, Consumer, Context, KafkaSettings, Producer};
 use karafka_testing::{
     Capability, LogCapture, TEST_SESSION_TIMEOUT_MS, TestBroker, unique_group, unique_topic,
     wait_until,
@@ -78,10 +78,22 @@ fn create_topic(settings: &KafkaSettings, topic: &str) {
 }
 
 fn produce(settings: &KafkaSettings, topic: &str, count: usize, extra: &[(&str, &str)]) {
-    let mut builder = Producer::builder().kafka_settings(settings);
-    for (k, v) in extra {
-        builder = builder.kafka(*k, *v);
-    }
+    produce_with(settings, topic, count, |mut builder| {
+        for (k, v) in extra {
+            builder = builder.kafka(*k, *v);
+        }
+        builder
+    });
+}
+
+/// [`produce`] with more set on the producer's builder.
+fn produce_with(
+    settings: &KafkaSettings,
+    topic: &str,
+    count: usize,
+    configure: impl FnOnce(ProducerBuilder) -> ProducerBuilder,
+) {
+    let builder = configure(Producer::builder().kafka_settings(settings));
     let producer = builder.kafka("linger.ms", "5").build().unwrap();
     let messages: Vec<Message> = (0..count)
         .map(|i| Message::new(topic, format!("message-{i}")).key(format!("k{i}")))
@@ -93,9 +105,19 @@ fn produce(settings: &KafkaSettings, topic: &str, count: usize, extra: &[(&str, 
 
 /// Consumes `topic` with an app on `settings` until `count` distinct messages came.
 fn consume(settings: &KafkaSettings, topic: &str, count: usize) {
+    consume_with(settings, topic, count, |b| b);
+}
+
+/// [`consume`] with more set on the app's builder.
+fn consume_with(
+    settings: &KafkaSettings,
+    topic: &str,
+    count: usize,
+    configure: impl FnOnce(AppBuilder) -> AppBuilder,
+) {
     let seen = Seen::default();
     let sink = seen.clone();
-    let mut builder = App::builder()
+    let mut builder = configure(App::builder())
         .name(unique_group("connectivity"))
         .kafka("auto.offset.reset", "earliest")
         .kafka("session.timeout.ms", TEST_SESSION_TIMEOUT_MS)
@@ -181,41 +203,14 @@ fn sasl_ssl_oauthbearer_with_a_token_provider_round_trips() {
     settings.remove("sasl.password");
     let topic = unique_topic("oauth");
     create_topic(&secure.sasl_ssl_settings("SCRAM-SHA-512"), &topic);
-    let producer = Producer::builder()
-        .kafka_settings(&settings)
-        .oauth_token_provider(token_provider(secure.oauth_token().to_owned()))
-        .build()
-        .unwrap();
-    let messages = (0..40)
-        .map(|i| Message::new(topic.as_str(), format!("message-{i}")))
-        .collect();
-    assert_eq!(producer.produce_many_sync(messages).unwrap().len(), 40);
-    producer.close().unwrap();
-
-    let seen = Seen::default();
-    let sink = seen.clone();
-    let mut builder = App::builder()
-        .name(unique_group("oauth"))
-        .kafka("auto.offset.reset", "earliest")
-        .kafka("session.timeout.ms", TEST_SESSION_TIMEOUT_MS)
-        .oauth_token_provider(token_provider(secure.oauth_token().to_owned()));
-    for (k, v) in settings.iter() {
-        builder = builder.kafka(k, v);
-    }
-    let app = builder
-        .topic(&topic, move |t| t.consumer(move || Collect(sink.clone())))
-        .build()
-        .unwrap();
-    let errors = Errors::attach(app.monitor());
-    let running = app.start().unwrap();
-    let done = wait_until(Duration::from_secs(60), || seen.lock().unwrap().len() >= 40);
-    running.stop_blocking().unwrap();
-    assert!(
-        done.is_ok(),
-        "consumed {}; errors: {:#?}",
-        seen.lock().unwrap().len(),
-        errors.all()
-    );
+    let token = secure.oauth_token().to_owned();
+    produce_with(&settings, &topic, 40, |b| {
+        b.oauth_token_provider(token_provider(token))
+    });
+    let token = secure.oauth_token().to_owned();
+    consume_with(&settings, &topic, 40, |b| {
+        b.oauth_token_provider(token_provider(token))
+    });
 }
 
 #[test]
