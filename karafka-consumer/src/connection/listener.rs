@@ -216,7 +216,9 @@ impl Listener {
         let mut last_topic: Option<Arc<str>> = None;
         while polled.len() < route.max_messages {
             let now = Instant::now();
-            let timeout = if polled.is_empty() {
+            // Wait only for the first message or end of partition: after either, take what
+            // is already fetched and hand it out (reaching the end bypasses max_wait_time).
+            let timeout = if polled.is_empty() && eofs.is_empty() {
                 wake_at.saturating_duration_since(now)
             } else {
                 Duration::ZERO
@@ -249,6 +251,7 @@ impl Listener {
                         .unwrap_or_else(|p| p.into_inner())
                         .is_empty();
                     if !polled.is_empty()
+                        || !eofs.is_empty()
                         || rebalanced
                         || Instant::now() >= wake_at
                         || self.shared.control.stopping()
