@@ -2,106 +2,25 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use karafka_core::instrumentation::{AppStatus, Event, Monitor};
+use karafka_core::instrumentation::{AppStatus, Monitor};
 use karafka_core::oauth::OAuthTokenProvider;
 use karafka_core::{ConfigError, KafkaSettings, Violation, Violations};
 use karafka_producer::Producer;
 
+use crate::connection::listener::{Listener, ListenerSetup};
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
+use crate::processing::group::{self, GroupShared};
 use crate::routing::{self, ConsumerGroupBuilder, Routes, TopicBuilder, TopicSettings};
 use crate::settings::{
     DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT,
     DEFAULT_SHUTDOWN_TIMEOUT, ProcessingSettings,
 };
-
-/// A job in flight (formatted only when a report needs it).
-#[derive(Debug, Clone)]
-pub(crate) struct InFlight {
-    pub(crate) listener: Arc<str>,
-    pub(crate) job: karafka_core::instrumentation::JobKind,
-    pub(crate) tp: karafka_core::TopicPartition,
-    pub(crate) offsets: (i64, i64),
-    pub(crate) started: Instant,
-}
-
-/// Flags every listener of a running app watches.
-#[derive(Debug)]
-pub(crate) struct Control {
-    pub(crate) stop: AtomicBool,
-    /// No new batches; assignments kept.
-    pub(crate) quiet: AtomicBool,
-    /// Listeners that went quiet (paused everything, no job in flight).
-    pub(crate) quiet_listeners: std::sync::atomic::AtomicUsize,
-    pub(crate) listeners: std::sync::atomic::AtomicUsize,
-    pub(crate) status: Mutex<AppStatus>,
-    pub(crate) app: Arc<str>,
-    pub(crate) monitor: Monitor,
-    /// When the app started, for listener heartbeats (ms since then).
-    pub(crate) epoch: Instant,
-    /// Jobs in flight, for the shutdown report.
-    pub(crate) in_flight: Mutex<Vec<InFlight>>,
-}
-
-impl Control {
-    pub(crate) fn new(app: Arc<str>, monitor: Monitor) -> Self {
-        Control {
-            stop: AtomicBool::new(false),
-            quiet: AtomicBool::new(false),
-            quiet_listeners: Default::default(),
-            listeners: Default::default(),
-            status: Mutex::new(AppStatus::Initializing),
-            app,
-            monitor,
-            epoch: Instant::now(),
-            in_flight: Mutex::new(Vec::new()),
-        }
-    }
-
-    pub(crate) fn stopping(&self) -> bool {
-        self.stop.load(Ordering::Acquire)
-    }
-
-    pub(crate) fn quieting(&self) -> bool {
-        self.quiet.load(Ordering::Acquire)
-    }
-
-    /// Milliseconds since the app started (listener heartbeats).
-    pub(crate) fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Moves to `status` (once per status) and emits it.
-    pub(crate) fn set_status(&self, status: AppStatus) {
-        {
-            let mut current = self.status.lock().unwrap_or_else(|p| p.into_inner());
-            if *current == status {
-                return;
-            }
-            *current = status;
-        }
-        self.monitor.emit_with(|| Event::AppStatus {
-            app: self.app.clone(),
-            status,
-        });
-    }
-
-    pub(crate) fn status(&self) -> AppStatus {
-        *self.status.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// A listener finished going quiet; the last one makes the app quiet.
-    pub(crate) fn listener_quiet(&self) {
-        let quiet = self.quiet_listeners.fetch_add(1, Ordering::AcqRel) + 1;
-        if quiet >= self.listeners.load(Ordering::Acquire) && !self.stopping() {
-            self.set_status(AppStatus::Quiet);
-        }
-    }
-}
+use crate::status::{Control, Health};
 
 /// Configures an [`App`]: librdkafka settings, processing settings and routes.
 ///
@@ -520,19 +439,21 @@ impl App {
             inner.monitor.clone(),
         ));
         control.set_status(AppStatus::Initializing);
-        let semaphore = Arc::new(tokio::sync::Semaphore::new(inner.settings.concurrency));
+        let setup = ListenerSetup {
+            monitor: inner.monitor.clone(),
+            producer: inner.producer.clone(),
+            settings: inner.settings.clone(),
+            oauth: inner.oauth.clone(),
+            control: control.clone(),
+            runtime: handle.clone(),
+            semaphore: Arc::new(tokio::sync::Semaphore::new(inner.settings.concurrency)),
+        };
         let (done_tx, done_rx) = mpsc::channel();
         let mut listeners = Vec::new();
         let mut shared = Vec::new();
         for group in &inner.routes.consumer_groups {
             for sg in &group.subscription_groups {
-                let listener = crate::connection::listener::Listener::new(
-                    sg.clone(),
-                    self.clone(),
-                    control.clone(),
-                    handle.clone(),
-                    semaphore.clone(),
-                );
+                let listener = Listener::new(sg.clone(), &setup);
                 let listener = match listener {
                     Ok(l) => l,
                     Err(e) => {
@@ -593,24 +514,13 @@ impl fmt::Debug for App {
     }
 }
 
-/// The health of a running app (see [`Running::health`]).
-#[derive(Debug, Clone)]
-pub struct Health {
-    /// Whether nothing is wrong.
-    pub healthy: bool,
-    /// The app's status.
-    pub status: AppStatus,
-    /// What is wrong, one line each.
-    pub reasons: Vec<String>,
-}
-
 /// A started app. [`stop`](Running::stop) it to finish in-flight jobs, commit and leave the
 /// groups; dropping it stops it too.
 pub struct Running {
     app: App,
     control: Arc<Control>,
     listeners: Vec<(String, JoinHandle<()>)>,
-    groups: Vec<Arc<crate::connection::client::GroupShared>>,
+    groups: Vec<Arc<GroupShared>>,
     done: mpsc::Receiver<String>,
     runtime: Option<tokio::runtime::Runtime>,
     #[cfg(feature = "web")]
@@ -677,7 +587,7 @@ impl Running {
     /// drop it from its group) or a job running longer than `job_timeout` makes the app
     /// unhealthy; the reasons say which.
     pub fn health(&self, job_timeout: Duration) -> Health {
-        health(&self.control, &self.groups, job_timeout)
+        group::health(&self.control, &self.groups, job_timeout)
     }
 
     /// The address the health and metrics server listens on (feature `web`, when configured
@@ -748,53 +658,6 @@ pub(crate) fn worker_runtime() -> Result<tokio::runtime::Runtime> {
                 source: e,
             })
         })
-}
-
-pub(crate) fn health(
-    control: &Control,
-    groups: &[Arc<crate::connection::client::GroupShared>],
-    job_timeout: Duration,
-) -> Health {
-    let mut reasons = Vec::new();
-    let now = control.now_ms();
-    for group in groups {
-        let limit_ms: u64 = group
-            .route
-            .kafka
-            .get("max.poll.interval.ms")
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(300_000);
-        let last = group.last_poll_ms.load(Ordering::Acquire);
-        let silent = now.saturating_sub(last);
-        if silent > limit_ms {
-            reasons.push(format!(
-                "listener {}.{} has not polled for {silent} ms (max.poll.interval.ms is {limit_ms})",
-                group.route.consumer_group, group.route.name
-            ));
-        }
-    }
-    for job in control
-        .in_flight
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-    {
-        let running = job.started.elapsed();
-        if running > job_timeout {
-            reasons.push(format!(
-                "job {} {} offsets {}..={} has run for {running:?} (limit {job_timeout:?})",
-                job.job.as_str(),
-                job.tp,
-                job.offsets.0,
-                job.offsets.1
-            ));
-        }
-    }
-    Health {
-        healthy: reasons.is_empty(),
-        status: control.status(),
-        reasons,
-    }
 }
 
 fn report(control: &Control, listeners: &[String]) -> String {

@@ -82,15 +82,16 @@ use karafka_core::{KafkaError, Timestamp, TopicPartition};
 use karafka_producer::{ConsumerGroupMetadata, Message, Producer};
 use karafka_testing::{BufferedClient, Produced};
 
-use crate::app::{App, Control};
-use crate::connection::client::GroupShared;
+use crate::app::App;
 use crate::consumer::ErasedConsumer;
 use crate::context::{ClientOps, JobInput};
 use crate::message::{RawBatch, RawMessage};
 use crate::processing::coordinator::Coordinator;
 use crate::processing::executor::{self, Failure, Job};
+use crate::processing::group::GroupShared;
 use crate::processing::outcome::{Outcomes, PartitionControl};
 use crate::routing::{SubscriptionGroupRoute, TopicRoute};
+use crate::status::Control;
 
 /// Why the harness cannot do what was asked.
 #[derive(Debug, thiserror::Error)]

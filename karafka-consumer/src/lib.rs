@@ -90,10 +90,11 @@ pub(crate) mod processing;
 pub mod routing;
 mod server;
 mod settings;
+mod status;
 #[cfg(feature = "web")]
 pub mod web;
 
-pub use app::{App, AppBuilder, Health, Running};
+pub use app::{App, AppBuilder, Running};
 pub use consumer::{ConsumeResult, Consumer, NoConsumer};
 pub use context::{ClientOps, Context};
 pub use error::{Error, Result};
@@ -103,3 +104,4 @@ pub use server::{Exit, Selection};
 pub use settings::{
     DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT,
 };
+pub use status::Health;

@@ -59,9 +59,9 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
-use crate::app::Control;
-use crate::connection::client::GroupShared;
 use crate::error::{Error, Result};
+use crate::processing::group::{self, GroupShared};
+use crate::status::Control;
 
 /// Where and how to serve `/healthz` and `/metrics` (see [`AppBuilder::web`](crate::AppBuilder::web)).
 #[derive(Debug, Clone)]
@@ -472,7 +472,7 @@ impl Drop for WebServer {
 }
 
 async fn serve_healthz(State(state): State<Arc<WebState>>) -> impl IntoResponse {
-    let health = crate::app::health(&state.control, &state.groups, state.job_timeout);
+    let health = group::health(&state.control, &state.groups, state.job_timeout);
     let mut body = String::new();
     if health.healthy {
         let _ = writeln!(body, "ok\nstatus {}", health.status);

@@ -1,73 +1,19 @@
 //! The librdkafka side of a subscription group: its context (rebalances, commits, statistics,
 //! errors) and the offset operations jobs use.
 
-use std::collections::HashMap;
-use std::sync::atomic::AtomicBool;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use karafka_core::instrumentation::{
-    AssignmentChange, ErrorKind, ErrorOccurred, Event, Monitor, Statistics,
-};
+use karafka_core::instrumentation::{AssignmentChange, ErrorKind, Event, Statistics};
 use karafka_core::{KafkaError, TopicPartition, native};
-use karafka_producer::{ConsumerGroupMetadata, Producer};
+use karafka_producer::ConsumerGroupMetadata;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
-use crate::app::Control;
 use crate::context::ClientOps;
-use crate::processing::coordinator::Coordinator;
-use crate::routing::SubscriptionGroupRoute;
-use crate::settings::ProcessingSettings;
-
-/// State of one subscription group shared by its listener, the rebalance callbacks (which run
-/// on the listener thread, inside `poll`) and its jobs.
-pub(crate) struct GroupShared {
-    pub(crate) route: Arc<SubscriptionGroupRoute>,
-    pub(crate) monitor: Monitor,
-    pub(crate) producer: Producer,
-    pub(crate) settings: ProcessingSettings,
-    pub(crate) control: Arc<Control>,
-    /// Every assigned partition that has had a batch. Evicted on revocation.
-    pub(crate) coordinators: Mutex<HashMap<TopicPartition, Arc<Coordinator>>>,
-    /// Partitions revoked (true: lost) during the last poll, for the listener to act on.
-    pub(crate) revocations: Mutex<Vec<(TopicPartition, bool)>>,
-    /// Set once the listener shuts down: the final revocation runs no hooks.
-    pub(crate) closing: AtomicBool,
-    /// How many consumer instances the listener holds (published after every cycle).
-    pub(crate) instances: std::sync::atomic::AtomicUsize,
-    /// When the listener last polled (ms since the app started).
-    pub(crate) last_poll_ms: std::sync::atomic::AtomicU64,
-}
-
-impl GroupShared {
-    pub(crate) fn error(
-        &self,
-        kind: ErrorKind,
-        error: impl std::error::Error + Send + Sync + 'static,
-        tp: Option<&TopicPartition>,
-    ) {
-        self.monitor.emit_with(|| {
-            let mut e =
-                ErrorOccurred::new(kind, error).source_id(self.route.consumer_group.clone());
-            if let Some(tp) = tp {
-                e = e.at(tp.topic.clone(), Some(tp.partition), None);
-            }
-            Event::ErrorOccurred(e)
-        });
-    }
-
-    pub(crate) fn coordinator(&self, tp: &TopicPartition) -> Arc<Coordinator> {
-        self.coordinators
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(tp.clone())
-            .or_insert_with(|| Arc::new(Coordinator::new(tp.clone())))
-            .clone()
-    }
-}
+use crate::processing::group::GroupShared;
 
 fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
     list.elements()

@@ -16,24 +16,29 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use karafka_core::instrumentation::Monitor;
 use karafka_core::instrumentation::{ErrorKind, Event, JobKind};
+use karafka_core::oauth::OAuthTokenProvider;
 use karafka_core::{Headers, KafkaError, TopicPartition, native};
+use karafka_producer::Producer;
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::BorrowedMessage;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::app::{App, Control};
-use crate::connection::client::{self, GroupContext, GroupShared, KafkaOps};
+use crate::connection::client::{self, GroupContext, KafkaOps};
 use crate::consumer::ErasedConsumer;
 use crate::context::{ClientOps, JobInput};
 use crate::error::Result;
 use crate::message::{RawBatch, RawMessage};
 use crate::processing::coordinator::Coordinator;
 use crate::processing::executor::{self, Done, Job};
+use crate::processing::group::GroupShared;
 use crate::processing::outcome::{Outcomes, PartitionControl};
 use crate::routing::{SubscriptionGroupRoute, TopicRoute};
+use crate::settings::ProcessingSettings;
+use crate::status::Control;
 
 /// A partition's consumer instance and the last batch it got.
 type Instance = (Box<dyn ErasedConsumer>, Arc<RawBatch>);
@@ -63,15 +68,25 @@ pub(crate) struct Listener {
     eof_enabled: bool,
 }
 
+/// What every listener of an app shares: the app's monitor, producer, processing settings
+/// and OAuth token provider, the lifecycle state, the runtime jobs run on and the bound on
+/// jobs at once.
+pub(crate) struct ListenerSetup {
+    pub(crate) monitor: Monitor,
+    pub(crate) producer: Producer,
+    pub(crate) settings: ProcessingSettings,
+    pub(crate) oauth: Option<Arc<dyn OAuthTokenProvider>>,
+    pub(crate) control: Arc<Control>,
+    pub(crate) runtime: Handle,
+    pub(crate) semaphore: Arc<Semaphore>,
+}
+
 impl Listener {
-    pub(crate) fn new(
-        route: Arc<SubscriptionGroupRoute>,
-        app: App,
-        control: Arc<Control>,
-        runtime: Handle,
-        semaphore: Arc<Semaphore>,
-    ) -> Result<Self> {
-        let inner = &app.inner;
+    pub(crate) fn new(route: Arc<SubscriptionGroupRoute>, setup: &ListenerSetup) -> Result<Self> {
+        let inner = setup;
+        let control = setup.control.clone();
+        let runtime = setup.runtime.clone();
+        let semaphore = setup.semaphore.clone();
         let shared = Arc::new(GroupShared {
             route: route.clone(),
             monitor: inner.monitor.clone(),

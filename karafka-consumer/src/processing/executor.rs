@@ -11,13 +11,13 @@ use std::time::Instant;
 use karafka_core::TopicPartition;
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, JobKind, Monitor};
 
-use crate::app::{Control, InFlight};
 use crate::consumer::ErasedConsumer;
 use crate::context::JobInput;
 use crate::message::RawBatch;
 use crate::payload::BoxError;
 use crate::processing::coordinator::Coordinator;
 use crate::routing::TopicRoute;
+use crate::status::{Control, InFlight};
 
 pub(crate) struct Job {
     pub(crate) kind: JobKind,

@@ -4,5 +4,6 @@
 pub(crate) mod backoff;
 pub(crate) mod coordinator;
 pub(crate) mod executor;
+pub(crate) mod group;
 pub(crate) mod outcome;
 pub(crate) mod strategy;

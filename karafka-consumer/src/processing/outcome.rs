@@ -10,12 +10,12 @@ use karafka_core::instrumentation::{ErrorKind, Event, PauseReason};
 use karafka_core::{Headers, KafkaError, TopicPartition};
 use karafka_producer::Message as Outgoing;
 
-use crate::connection::client::GroupShared;
 use crate::context::ClientOps;
 use crate::message::{RawBatch, RawMessage};
 use crate::processing::backoff::backoff;
 use crate::processing::coordinator::{Coordinator, Intents, Pause};
 use crate::processing::executor::Failure;
+use crate::processing::group::GroupShared;
 use crate::processing::strategy::{Decision, Facts, decide};
 use crate::routing::{DeadLetterQueue, TopicRoute};
 
