@@ -47,6 +47,60 @@ pub fn has_feature(feature: &str) -> bool {
     features().iter().any(|f| f == feature)
 }
 
+/// Validation lives here, beside the feature checks it uses, so `settings` (the map) depends
+/// on nothing above it.
+impl KafkaSettings {
+    /// Checks every key and value with librdkafka's own configuration parser and returns
+    /// one [`Violation`] per rejected key, each at `path.<key>` and naming the key.
+    ///
+    /// This catches unknown keys and malformed values (`"acks": "most"`) before a client
+    /// is created, and settings that need a feature this build of librdkafka lacks (TLS,
+    /// SCRAM, OAUTHBEARER, zstd, GSSAPI: see [`librdkafka`](crate::librdkafka)), naming the
+    /// cargo feature that brings it. Combinations that librdkafka only checks when a client is created (for
+    /// example `enable.idempotence` with `acks=1`) are reported by the client's creation.
+    ///
+    /// ```
+    /// use karafka_core::KafkaSettings;
+    ///
+    /// let settings = KafkaSettings::new()
+    ///     .with("bootstrap.servers", "127.0.0.1:9092")
+    ///     .with("linger.mss", "5");
+    /// let violations = settings.validate("kafka");
+    /// assert_eq!(violations.len(), 1);
+    /// assert_eq!(violations[0].path, "kafka.linger.mss");
+    /// assert!(violations[0].message.contains("linger.mss"));
+    /// ```
+    pub fn validate(&self, path: &str) -> Vec<Violation> {
+        let mut violations = missing_features(self, path, features());
+        let prefix = format!("{path}.");
+        let reported: Vec<String> = violations
+            .iter()
+            .filter_map(|v| v.path.strip_prefix(&prefix).map(str::to_owned))
+            .collect();
+        violations.extend(
+            self.iter()
+                .filter(|(key, _)| !reported.iter().any(|r| r == key))
+                .filter_map(|(key, value)| {
+                    crate::native::check_librdkafka_setting(key, value)
+                        .err()
+                        .map(|reason| {
+                            let shown = if is_secret(key) { REDACTED } else { value };
+                            let reason = self.redact_in(&reason);
+                            let message = match fix_for_build_reason(&reason) {
+                                Some(fix) => format!(
+                                    "librdkafka rejects `{key}` = `{shown}`: {reason}; {fix}"
+                                ),
+                                None => format!("librdkafka rejects `{key}` = `{shown}`: {reason}"),
+                            };
+                            Violation::new(format!("{path}.{key}"), message)
+                        })
+                }),
+        );
+        violations.sort_by(|a, b| a.path.cmp(&b.path));
+        violations
+    }
+}
+
 /// What a setting needs that librdkafka only has when built with it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Need {

@@ -11,8 +11,6 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use crate::contract::Violation;
-
 /// What a redacted value prints as.
 pub const REDACTED: &str = "[REDACTED]";
 
@@ -172,62 +170,6 @@ impl KafkaSettings {
         self.iter()
             .filter(|(k, _)| KEYS.contains(k) || PREFIXES.iter().any(|p| k.starts_with(p)))
             .collect()
-    }
-
-    /// Checks every key and value with librdkafka's own configuration parser and returns
-    /// one [`Violation`] per rejected key, each at `path.<key>` and naming the key.
-    ///
-    /// This catches unknown keys and malformed values (`"acks": "most"`) before a client
-    /// is created, and settings that need a feature this build of librdkafka lacks (TLS,
-    /// SCRAM, OAUTHBEARER, zstd, GSSAPI: see [`librdkafka`](crate::librdkafka)), naming the
-    /// cargo feature that brings it. Combinations that librdkafka only checks when a client is created (for
-    /// example `enable.idempotence` with `acks=1`) are reported by the client's creation.
-    ///
-    /// ```
-    /// use karafka_core::KafkaSettings;
-    ///
-    /// let settings = KafkaSettings::new()
-    ///     .with("bootstrap.servers", "127.0.0.1:9092")
-    ///     .with("linger.mss", "5");
-    /// let violations = settings.validate("kafka");
-    /// assert_eq!(violations.len(), 1);
-    /// assert_eq!(violations[0].path, "kafka.linger.mss");
-    /// assert!(violations[0].message.contains("linger.mss"));
-    /// ```
-    pub fn validate(&self, path: &str) -> Vec<Violation> {
-        let mut violations =
-            crate::librdkafka::missing_features(self, path, crate::librdkafka::features());
-        let prefix = format!("{path}.");
-        let reported: Vec<String> = violations
-            .iter()
-            .filter_map(|v| v.path.strip_prefix(&prefix).map(str::to_owned))
-            .collect();
-        violations.extend(
-            self.entries
-                .iter()
-                .filter(|(key, _)| !reported.contains(key))
-                .filter_map(|(key, value)| {
-                    crate::native::check_librdkafka_setting(key, value)
-                        .err()
-                        .map(|reason| {
-                            let shown = if is_secret(key) {
-                                REDACTED
-                            } else {
-                                value.as_str()
-                            };
-                            let reason = self.redact_in(&reason);
-                            let message = match crate::librdkafka::fix_for_build_reason(&reason) {
-                                Some(fix) => format!(
-                                    "librdkafka rejects `{key}` = `{shown}`: {reason}; {fix}"
-                                ),
-                                None => format!("librdkafka rejects `{key}` = `{shown}`: {reason}"),
-                            };
-                            Violation::new(format!("{path}.{key}"), message)
-                        })
-                }),
-        );
-        violations.sort_by(|a, b| a.path.cmp(&b.path));
-        violations
     }
 
     /// `text` with every secret value of this map (see [`is_secret`]) replaced by
