@@ -12,7 +12,7 @@ use crate::message::{BatchMetadata, Decoder, Message, Messages, RawBatch};
 use crate::processing::coordinator::Coordinator;
 
 /// What the engine does for a context, behind a seam: librdkafka in production, an in-memory
-/// recorder in `karafka-testing`'s harness.
+/// recorder in the consumer harness (`harness`, feature `testing`).
 pub trait ClientOps: Send + Sync + 'static {
     /// Stores `next_offset` (the offset after the last processed message) for commit; false when
     /// the partition is not assigned any more.

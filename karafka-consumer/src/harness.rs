@@ -77,19 +77,17 @@ use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use karafka_core::instrumentation::JobKind;
 use karafka_core::{KafkaError, Timestamp, TopicPartition};
 use karafka_producer::{ConsumerGroupMetadata, Message, Producer};
 use karafka_testing::{BufferedClient, Produced};
 
 use crate::app::App;
-use crate::consumer::ErasedConsumer;
-use crate::context::{ClientOps, JobInput};
-use crate::message::{RawBatch, RawMessage};
-use crate::processing::coordinator::Coordinator;
-use crate::processing::executor::{self, Failure, Job};
+use crate::context::ClientOps;
+use crate::message::RawMessage;
+use crate::processing::executor::{self, Job};
 use crate::processing::group::GroupShared;
 use crate::processing::outcome::{Outcomes, PartitionControl};
+use crate::processing::pipeline::Pipeline;
 use crate::routing::{SubscriptionGroupRoute, TopicRoute};
 use crate::status::Control;
 
@@ -248,15 +246,15 @@ impl Harness {
             instances: AtomicUsize::new(0),
             last_poll_ms: AtomicU64::new(0),
         });
+        let offsets = Arc::new(Recorder::default());
         TestConsumer {
             route,
+            pipeline: Pipeline::new(shared.clone(), offsets.clone()),
             shared,
             control,
-            offsets: Arc::new(Recorder::default()),
+            offsets,
             fetch: Fetch::default(),
             log: BTreeMap::new(),
-            instances: HashMap::new(),
-            last_batches: HashMap::new(),
         }
     }
 }
@@ -349,9 +347,8 @@ pub struct TestConsumer {
     fetch: Fetch,
     /// Every message produced, per partition, in offset order (offset = index).
     log: BTreeMap<i32, Vec<RawMessage>>,
-    instances: HashMap<i32, Box<dyn ErasedConsumer>>,
-    /// The last batch each partition got (the `revoked` hook sees it, as in production).
-    last_batches: HashMap<i32, Arc<RawBatch>>,
+    /// The production pipeline: jobs from batches, outcomes from jobs, consumer instances.
+    pipeline: Pipeline,
 }
 
 impl std::fmt::Debug for TestConsumer {
@@ -433,38 +430,22 @@ impl TestConsumer {
                 continue;
             };
             self.fetch.seek(&tp, last + 1).ok();
-            let batch = Arc::new(RawBatch {
-                messages,
-                polled_at: SystemTime::now(),
-            });
+            let first = messages[0].offset;
             let attempt = coordinator.attempt();
-            self.last_batches.insert(partition, batch.clone());
-            let Some(done) = self
-                .run(
-                    JobKind::Consume,
+            // One partition's messages: at most one job (none when the topic has no
+            // consumer, or the partition is paused or revoked).
+            for job in self.pipeline.consume_jobs(messages) {
+                let done = self.run(job).await;
+                let error = done.outcome.as_ref().err().map(|e| e.to_string());
+                self.pipeline.after(done, &self.fetch);
+                results.push(BatchOutcome {
                     partition,
-                    batch.clone(),
-                    coordinator.clone(),
-                )
-                .await
-            else {
-                continue;
-            };
-            self.outcomes().settle(
-                &tp,
-                &self.route,
-                &batch,
-                &coordinator,
-                &done.outcome,
-                done.stored_before,
-            );
-            results.push(BatchOutcome {
-                partition,
-                first_offset: batch.messages[0].offset,
-                last_offset: last,
-                attempt,
-                error: done.outcome.err().map(|e| e.to_string()),
-            });
+                    first_offset: first,
+                    last_offset: last,
+                    attempt,
+                    error,
+                });
+            }
         }
         results
     }
@@ -517,51 +498,34 @@ impl TestConsumer {
     /// marked offset. Returns the hook's error, if any.
     pub async fn revoke(&mut self, partition: i32) -> Option<String> {
         let tp = self.tp(partition);
-        let coordinator = Arc::new(Coordinator::new(tp.clone()));
-        coordinator.revoke();
-        let last_batch = self
-            .last_batches
-            .remove(&partition)
-            .unwrap_or_else(empty_batch);
-        let outcome = self
-            .run(JobKind::Revoked, partition, last_batch, coordinator)
-            .await
-            .and_then(|done| done.outcome.err().map(|e| e.to_string()));
-        self.instances.remove(&partition);
-        self.shared
-            .coordinators
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&tp);
+        // As a rebalance does: the partition's state goes, its `revoked` hook is queued.
+        self.shared.revoke(std::slice::from_ref(&tp), false);
+        let mut error = None;
+        for job in self.pipeline.revocation_jobs() {
+            let done = self.run(job).await;
+            error = error.or(done.outcome.as_ref().err().map(|e| e.to_string()));
+            self.pipeline.after(done, &self.fetch);
+        }
         let restart = self.marked(partition).unwrap_or(0);
         self.fetch.seek(&tp, restart).ok();
-        outcome
+        error
     }
 
     /// Runs the `shutdown` hook of every consumer instance; returns the errors by partition.
     pub async fn shutdown(&mut self) -> Vec<(i32, String)> {
         let mut errors = Vec::new();
-        let partitions: Vec<i32> = self.instances.keys().copied().collect();
-        for partition in partitions {
-            let coordinator = self.shared.coordinator(&self.tp(partition));
-            if let Some(done) = self
-                .run(JobKind::Shutdown, partition, empty_batch(), coordinator)
-                .await
-            {
-                if let Err(e) = done.outcome {
-                    errors.push((partition, e.to_string()));
-                }
+        for job in self.pipeline.shutdown_jobs() {
+            let partition = job.input.tp.partition;
+            let done = self.run(job).await;
+            if let Err(e) = &done.outcome {
+                errors.push((partition, e.to_string()));
             }
         }
         errors
     }
 
     fn outcomes(&self) -> Outcomes<'_> {
-        Outcomes {
-            shared: &self.shared,
-            ops: self.offsets.as_ref(),
-            partitions: &self.fetch,
-        }
+        self.pipeline.outcomes(&self.fetch)
     }
 
     fn tp(&self, partition: i32) -> TopicPartition {
@@ -578,64 +542,14 @@ impl TestConsumer {
             .unwrap_or(0)
     }
 
-    /// Runs one job with the partition's consumer instance (created on first use); the
-    /// instance is kept for the next job unless the partition was revoked.
-    async fn run(
-        &mut self,
-        kind: JobKind,
-        partition: i32,
-        batch: Arc<RawBatch>,
-        coordinator: Arc<Coordinator>,
-    ) -> Option<Done> {
-        let consumer = match self.instances.remove(&partition) {
-            Some(c) => c,
-            None if kind == JobKind::Consume => (self.route.factory.as_ref()?)(),
-            None => return None,
-        };
-        let job = Job {
-            kind,
-            topic: self.route.clone(),
-            consumer,
-            input: JobInput {
-                tp: self.tp(partition),
-                batch,
-                coordinator,
-                ops: self.offsets.clone(),
-                producer: self.shared.producer.clone(),
-                monitor: self.shared.monitor.clone(),
-                consumer_group: self.shared.route.consumer_group.clone(),
-            },
-        };
-        let done = executor::run(
+    /// Runs one job on the caller's task (the listener runs them on the worker runtime).
+    async fn run(&self, job: Job) -> executor::Done {
+        executor::run(
             job,
             self.shared.monitor.clone(),
             self.control.clone(),
             "karafka.harness".into(),
         )
-        .await;
-        let executor::Done {
-            consumer,
-            outcome,
-            stored_before,
-            ..
-        } = done;
-        self.instances.insert(partition, consumer);
-        Some(Done {
-            outcome,
-            stored_before,
-        })
+        .await
     }
-}
-
-/// The part of a finished job the harness needs.
-struct Done {
-    outcome: Result<(), Failure>,
-    stored_before: Option<i64>,
-}
-
-fn empty_batch() -> Arc<RawBatch> {
-    Arc::new(RawBatch {
-        messages: Vec::new(),
-        polled_at: SystemTime::now(),
-    })
 }

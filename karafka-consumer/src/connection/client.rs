@@ -81,20 +81,7 @@ impl ConsumerContext for GroupContext {
                         shared.error(ErrorKind::ConnectionClientCommit, e, None);
                     }
                 }
-                {
-                    let mut coordinators = shared
-                        .coordinators
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner());
-                    let mut revocations =
-                        shared.revocations.lock().unwrap_or_else(|p| p.into_inner());
-                    for tp in &revoked {
-                        if let Some(c) = coordinators.remove(tp) {
-                            c.revoke();
-                        }
-                        revocations.push((tp.clone(), lost));
-                    }
-                }
+                shared.revoke(&revoked, lost);
                 shared.monitor.emit_with(|| Event::Rebalance {
                     consumer_group: shared.route.consumer_group.clone(),
                     subscription_group: shared.route.name.clone(),

@@ -13,11 +13,11 @@
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use karafka_core::instrumentation::Monitor;
-use karafka_core::instrumentation::{ErrorKind, Event, JobKind};
+use karafka_core::instrumentation::{ErrorKind, Event};
 use karafka_core::oauth::OAuthTokenProvider;
 use karafka_core::{Headers, KafkaError, TopicPartition, native};
 use karafka_producer::Producer;
@@ -28,20 +28,16 @@ use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use crate::connection::client::{self, GroupContext, KafkaOps};
-use crate::consumer::ErasedConsumer;
-use crate::context::{ClientOps, JobInput};
+use crate::context::ClientOps;
 use crate::error::Result;
-use crate::message::{RawBatch, RawMessage};
-use crate::processing::coordinator::Coordinator;
+use crate::message::RawMessage;
 use crate::processing::executor::{self, Done, Job};
 use crate::processing::group::GroupShared;
-use crate::processing::outcome::{Outcomes, PartitionControl};
-use crate::routing::{SubscriptionGroupRoute, TopicRoute};
+use crate::processing::outcome::PartitionControl;
+use crate::processing::pipeline::Pipeline;
+use crate::routing::SubscriptionGroupRoute;
 use crate::settings::ProcessingSettings;
 use crate::status::Control;
-
-/// A partition's consumer instance and the last batch it got.
-type Instance = (Box<dyn ErasedConsumer>, Arc<RawBatch>);
 
 /// A polled message whose key and payload are ranges of the batch's buffer.
 struct Polled {
@@ -58,11 +54,10 @@ pub(crate) struct Listener {
     name: Arc<str>,
     shared: Arc<GroupShared>,
     consumer: Arc<BaseConsumer<GroupContext>>,
-    ops: Arc<dyn ClientOps>,
-    topics: HashMap<Arc<str>, Arc<TopicRoute>>,
-    /// Consumer instances, one per partition that has had a batch, with that batch (the
-    /// `revoked` hook gets it, as in Karafka).
-    instances: HashMap<TopicPartition, Instance>,
+    /// Pause, resume and seek on the client, for the pipeline's outcomes.
+    partitions: ClientPartitions,
+    /// Jobs from polls, outcomes from jobs: the code the harness runs too.
+    pipeline: Pipeline,
     runtime: Handle,
     semaphore: Arc<Semaphore>,
     eof_enabled: bool,
@@ -111,11 +106,6 @@ impl Listener {
                     &route.kafka,
                 )
             })?;
-        let topics: HashMap<Arc<str>, Arc<TopicRoute>> = route
-            .topics
-            .iter()
-            .map(|t| (t.name.clone(), t.clone()))
-            .collect();
         let names: Vec<&str> = route.topics.iter().map(|t| &*t.name).collect();
         consumer.subscribe(&names).map_err(|e| {
             native::kafka_error(format!("subscribe {} to {names:?}", route.name), &e)
@@ -128,11 +118,10 @@ impl Listener {
         Ok(Listener {
             name: format!("{}.{}", route.consumer_group, route.name).into(),
             eof_enabled: route.kafka.get("enable.partition.eof") == Some("true"),
+            pipeline: Pipeline::new(shared.clone(), ops),
+            partitions: ClientPartitions(consumer.clone()),
             shared,
             consumer,
-            ops,
-            topics,
-            instances: HashMap::new(),
             runtime,
             semaphore,
         })
@@ -156,10 +145,10 @@ impl Listener {
             }
             self.resume_due();
             let (batch, eofs, polled_for) = self.poll_batch();
-            let mut jobs = self.revocation_jobs();
+            let mut jobs = self.pipeline.revocation_jobs();
             if !batch.is_empty() {
                 let (before, messages) = (jobs.len(), batch.len());
-                jobs.extend(self.consume_jobs(batch));
+                jobs.extend(self.pipeline.consume_jobs(batch));
                 let shared = &self.shared;
                 shared.monitor.emit_with(|| Event::BatchReceived {
                     consumer_group: shared.route.consumer_group.clone(),
@@ -174,11 +163,9 @@ impl Listener {
                 continue;
             }
             for done in self.execute(jobs) {
-                self.after(done);
+                self.pipeline.after(done, &self.partitions);
             }
-            self.shared
-                .instances
-                .store(self.instances.len(), Ordering::Release);
+            self.pipeline.publish_instances();
         }
         self.shutdown();
     }
@@ -205,7 +192,7 @@ impl Listener {
                 break;
             }
         }
-        let jobs = self.revocation_jobs();
+        let jobs = self.pipeline.revocation_jobs();
         if !jobs.is_empty() {
             drop(self.execute(jobs));
         }
@@ -305,9 +292,9 @@ impl Listener {
             Some(t) if &**t == name => t.clone(),
             _ => {
                 let t = self
-                    .topics
-                    .get_key_value(name)
-                    .map_or_else(|| Arc::from(name), |(known, _)| known.clone());
+                    .pipeline
+                    .topic(name)
+                    .map_or_else(|| Arc::from(name), |known| known.name.clone());
                 *last_topic = Some(t.clone());
                 t
             }
@@ -337,116 +324,6 @@ impl Listener {
 
     // -- jobs -------------------------------------------------------------------------------
 
-    fn input(
-        &self,
-        tp: TopicPartition,
-        batch: Arc<RawBatch>,
-        coordinator: Arc<Coordinator>,
-    ) -> JobInput {
-        JobInput {
-            tp,
-            batch,
-            coordinator,
-            ops: self.ops.clone(),
-            producer: self.shared.producer.clone(),
-            monitor: self.shared.monitor.clone(),
-            consumer_group: self.shared.route.consumer_group.clone(),
-        }
-    }
-
-    fn empty_batch() -> Arc<RawBatch> {
-        Arc::new(RawBatch {
-            messages: Vec::new(),
-            polled_at: SystemTime::now(),
-        })
-    }
-
-    fn instance(
-        &mut self,
-        tp: &TopicPartition,
-        topic: &TopicRoute,
-    ) -> Option<Box<dyn ErasedConsumer>> {
-        self.instances
-            .remove(tp)
-            .map(|(consumer, _)| consumer)
-            .or_else(|| topic.factory.as_ref().map(|make| make()))
-    }
-
-    /// `revoked` jobs for partitions taken away during the last poll; their state is gone.
-    fn revocation_jobs(&mut self) -> Vec<Job> {
-        let revoked: Vec<(TopicPartition, bool)> = std::mem::take(
-            &mut *self
-                .shared
-                .revocations
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        );
-        let mut jobs = Vec::new();
-        for (tp, _lost) in revoked {
-            let Some((consumer, last_batch)) = self.instances.remove(&tp) else {
-                continue;
-            };
-            if self.shared.closing.load(Ordering::Acquire) {
-                continue;
-            }
-            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
-                continue;
-            };
-            let coordinator = Arc::new(Coordinator::new(tp.clone()));
-            coordinator.revoke();
-            jobs.push(Job {
-                kind: JobKind::Revoked,
-                topic,
-                consumer,
-                input: self.input(tp, last_batch, coordinator),
-            });
-        }
-        jobs
-    }
-
-    /// One job per partition of the batch, in offset order. Messages of paused partitions are
-    /// dropped: they are fetched again when the partition resumes (from its resume offset).
-    fn consume_jobs(&mut self, batch: Vec<RawMessage>) -> Vec<Job> {
-        let polled_at = SystemTime::now();
-        let mut by_partition: Vec<(TopicPartition, Vec<RawMessage>)> = Vec::new();
-        for message in batch {
-            match by_partition
-                .iter_mut()
-                .find(|(tp, _)| tp.partition == message.partition && tp.topic == message.topic)
-            {
-                Some((_, messages)) => messages.push(message),
-                None => by_partition.push((
-                    TopicPartition::new(message.topic.clone(), message.partition),
-                    vec![message],
-                )),
-            }
-        }
-        let mut jobs = Vec::with_capacity(by_partition.len());
-        for (tp, messages) in by_partition {
-            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
-                continue;
-            };
-            let coordinator = self.shared.coordinator(&tp);
-            if coordinator.is_paused() || coordinator.is_revoked() {
-                continue;
-            }
-            let Some(consumer) = self.instance(&tp, &topic) else {
-                continue;
-            };
-            let batch = Arc::new(RawBatch {
-                messages,
-                polled_at,
-            });
-            jobs.push(Job {
-                kind: JobKind::Consume,
-                topic,
-                consumer,
-                input: self.input(tp, batch, coordinator),
-            });
-        }
-        jobs
-    }
-
     /// `eofed` jobs (with `enable.partition.eof=true`). librdkafka names only the partition
     /// number, so the topic is the assigned one with that partition; when several topics of
     /// the subscription group have it, the event is skipped.
@@ -455,7 +332,7 @@ impl Listener {
             return Vec::new();
         }
         let assignment = self.consumer.assignment().ok();
-        let mut jobs = Vec::new();
+        let mut ends = Vec::new();
         for partition in eofs {
             let candidates: Vec<TopicPartition> = assignment
                 .iter()
@@ -463,25 +340,14 @@ impl Listener {
                 .filter(|e| e.partition() == *partition)
                 .map(|e| TopicPartition::new(e.topic(), e.partition()))
                 .collect();
-            let [tp] = candidates.as_slice() else {
-                tracing::debug!(target: "karafka", partition, "end of partition reached on several topics; eofed skipped");
-                continue;
-            };
-            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
-                continue;
-            };
-            let coordinator = self.shared.coordinator(tp);
-            let Some(consumer) = self.instance(tp, &topic) else {
-                continue;
-            };
-            jobs.push(Job {
-                kind: JobKind::Eofed,
-                topic,
-                consumer,
-                input: self.input(tp.clone(), Self::empty_batch(), coordinator),
-            });
+            match <[TopicPartition; 1]>::try_from(candidates) {
+                Ok([tp]) => ends.push(tp),
+                Err(_) => {
+                    tracing::debug!(target: "karafka", partition, "end of partition reached on several topics; eofed skipped");
+                }
+            }
         }
-        jobs
+        self.pipeline.eof_jobs(ends)
     }
 
     /// Runs the jobs (at most `concurrency` at once across the app) and waits for every one
@@ -522,90 +388,19 @@ impl Listener {
         })
     }
 
-    // -- after a job --------------------------------------------------------------------------
-
-    fn after(&mut self, done: Done) {
-        match done.kind {
-            JobKind::Consume => self.after_consume(done),
-            JobKind::Eofed if !done.coordinator.is_revoked() => {
-                self.instances.insert(done.tp, (done.consumer, done.batch));
-            }
-            _ => {}
-        }
-    }
-
-    fn after_consume(&mut self, done: Done) {
-        let Done {
-            tp,
-            topic,
-            consumer,
-            batch,
-            coordinator,
-            outcome,
-            stored_before,
-            ..
-        } = done;
-        if coordinator.is_revoked() {
-            return;
-        }
-        self.instances.insert(tp.clone(), (consumer, batch.clone()));
-        self.outcomes()
-            .settle(&tp, &topic, &batch, &coordinator, &outcome, stored_before);
-    }
-
-    fn outcomes(&self) -> Outcomes<'_> {
-        Outcomes {
-            shared: &self.shared,
-            ops: self.ops.as_ref(),
-            partitions: self,
-        }
-    }
-
     fn resume_due(&self) {
-        let now = Instant::now();
-        let due: Vec<Arc<Coordinator>> = self
-            .shared
-            .coordinators
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter(|c| c.pause().is_some_and(|p| p.until <= now))
-            .cloned()
-            .collect();
-        let outcomes = self.outcomes();
-        for coordinator in due {
-            outcomes.resume(&coordinator.tp.clone(), &coordinator);
-        }
+        self.pipeline.resume_due(Instant::now(), &self.partitions);
     }
 
     fn next_resume(&self) -> Option<Instant> {
-        self.shared
-            .coordinators
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .values()
-            .filter_map(|c| c.pause().map(|p| p.until))
-            .min()
+        self.pipeline.next_resume()
     }
 
     // -- shutdown -----------------------------------------------------------------------------
 
     /// Runs `shutdown` hooks, commits what was processed and leaves the group.
     fn shutdown(mut self) {
-        let instances: Vec<(TopicPartition, Instance)> = self.instances.drain().collect();
-        let mut jobs = Vec::new();
-        for (tp, (consumer, _)) in instances {
-            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
-                continue;
-            };
-            let coordinator = self.shared.coordinator(&tp);
-            jobs.push(Job {
-                kind: JobKind::Shutdown,
-                topic,
-                consumer,
-                input: self.input(tp, Self::empty_batch(), coordinator),
-            });
-        }
+        let jobs = self.pipeline.shutdown_jobs();
         if !jobs.is_empty() {
             drop(self.execute(jobs));
         }
@@ -616,22 +411,31 @@ impl Listener {
         }
         // Dropping the last reference closes the client: it leaves the group (the final
         // revocation commits again and runs no hooks).
-        let Listener { consumer, ops, .. } = self;
-        drop(ops);
+        let Listener {
+            consumer,
+            pipeline,
+            partitions,
+            ..
+        } = self;
+        drop(pipeline);
+        drop(partitions);
         drop(consumer);
     }
 }
 
-impl PartitionControl for Listener {
+/// Pause, resume and seek on the group's librdkafka client.
+struct ClientPartitions(Arc<BaseConsumer<GroupContext>>);
+
+impl PartitionControl for ClientPartitions {
     fn pause(&self, tp: &TopicPartition) -> std::result::Result<(), KafkaError> {
-        client::pause(&self.consumer, tp, false)
+        client::pause(&self.0, tp, false)
     }
 
     fn resume(&self, tp: &TopicPartition) -> std::result::Result<(), KafkaError> {
-        client::pause(&self.consumer, tp, true)
+        client::pause(&self.0, tp, true)
     }
 
     fn seek(&self, tp: &TopicPartition, offset: i64) -> std::result::Result<(), KafkaError> {
-        client::seek(&self.consumer, tp, offset)
+        client::seek(&self.0, tp, offset)
     }
 }

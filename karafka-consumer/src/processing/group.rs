@@ -36,6 +36,20 @@ pub(crate) struct GroupShared {
 }
 
 impl GroupShared {
+    /// Forgets the state of `revoked` partitions (their coordinators are marked revoked, so
+    /// a job still holding one cannot mark) and queues them for their `revoked` hooks
+    /// ([`Pipeline::revocation_jobs`](crate::processing::pipeline::Pipeline::revocation_jobs)).
+    pub(crate) fn revoke(&self, revoked: &[TopicPartition], lost: bool) {
+        let mut coordinators = self.coordinators.lock().unwrap_or_else(|p| p.into_inner());
+        let mut revocations = self.revocations.lock().unwrap_or_else(|p| p.into_inner());
+        for tp in revoked {
+            if let Some(c) = coordinators.remove(tp) {
+                c.revoke();
+            }
+            revocations.push((tp.clone(), lost));
+        }
+    }
+
     pub(crate) fn error(
         &self,
         kind: ErrorKind,

@@ -6,4 +6,5 @@ pub(crate) mod coordinator;
 pub(crate) mod executor;
 pub(crate) mod group;
 pub(crate) mod outcome;
+pub(crate) mod pipeline;
 pub(crate) mod strategy;

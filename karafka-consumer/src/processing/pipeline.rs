@@ -1,0 +1,293 @@
+//! The processing pipeline of one subscription group: what a poll result becomes (jobs)
+//! and what a finished job becomes (marks, retries, dead letters, seeks, pauses).
+//!
+//! It is the one copy of that path: the listener feeds it librdkafka's polls and runs its
+//! jobs on the worker runtime; the test harness feeds it an in-memory log and runs the jobs
+//! on the caller's task. Where messages come from ([`ClientOps`] for offsets,
+//! [`PartitionControl`] for pause/resume/seek) and how jobs run are the callers'; which jobs
+//! a batch makes and how their outcomes settle are here.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
+
+use karafka_core::TopicPartition;
+use karafka_core::instrumentation::JobKind;
+
+use crate::consumer::ErasedConsumer;
+use crate::context::{ClientOps, JobInput};
+use crate::message::{RawBatch, RawMessage};
+use crate::processing::coordinator::Coordinator;
+use crate::processing::executor::{Done, Job};
+use crate::processing::group::GroupShared;
+use crate::processing::outcome::{Outcomes, PartitionControl};
+use crate::routing::TopicRoute;
+
+/// A partition's consumer instance with the last batch it got (the `revoked` hook gets it,
+/// as in Karafka).
+type Instance = (Box<dyn ErasedConsumer>, Arc<RawBatch>);
+
+/// One subscription group's jobs and outcomes. Lives on the thread that drives it (the
+/// listener's, or the test's task).
+pub(crate) struct Pipeline {
+    shared: Arc<GroupShared>,
+    ops: Arc<dyn ClientOps>,
+    topics: HashMap<Arc<str>, Arc<TopicRoute>>,
+    /// Consumer instances, one per partition that has had a job.
+    instances: HashMap<TopicPartition, Instance>,
+}
+
+impl Pipeline {
+    /// A pipeline for `shared`'s subscription group, storing offsets through `ops`.
+    pub(crate) fn new(shared: Arc<GroupShared>, ops: Arc<dyn ClientOps>) -> Self {
+        let topics = shared
+            .route
+            .topics
+            .iter()
+            .map(|t| (t.name.clone(), t.clone()))
+            .collect();
+        Pipeline {
+            shared,
+            ops,
+            topics,
+            instances: HashMap::new(),
+        }
+    }
+
+    /// Publishes how many instances are held (for tests of state eviction).
+    pub(crate) fn publish_instances(&self) {
+        self.shared
+            .instances
+            .store(self.instances.len(), Ordering::Release);
+    }
+
+    /// The routed topic `name`, if it is one of the group's.
+    pub(crate) fn topic(&self, name: &str) -> Option<&Arc<TopicRoute>> {
+        self.topics.get(name)
+    }
+
+    fn input(
+        &self,
+        tp: TopicPartition,
+        batch: Arc<RawBatch>,
+        coordinator: Arc<Coordinator>,
+    ) -> JobInput {
+        JobInput {
+            tp,
+            batch,
+            coordinator,
+            ops: self.ops.clone(),
+            producer: self.shared.producer.clone(),
+            monitor: self.shared.monitor.clone(),
+            consumer_group: self.shared.route.consumer_group.clone(),
+        }
+    }
+
+    /// The partition's instance: the held one, else a new one from the topic's factory.
+    fn instance(
+        &mut self,
+        tp: &TopicPartition,
+        topic: &TopicRoute,
+    ) -> Option<Box<dyn ErasedConsumer>> {
+        self.instances
+            .remove(tp)
+            .map(|(consumer, _)| consumer)
+            .or_else(|| topic.factory.as_ref().map(|make| make()))
+    }
+
+    /// `revoked` jobs for the partitions taken away since the last call
+    /// ([`GroupShared::revoke`]); their state is gone.
+    pub(crate) fn revocation_jobs(&mut self) -> Vec<Job> {
+        let revoked: Vec<(TopicPartition, bool)> = std::mem::take(
+            &mut *self
+                .shared
+                .revocations
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        );
+        let mut jobs = Vec::new();
+        for (tp, _lost) in revoked {
+            let Some((consumer, last_batch)) = self.instances.remove(&tp) else {
+                continue;
+            };
+            if self.shared.closing.load(Ordering::Acquire) {
+                continue;
+            }
+            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
+                continue;
+            };
+            let coordinator = Arc::new(Coordinator::new(tp.clone()));
+            coordinator.revoke();
+            jobs.push(Job {
+                kind: JobKind::Revoked,
+                topic,
+                consumer,
+                input: self.input(tp, last_batch, coordinator),
+            });
+        }
+        jobs
+    }
+
+    /// One job per partition of `batch`, in offset order. Messages of paused or revoked
+    /// partitions are dropped: they are fetched again when the partition resumes (from its
+    /// resume offset) or by its next owner.
+    pub(crate) fn consume_jobs(&mut self, batch: Vec<RawMessage>) -> Vec<Job> {
+        let polled_at = SystemTime::now();
+        let mut by_partition: Vec<(TopicPartition, Vec<RawMessage>)> = Vec::new();
+        for message in batch {
+            match by_partition
+                .iter_mut()
+                .find(|(tp, _)| tp.partition == message.partition && tp.topic == message.topic)
+            {
+                Some((_, messages)) => messages.push(message),
+                None => by_partition.push((
+                    TopicPartition::new(message.topic.clone(), message.partition),
+                    vec![message],
+                )),
+            }
+        }
+        let mut jobs = Vec::with_capacity(by_partition.len());
+        for (tp, messages) in by_partition {
+            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
+                continue;
+            };
+            let coordinator = self.shared.coordinator(&tp);
+            if coordinator.is_paused() || coordinator.is_revoked() {
+                continue;
+            }
+            let Some(consumer) = self.instance(&tp, &topic) else {
+                continue;
+            };
+            let batch = Arc::new(RawBatch {
+                messages,
+                polled_at,
+            });
+            jobs.push(Job {
+                kind: JobKind::Consume,
+                topic,
+                consumer,
+                input: self.input(tp, batch, coordinator),
+            });
+        }
+        jobs
+    }
+
+    /// `eofed` jobs for partitions whose end was reached.
+    pub(crate) fn eof_jobs(&mut self, ends: Vec<TopicPartition>) -> Vec<Job> {
+        let mut jobs = Vec::new();
+        for tp in ends {
+            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
+                continue;
+            };
+            let coordinator = self.shared.coordinator(&tp);
+            let Some(consumer) = self.instance(&tp, &topic) else {
+                continue;
+            };
+            jobs.push(Job {
+                kind: JobKind::Eofed,
+                topic,
+                consumer,
+                input: self.input(tp, empty_batch(), coordinator),
+            });
+        }
+        jobs
+    }
+
+    /// `shutdown` jobs, one per held instance (the instances go with them).
+    pub(crate) fn shutdown_jobs(&mut self) -> Vec<Job> {
+        let instances: Vec<(TopicPartition, Instance)> = self.instances.drain().collect();
+        let mut jobs = Vec::new();
+        for (tp, (consumer, _)) in instances {
+            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
+                continue;
+            };
+            let coordinator = self.shared.coordinator(&tp);
+            jobs.push(Job {
+                kind: JobKind::Shutdown,
+                topic,
+                consumer,
+                input: self.input(tp, empty_batch(), coordinator),
+            });
+        }
+        jobs
+    }
+
+    /// After a job: its instance is kept for the partition's next job (unless the partition
+    /// was revoked meanwhile, or the job was its `revoked` or `shutdown` hook), and a consume
+    /// job's outcome is settled (mark / retry / dead letter, then the consumer's seek or
+    /// pause).
+    pub(crate) fn after(&mut self, done: Done, partitions: &dyn PartitionControl) {
+        let Done {
+            kind,
+            tp,
+            topic,
+            consumer,
+            batch,
+            coordinator,
+            outcome,
+            stored_before,
+        } = done;
+        match kind {
+            JobKind::Consume if !coordinator.is_revoked() => {
+                self.instances.insert(tp.clone(), (consumer, batch.clone()));
+                self.outcomes(partitions).settle(
+                    &tp,
+                    &topic,
+                    &batch,
+                    &coordinator,
+                    &outcome,
+                    stored_before,
+                );
+            }
+            JobKind::Eofed if !coordinator.is_revoked() => {
+                self.instances.insert(tp, (consumer, batch));
+            }
+            _ => {}
+        }
+    }
+
+    /// What settles outcomes, with `partitions` for pauses and seeks.
+    pub(crate) fn outcomes<'a>(&'a self, partitions: &'a dyn PartitionControl) -> Outcomes<'a> {
+        Outcomes {
+            shared: &self.shared,
+            ops: self.ops.as_ref(),
+            partitions,
+        }
+    }
+
+    /// Resumes every partition whose pause ended by `now`.
+    pub(crate) fn resume_due(&self, now: Instant, partitions: &dyn PartitionControl) {
+        let due: Vec<Arc<Coordinator>> = self
+            .shared
+            .coordinators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter(|c| c.pause().is_some_and(|p| p.until <= now))
+            .cloned()
+            .collect();
+        let outcomes = self.outcomes(partitions);
+        for coordinator in due {
+            outcomes.resume(&coordinator.tp.clone(), &coordinator);
+        }
+    }
+
+    /// When the earliest pause ends.
+    pub(crate) fn next_resume(&self) -> Option<Instant> {
+        self.shared
+            .coordinators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .filter_map(|c| c.pause().map(|p| p.until))
+            .min()
+    }
+}
+
+fn empty_batch() -> Arc<RawBatch> {
+    Arc::new(RawBatch {
+        messages: Vec::new(),
+        polled_at: SystemTime::now(),
+    })
+}
