@@ -196,8 +196,8 @@ class Scram:
 
 
 class Connection:
-    def __init__(self, args, users, reader, writer):
-        self.args, self.users = args, users
+    def __init__(self, args, users, token, reader, writer):
+        self.args, self.users, self.token = args, users, token
         self.reader, self.writer = reader, writer
         self.mechanism = None
         self.exchange = None
@@ -313,7 +313,7 @@ class Connection:
             _, _, kvs = token.decode().partition(",\x01")
             pairs = dict(kv.split("=", 1) for kv in kvs.split("\x01") if "=" in kv)
             bearer = pairs.get("auth", "")
-            expected = self.users.get("oauth")
+            expected = self.token
             if not bearer.startswith("Bearer ") or expected is None or not hmac.compare_digest(
                 bearer[len("Bearer ") :].encode(), expected.encode()
             ):
@@ -338,14 +338,18 @@ async def relay(reader, writer):
 
 
 def read_users(path):
-    users = {}
+    """`name:password` lines; the `oauth:` line is the OAUTHBEARER token, not a user."""
+    users, token = {}, None
     with open(path, encoding="utf-8") as f:
         for line in f:
             line = line.strip()
             if line and not line.startswith("#"):
                 name, _, password = line.partition(":")
-                users[name] = password
-    return users
+                if name == "oauth":
+                    token = password
+                else:
+                    users[name] = password
+    return users, token
 
 
 async def main():
@@ -356,12 +360,12 @@ async def main():
     parser.add_argument("--key", required=True)
     parser.add_argument("--users")
     args = parser.parse_args()
-    users = read_users(args.users) if args.users else None
+    users, token = read_users(args.users) if args.users else (None, None)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(args.cert, args.key)
 
     async def handle(reader, writer):
-        await Connection(args, users, reader, writer).run()
+        await Connection(args, users, token, reader, writer).run()
 
     host, port = args.listen.rsplit(":", 1)
     server = await asyncio.start_server(handle, host, int(port), ssl=context)

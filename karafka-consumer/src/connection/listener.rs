@@ -78,15 +78,14 @@ pub(crate) struct ListenerSetup {
 
 impl Listener {
     pub(crate) fn new(route: Arc<SubscriptionGroupRoute>, setup: &ListenerSetup) -> Result<Self> {
-        let inner = setup;
         let control = setup.control.clone();
         let runtime = setup.runtime.clone();
         let semaphore = setup.semaphore.clone();
         let shared = Arc::new(GroupShared {
             route: route.clone(),
-            monitor: inner.monitor.clone(),
-            producer: inner.producer.clone(),
-            settings: inner.settings.clone(),
+            monitor: setup.monitor.clone(),
+            producer: setup.producer.clone(),
+            settings: setup.settings.clone(),
             control,
             coordinators: Mutex::new(HashMap::new()),
             revocations: Mutex::new(Vec::new()),
@@ -97,7 +96,7 @@ impl Listener {
         let consumer: BaseConsumer<GroupContext> = native::client_config(&route.kafka)
             .create_with_context(GroupContext {
                 shared: shared.clone(),
-                oauth: inner.oauth.clone(),
+                oauth: setup.oauth.clone(),
             })
             .map_err(|e| {
                 native::client_creation_error(
