@@ -74,22 +74,46 @@ impl Consumer for Member {
     }
 }
 
+/// How the three members join.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Joins {
+    /// At fixed times (0 s, 1.5 s, 3 s): the second member arrives while the group's first
+    /// join may still be held by the coordinator's initial rebalance delay.
+    Fixed,
+    /// The first member alone, until it has partitions; then the messages start to flow and
+    /// the others join 1.5 s apart.
+    AfterFirstAssignment,
+    /// Each member only once the one before it has partitions.
+    Staggered,
+}
+
 /// Runs the scenario with the given consumer settings (bootstrap and group.id excluded);
 /// members join at fixed times.
 pub fn scenario(broker: &TestBroker, consumer_settings: KafkaSettings) -> Arc<Observed> {
-    run(broker, consumer_settings, false)
+    run(broker, consumer_settings, Joins::Fixed)
+}
+
+/// The scenario where the second and third members join a running group: only once the
+/// first one has its partitions (not inside the coordinator's initial rebalance delay, where
+/// all three would share the first assignment), then 1.5 s apart, while the messages flow.
+/// The later members must not wait for their own assignment: under cooperative-sticky a new
+/// member's first assignment is empty and the partitions move a rebalance later.
+pub fn scenario_after_first_assignment(
+    broker: &TestBroker,
+    consumer_settings: KafkaSettings,
+) -> Arc<Observed> {
+    run(broker, consumer_settings, Joins::AfterFirstAssignment)
 }
 
 /// The scenario where each member joins only once the one before it has partitions: eager
 /// groups on Tansu need it, as its coordinator can wedge an eager group for good when a
 /// second member joins while the first one's initial join is still being held (measured: 3
-/// in 30 runs, no member assigned for 120 s). Cooperative groups must not wait: there a new
-/// member's first assignment is empty and the partitions move a rebalance later.
+/// in 30 runs, no member assigned for 120 s).
 pub fn scenario_staggered(broker: &TestBroker, consumer_settings: KafkaSettings) -> Arc<Observed> {
-    run(broker, consumer_settings, true)
+    run(broker, consumer_settings, Joins::Staggered)
 }
 
-fn run(broker: &TestBroker, consumer_settings: KafkaSettings, staggered: bool) -> Arc<Observed> {
+fn run(broker: &TestBroker, consumer_settings: KafkaSettings, joins: Joins) -> Arc<Observed> {
     let topic = unique_topic("rebalance");
     let group = unique_group("rebalance");
     broker.create_topic(&topic, PARTITIONS).unwrap();
@@ -140,7 +164,7 @@ fn run(broker: &TestBroker, consumer_settings: KafkaSettings, staggered: bool) -
     };
 
     // Messages flow for about 6 s while members come and go.
-    let producing = {
+    let produce = || {
         let topic = topic.clone();
         let settings = broker.producer_settings();
         std::thread::spawn(move || {
@@ -163,22 +187,39 @@ fn run(broker: &TestBroker, consumer_settings: KafkaSettings, staggered: bool) -
         })
     };
     let started = Instant::now();
-    let at = |secs: f64| {
-        let due = started + Duration::from_secs_f64(secs);
-        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-    };
-    let joined = |id: usize| {
-        if !staggered {
-            return;
-        }
+    let wait_assigned = |id: usize| {
         wait_until(Duration::from_secs(30), || {
             observed.assigned.lock().unwrap().contains(&id)
         })
         .unwrap_or_else(|_| panic!("member {id} was not assigned partitions within 30 s"));
     };
+    let joined = |id: usize| {
+        if joins == Joins::Staggered {
+            wait_assigned(id);
+        }
+    };
+    let mut producing = None;
+    if joins != Joins::AfterFirstAssignment {
+        producing = Some(produce());
+    }
     let first = member(1);
+    if joins == Joins::AfterFirstAssignment {
+        wait_assigned(1);
+        producing = Some(produce());
+    }
+    // Fixed times count from the first member's start, or from its first assignment.
+    let origin = Instant::now();
+    let origin = if joins == Joins::Fixed {
+        started
+    } else {
+        origin
+    };
+    let at = |secs: f64| {
+        let due = origin + Duration::from_secs_f64(secs);
+        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+    };
     joined(1);
     at(1.5);
     let second = member(2);
@@ -188,7 +229,9 @@ fn run(broker: &TestBroker, consumer_settings: KafkaSettings, staggered: bool) -
     joined(3);
     at(4.5);
     first.stop_blocking().unwrap();
-    producing.join().unwrap();
+    if let Some(producing) = producing {
+        producing.join().unwrap();
+    }
     wait_until(Duration::from_secs(120), || {
         observed.processed.lock().unwrap().len() >= MESSAGES
     })
