@@ -8,7 +8,7 @@ use karafka_core::instrumentation::Monitor;
 use karafka_core::{Partition, TopicPartition};
 use karafka_producer::{ConsumerGroupMetadata, Producer};
 
-use crate::message::{BatchMetadata, Decoder, Message, Messages, RawBatch};
+use crate::message::{BatchMetadata, BatchView, Decoder, Message, Messages};
 use crate::processing::coordinator::Coordinator;
 
 /// What the engine does for a context, behind a seam: librdkafka in production, an in-memory
@@ -26,7 +26,7 @@ pub trait ClientOps: Send + Sync + 'static {
 /// Everything a job runs with.
 pub(crate) struct JobInput {
     pub(crate) tp: TopicPartition,
-    pub(crate) batch: Arc<RawBatch>,
+    pub(crate) batch: BatchView,
     pub(crate) coordinator: Arc<Coordinator>,
     pub(crate) ops: Arc<dyn ClientOps>,
     pub(crate) producer: Producer,
@@ -58,24 +58,21 @@ impl<P> Context<P> {
     pub(crate) fn new(input: JobInput, decoder: Decoder<P>) -> Self {
         let processed_at = SystemTime::now();
         let batch = &input.batch;
-        let metadata = BatchMetadata::new(&batch.messages, batch.polled_at, processed_at)
-            .unwrap_or_else(|| BatchMetadata {
+        let metadata =
+            BatchMetadata::new(batch, processed_at).unwrap_or_else(|| BatchMetadata {
                 topic: input.tp.topic.clone(),
                 partition: input.tp.partition,
                 first_offset: -1,
                 last_offset: -1,
                 size: 0,
                 created_at: karafka_core::Timestamp::NotAvailable,
-                polled_at: batch.polled_at,
+                polled_at: batch.polled_at(),
                 processed_at,
                 consumption_lag_ms: -1,
                 processing_lag_ms: 0,
             });
-        let messages = (0..batch.messages.len())
-            .map(|i| Message::new(batch.clone(), i, decoder.clone()))
-            .collect();
         Context {
-            messages: Messages::new(messages, metadata),
+            messages: Messages::new(input.batch.clone(), decoder, metadata),
             input,
         }
     }

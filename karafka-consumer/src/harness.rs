@@ -83,7 +83,7 @@ use karafka_testing::{BufferedClient, Produced};
 
 use crate::app::App;
 use crate::context::ClientOps;
-use crate::message::RawMessage;
+use crate::message::PollBufferBuilder;
 use crate::processing::executor::{self, Job};
 use crate::processing::group::GroupShared;
 use crate::processing::outcome::{Outcomes, PartitionControl};
@@ -338,6 +338,14 @@ pub struct PauseState {
     pub retry: bool,
 }
 
+/// A message of the in-memory log (its offset is its index in the partition's log).
+struct Logged {
+    key: Option<Bytes>,
+    payload: Option<Bytes>,
+    headers: karafka_core::Headers,
+    timestamp: Timestamp,
+}
+
 /// One routed topic's consumer under test. See the [module](self).
 pub struct TestConsumer {
     route: Arc<TopicRoute>,
@@ -346,7 +354,7 @@ pub struct TestConsumer {
     offsets: Arc<Recorder>,
     fetch: Fetch,
     /// Every message produced, per partition, in offset order (offset = index).
-    log: BTreeMap<i32, Vec<RawMessage>>,
+    log: BTreeMap<i32, Vec<Logged>>,
     /// The production pipeline: jobs from batches, outcomes from jobs, consumer instances.
     pipeline: Pipeline,
 }
@@ -390,10 +398,7 @@ impl TestConsumer {
                 .duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| d.as_millis() as i64)
         });
-        log.push(RawMessage {
-            topic: self.route.name.clone(),
-            partition,
-            offset,
+        log.push(Logged {
             key: message.key,
             payload: message.payload,
             headers: message.headers,
@@ -420,21 +425,36 @@ impl TestConsumer {
                 }
             }
             let position = self.position(partition);
-            let messages: Vec<RawMessage> = self.log[&partition]
+            // Delivered like a poll: copied into one buffer, the job gets a view of it.
+            let skip = usize::try_from(position).unwrap_or(0);
+            let mut buffer = PollBufferBuilder::new(self.route.max_messages.min(8192), 0);
+            let topic = buffer.topic(&self.route.name);
+            for (offset, m) in self.log[&partition]
                 .iter()
-                .skip(usize::try_from(position).unwrap_or(0))
+                .enumerate()
+                .skip(skip)
                 .take(self.route.max_messages)
-                .cloned()
-                .collect();
-            let Some(last) = messages.last().map(|m| m.offset) else {
+            {
+                buffer.push(
+                    topic,
+                    partition,
+                    offset as i64,
+                    m.key.as_deref(),
+                    m.payload.as_deref(),
+                    m.headers.clone(),
+                    m.timestamp,
+                );
+            }
+            if buffer.is_empty() {
                 continue;
-            };
+            }
+            let (first, last) = (skip as i64, (skip + buffer.len() - 1) as i64);
             self.fetch.seek(&tp, last + 1).ok();
-            let first = messages[0].offset;
+            let (buffer, ranges) = buffer.finish(SystemTime::now());
             let attempt = coordinator.attempt();
             // One partition's messages: at most one job (none when the topic has no
             // consumer, or the partition is paused or revoked).
-            for job in self.pipeline.consume_jobs(messages) {
+            for job in self.pipeline.consume_jobs(&buffer, ranges) {
                 let done = self.run(job).await;
                 let error = done.outcome.as_ref().err().map(|e| e.to_string());
                 self.pipeline.after(done, &self.fetch);

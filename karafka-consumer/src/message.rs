@@ -1,6 +1,14 @@
 //! Consumed messages and their batch.
+//!
+//! A poll's messages live once, in a [`PollBuffer`]: one record per message (offsets,
+//! headers, timestamps) and one byte arena for every key and payload. A job's batch is a
+//! [`BatchView`], a range of that buffer's records (one partition's, in offset order), so one
+//! poll can feed several jobs without copying a message. The consumer's [`Messages`] wraps
+//! the view with per-message decode caches; building it clones no `Arc` per message.
 
 use std::fmt;
+use std::ops::Range;
+use std::ptr::NonNull;
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -10,68 +18,359 @@ use karafka_core::{Headers, Partition, Timestamp};
 use crate::payload::BoxError;
 
 /// Decodes a raw payload for one topic (its deserializer, wrapped to report failures).
-pub(crate) type Decoder<P> = Arc<dyn Fn(&RawMessage) -> Result<P, BoxError> + Send + Sync>;
+pub(crate) type Decoder<P> = Arc<dyn Fn(&RecordRef<'_>) -> Result<P, BoxError> + Send + Sync>;
 
-/// A message as it came from Kafka, before decoding.
-#[derive(Debug, Clone)]
+/// Where a key or payload lies in its buffer's arena.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Span {
+    start: usize,
+    end: usize,
+}
+
+/// One polled message: its Kafka fields; its topic, key and payload point into its buffer.
+#[derive(Debug)]
 pub(crate) struct RawMessage {
-    pub(crate) topic: Arc<str>,
+    topic: u32,
     pub(crate) partition: Partition,
     pub(crate) offset: i64,
-    pub(crate) key: Option<Bytes>,
-    pub(crate) payload: Option<Bytes>,
+    key: Option<Span>,
+    payload: Option<Span>,
     pub(crate) headers: Headers,
     pub(crate) timestamp: Timestamp,
 }
 
-/// A batch as polled, shared by its messages, its job and the listener (which needs it back for
-/// retries and dead-letter dispatch).
+/// The messages of one poll (or one harness delivery), stored once.
 #[derive(Debug)]
-pub(crate) struct RawBatch {
-    pub(crate) messages: Vec<RawMessage>,
-    pub(crate) polled_at: SystemTime,
+pub(crate) struct PollBuffer {
+    topics: Vec<Arc<str>>,
+    records: Vec<RawMessage>,
+    arena: Bytes,
+    polled_at: SystemTime,
 }
 
-/// A consumed message: its Kafka fields, and its payload decoded on first use.
-pub struct Message<P> {
-    batch: Arc<RawBatch>,
-    index: usize,
-    decoded: OnceLock<Result<P, DeserializationError>>,
-    decoder: Decoder<P>,
+/// Fills a [`PollBuffer`]: records pre-sized to the poll's `max_messages`, the arena to what
+/// the caller expects (the listener passes the size of its previous poll's arena).
+pub(crate) struct PollBufferBuilder {
+    topics: Vec<Arc<str>>,
+    records: Vec<RawMessage>,
+    arena: Vec<u8>,
 }
 
-impl<P> Message<P> {
-    pub(crate) fn new(batch: Arc<RawBatch>, index: usize, decoder: Decoder<P>) -> Self {
-        Message {
-            batch,
-            index,
-            decoded: OnceLock::new(),
-            decoder,
+impl PollBufferBuilder {
+    pub(crate) fn new(messages: usize, arena_bytes: usize) -> Self {
+        PollBufferBuilder {
+            topics: Vec::new(),
+            records: Vec::with_capacity(messages),
+            arena: Vec::with_capacity(arena_bytes),
         }
     }
 
-    fn raw(&self) -> &RawMessage {
-        &self.batch.messages[self.index]
+    /// The index of `topic` in this buffer (a linear search: a poll holds a few topics;
+    /// callers cache it while messages of one topic follow each other).
+    pub(crate) fn topic(&mut self, topic: &Arc<str>) -> u32 {
+        let found = self.topics.iter().position(|t| Arc::ptr_eq(t, topic) || t == topic);
+        let index = found.unwrap_or_else(|| {
+            self.topics.push(topic.clone());
+            self.topics.len() - 1
+        });
+        u32::try_from(index).unwrap_or(u32::MAX)
+    }
+
+    /// Adds a message of the topic at `topic` (from [`topic`](Self::topic)).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn push(
+        &mut self,
+        topic: u32,
+        partition: Partition,
+        offset: i64,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: Headers,
+        timestamp: Timestamp,
+    ) {
+        let key = key.map(|k| self.put(k));
+        let payload = payload.map(|p| self.put(p));
+        self.records.push(RawMessage {
+            topic,
+            partition,
+            offset,
+            key,
+            payload,
+            headers,
+            timestamp,
+        });
+    }
+
+    fn put(&mut self, bytes: &[u8]) -> Span {
+        let start = self.arena.len();
+        self.arena.extend_from_slice(bytes);
+        Span {
+            start,
+            end: self.arena.len(),
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.records.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.records.is_empty()
+    }
+
+    /// The buffer, and one range of records per partition in the order partitions first
+    /// appear, each in offset order. A poll usually holds runs of one partition each; when a
+    /// partition's messages come in several runs, the records are stably sorted by partition
+    /// first (offset order within a partition is kept).
+    pub(crate) fn finish(mut self, polled_at: SystemTime) -> (Arc<PollBuffer>, Vec<Range<usize>>) {
+        let key = |r: &RawMessage| (r.topic, r.partition);
+        let mut runs = runs_of(&self.records, key);
+        let mut seen: Vec<(u32, Partition)> = Vec::with_capacity(runs.len());
+        let mut split = false;
+        for run in &runs {
+            let k = key(&self.records[run.start]);
+            if seen.contains(&k) {
+                split = true;
+                break;
+            }
+            seen.push(k);
+        }
+        if split {
+            // Partitions in the order of their first message, then offsets as polled.
+            let mut first_seen: Vec<(u32, Partition)> = Vec::new();
+            for r in &self.records {
+                if !first_seen.contains(&key(r)) {
+                    first_seen.push(key(r));
+                }
+            }
+            self.records.sort_by_key(|r| {
+                first_seen
+                    .iter()
+                    .position(|k| *k == key(r))
+                    .unwrap_or(usize::MAX)
+            });
+            runs = runs_of(&self.records, key);
+        }
+        let buffer = PollBuffer {
+            topics: self.topics,
+            records: self.records,
+            arena: Bytes::from(self.arena),
+            polled_at,
+        };
+        (Arc::new(buffer), runs)
+    }
+}
+
+/// Ranges of consecutive records with the same key.
+fn runs_of<K: PartialEq>(records: &[RawMessage], key: impl Fn(&RawMessage) -> K) -> Vec<Range<usize>> {
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=records.len() {
+        if i == records.len() || key(&records[i]) != key(&records[start]) {
+            if i > start {
+                out.push(start..i);
+            }
+            start = i;
+        }
+    }
+    out
+}
+
+impl PollBuffer {
+    /// Bytes of keys and payloads held.
+    pub(crate) fn arena_len(&self) -> usize {
+        self.arena.len()
+    }
+
+    fn record(&self, index: usize) -> RecordRef<'_> {
+        RecordRef {
+            buffer: self,
+            raw: &self.records[index],
+        }
+    }
+}
+
+/// A batch: a range of one buffer's records (one partition's, in offset order). Cloning it
+/// clones one `Arc`.
+#[derive(Debug, Clone)]
+pub(crate) struct BatchView {
+    buffer: Arc<PollBuffer>,
+    range: Range<usize>,
+}
+
+impl BatchView {
+    /// The records `range` of `buffer`.
+    pub(crate) fn new(buffer: Arc<PollBuffer>, range: Range<usize>) -> Self {
+        debug_assert!(range.end <= buffer.records.len());
+        BatchView { buffer, range }
+    }
+
+    /// No messages (for lifecycle hooks).
+    pub(crate) fn empty() -> Self {
+        let buffer = PollBuffer {
+            topics: Vec::new(),
+            records: Vec::new(),
+            arena: Bytes::new(),
+            polled_at: SystemTime::now(),
+        };
+        BatchView {
+            buffer: Arc::new(buffer),
+            range: 0..0,
+        }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.range.len()
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.range.is_empty()
+    }
+
+    pub(crate) fn polled_at(&self) -> SystemTime {
+        self.buffer.polled_at
+    }
+
+    /// The records, in offset order.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
+        self.range.clone().map(|i| self.buffer.record(i))
+    }
+
+    pub(crate) fn first(&self) -> Option<RecordRef<'_>> {
+        (!self.is_empty()).then(|| self.buffer.record(self.range.start))
+    }
+
+    pub(crate) fn last(&self) -> Option<RecordRef<'_>> {
+        (!self.is_empty()).then(|| self.buffer.record(self.range.end - 1))
+    }
+
+    /// The partition's record at `offset`.
+    pub(crate) fn find(&self, offset: i64) -> Option<RecordRef<'_>> {
+        self.iter().find(|r| r.offset() == offset)
+    }
+
+    /// The offsets of the first and the last message (-1, -1 when empty).
+    pub(crate) fn offsets(&self) -> (i64, i64) {
+        (
+            self.first().map_or(-1, |r| r.offset()),
+            self.last().map_or(-1, |r| r.offset()),
+        )
+    }
+}
+
+/// A record with its buffer: what decoders, dead-letter dispatch and instrumentation read.
+#[derive(Clone, Copy)]
+pub(crate) struct RecordRef<'a> {
+    buffer: &'a PollBuffer,
+    raw: &'a RawMessage,
+}
+
+impl<'a> RecordRef<'a> {
+    pub(crate) fn topic(&self) -> &'a Arc<str> {
+        &self.buffer.topics[self.raw.topic as usize]
+    }
+
+    pub(crate) fn partition(&self) -> Partition {
+        self.raw.partition
+    }
+
+    pub(crate) fn offset(&self) -> i64 {
+        self.raw.offset
+    }
+
+    pub(crate) fn headers(&self) -> &'a Headers {
+        &self.raw.headers
+    }
+
+    pub(crate) fn timestamp(&self) -> Timestamp {
+        self.raw.timestamp
+    }
+
+    pub(crate) fn key(&self) -> Option<&'a [u8]> {
+        self.raw.key.map(|s| &self.buffer.arena[s.start..s.end])
+    }
+
+    pub(crate) fn payload(&self) -> Option<&'a [u8]> {
+        self.raw.payload.map(|s| &self.buffer.arena[s.start..s.end])
+    }
+
+    /// The key as `Bytes` sharing the arena (no copy).
+    pub(crate) fn key_bytes(&self) -> Option<Bytes> {
+        self.raw.key.map(|s| self.buffer.arena.slice(s.start..s.end))
+    }
+
+    /// The payload as `Bytes` sharing the arena (no copy).
+    pub(crate) fn payload_bytes(&self) -> Option<Bytes> {
+        self.raw
+            .payload
+            .map(|s| self.buffer.arena.slice(s.start..s.end))
+    }
+}
+
+/// What every message of a batch shares: the view and the topic's decoder.
+struct Shared<P> {
+    batch: BatchView,
+    decoder: Decoder<P>,
+}
+
+/// A consumed message: its Kafka fields, and its payload decoded on first use.
+///
+/// Only ever seen by reference, inside its batch ([`Messages`]).
+pub struct Message<P> {
+    /// The batch's shared part, owned by the [`Messages`] this message lives in.
+    shared: NonNull<Shared<P>>,
+    /// The record's index in the buffer.
+    index: usize,
+    decoded: OnceLock<Result<P, DeserializationError>>,
+    raw_payload: OnceLock<Option<Bytes>>,
+}
+
+// SAFETY: a `Message` only reads through `shared`, which points into the `Arc<Shared<P>>` of
+// the `Messages` that holds it. `Shared<P>` is `Send + Sync` for every `P` (an `Arc` of an
+// immutable buffer and a `Send + Sync` decoder), so sharing or sending that read access is
+// sound; the decode caches are `OnceLock`s, `Send` when `P: Send` and `Sync` when `P: Send +
+// Sync`, which are the bounds here.
+#[allow(unsafe_code)]
+unsafe impl<P: Send> Send for Message<P> {}
+// SAFETY: see the `Send` impl above.
+#[allow(unsafe_code)]
+unsafe impl<P: Send + Sync> Sync for Message<P> {}
+
+impl<P> Message<P> {
+    fn shared(&self) -> &Shared<P> {
+        // SAFETY: `Message`s are made only by `Messages::new`, pointing at the `Arc<Shared<P>>`
+        // that the same `Messages` owns (its heap allocation never moves). They are stored in
+        // that `Messages` and handed out only by shared reference borrowed from it: no
+        // `Message` is public to construct, clone or move out, so the `Arc` is alive for as
+        // long as any `&Message` exists. The pointee is never mutated.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.shared.as_ref()
+        }
+    }
+
+    fn raw(&self) -> RecordRef<'_> {
+        self.shared().batch.buffer.record(self.index)
     }
 
     /// Topic.
     pub fn topic(&self) -> &str {
-        &self.raw().topic
+        self.raw().topic()
     }
 
     /// Partition.
     pub fn partition(&self) -> Partition {
-        self.raw().partition
+        self.raw().partition()
     }
 
     /// Offset.
     pub fn offset(&self) -> i64 {
-        self.raw().offset
+        self.raw().offset()
     }
 
     /// The key, raw.
     pub fn key(&self) -> Option<&[u8]> {
-        self.raw().key.as_deref()
+        self.raw().key()
     }
 
     /// The key as UTF-8, if it is.
@@ -81,22 +380,24 @@ impl<P> Message<P> {
 
     /// The headers, raw (several values per key possible).
     pub fn headers(&self) -> &Headers {
-        &self.raw().headers
+        self.raw().headers()
     }
 
     /// The timestamp and its kind.
     pub fn timestamp(&self) -> Timestamp {
-        self.raw().timestamp
+        self.raw().timestamp()
     }
 
     /// The payload bytes as they came (`None` for a tombstone).
     pub fn raw_payload(&self) -> Option<&Bytes> {
-        self.raw().payload.as_ref()
+        self.raw_payload
+            .get_or_init(|| self.raw().payload_bytes())
+            .as_ref()
     }
 
     /// Whether the payload is null (a tombstone).
     pub fn is_tombstone(&self) -> bool {
-        self.raw().payload.is_none()
+        self.raw().payload().is_none()
     }
 
     /// The decoded payload, decoded on the first call. A failure (it is reported on
@@ -105,10 +406,10 @@ impl<P> Message<P> {
     pub fn payload(&self) -> Result<&P, DeserializationError> {
         let decoded = self.decoded.get_or_init(|| {
             let raw = self.raw();
-            (self.decoder)(raw).map_err(|source| DeserializationError {
-                topic: raw.topic.clone(),
-                partition: raw.partition,
-                offset: raw.offset,
+            (self.shared().decoder)(&raw).map_err(|source| DeserializationError {
+                topic: raw.topic().clone(),
+                partition: raw.partition(),
+                offset: raw.offset(),
                 source: Arc::from(source),
             })
         });
@@ -118,21 +419,19 @@ impl<P> Message<P> {
 
 impl<P> fmt::Debug for Message<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let raw = self.raw();
         f.debug_struct("Message")
-            .field("topic", &self.raw().topic)
-            .field("partition", &self.raw().partition)
-            .field("offset", &self.raw().offset)
+            .field("topic", raw.topic())
+            .field("partition", &raw.partition())
+            .field("offset", &raw.offset())
             .field(
                 "key",
                 &self
                     .key_str()
                     .map_or_else(|| format!("{:?}", self.key()), str::to_owned),
             )
-            .field(
-                "payload_bytes",
-                &self.raw().payload.as_ref().map(Bytes::len),
-            )
-            .field("headers", &self.raw().headers)
+            .field("payload_bytes", &raw.payload().map(<[u8]>::len))
+            .field("headers", raw.headers())
             .finish()
     }
 }
@@ -194,29 +493,26 @@ pub struct BatchMetadata {
 }
 
 impl BatchMetadata {
-    pub(crate) fn new(
-        raw: &[RawMessage],
-        polled_at: SystemTime,
-        processed_at: SystemTime,
-    ) -> Option<Self> {
-        let first = raw.first()?;
-        let last = raw.last()?;
+    pub(crate) fn new(batch: &BatchView, processed_at: SystemTime) -> Option<Self> {
+        let first = batch.first()?;
+        let last = batch.last()?;
+        let polled_at = batch.polled_at();
         let millis = |t: SystemTime| {
             t.duration_since(SystemTime::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         };
         let processed_ms = millis(processed_at);
         Some(BatchMetadata {
-            topic: first.topic.clone(),
-            partition: first.partition,
-            first_offset: first.offset,
-            last_offset: last.offset,
-            size: raw.len(),
-            created_at: last.timestamp,
+            topic: first.topic().clone(),
+            partition: first.partition(),
+            first_offset: first.offset(),
+            last_offset: last.offset(),
+            size: batch.len(),
+            created_at: last.timestamp(),
             polled_at,
             processed_at,
             consumption_lag_ms: last
-                .timestamp
+                .timestamp()
                 .millis()
                 .map_or(-1, |created| (processed_ms - created).max(0)),
             processing_lag_ms: (processed_ms - millis(polled_at)).max(0),
@@ -226,13 +522,31 @@ impl BatchMetadata {
 
 /// The batch a consumer gets: messages of one partition, in offset order.
 pub struct Messages<P> {
+    // Declared first, so dropped before what they point into.
     messages: Vec<Message<P>>,
+    /// What `messages` point into; held, never read here.
+    _shared: Arc<Shared<P>>,
     metadata: BatchMetadata,
 }
 
 impl<P> Messages<P> {
-    pub(crate) fn new(messages: Vec<Message<P>>, metadata: BatchMetadata) -> Self {
-        Messages { messages, metadata }
+    pub(crate) fn new(batch: BatchView, decoder: Decoder<P>, metadata: BatchMetadata) -> Self {
+        let range = batch.range.clone();
+        let shared = Arc::new(Shared { batch, decoder });
+        let pointer = NonNull::from(&*shared);
+        let messages = range
+            .map(|index| Message {
+                shared: pointer,
+                index,
+                decoded: OnceLock::new(),
+                raw_payload: OnceLock::new(),
+            })
+            .collect();
+        Messages {
+            messages,
+            _shared: shared,
+            metadata,
+        }
     }
 
     /// Facts about the batch.
@@ -284,5 +598,116 @@ impl<P> fmt::Debug for Messages<P> {
         f.debug_struct("Messages")
             .field("metadata", &self.metadata)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn buffer(records: &[(&str, i32, i64)]) -> (Arc<PollBuffer>, Vec<Range<usize>>) {
+        let mut b = PollBufferBuilder::new(records.len(), 0);
+        for (topic, partition, offset) in records {
+            let t = b.topic(&Arc::from(*topic));
+            let payload = format!("{topic}/{partition}@{offset}");
+            b.push(
+                t,
+                *partition,
+                *offset,
+                Some(b"k"),
+                Some(payload.as_bytes()),
+                Headers::new(),
+                Timestamp::NotAvailable,
+            );
+        }
+        b.finish(SystemTime::now())
+    }
+
+    fn batches(records: &[(&str, i32, i64)]) -> Vec<Vec<(String, i32, i64, String)>> {
+        let (buffer, ranges) = buffer(records);
+        ranges
+            .into_iter()
+            .map(|r| {
+                BatchView::new(buffer.clone(), r)
+                    .iter()
+                    .map(|m| {
+                        (
+                            m.topic().to_string(),
+                            m.partition(),
+                            m.offset(),
+                            String::from_utf8(m.payload().unwrap().to_vec()).unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn runs_of_one_partition_each_become_one_batch_each() {
+        let got = batches(&[("a", 0, 5), ("a", 0, 6), ("a", 1, 0), ("b", 0, 9)]);
+        let keys: Vec<Vec<(String, i32, i64)>> = got
+            .iter()
+            .map(|b| b.iter().map(|(t, p, o, _)| (t.clone(), *p, *o)).collect())
+            .collect();
+        assert_eq!(
+            keys,
+            vec![
+                vec![("a".into(), 0, 5), ("a".into(), 0, 6)],
+                vec![("a".into(), 1, 0)],
+                vec![("b".into(), 0, 9)],
+            ]
+        );
+        // Every payload is the record's own.
+        for (t, p, o, payload) in got.iter().flatten() {
+            assert_eq!(payload, &format!("{t}/{p}@{o}"));
+        }
+    }
+
+    #[test]
+    fn a_partition_in_several_runs_is_gathered_in_offset_order() {
+        let got = batches(&[
+            ("a", 1, 10),
+            ("a", 0, 3),
+            ("a", 1, 11),
+            ("a", 0, 4),
+            ("a", 1, 12),
+        ]);
+        let offsets: Vec<(i32, Vec<i64>)> = got
+            .iter()
+            .map(|b| (b[0].1, b.iter().map(|m| m.2).collect()))
+            .collect();
+        assert_eq!(offsets, vec![(1, vec![10, 11, 12]), (0, vec![3, 4])]);
+        for (t, p, o, payload) in got.iter().flatten() {
+            assert_eq!(payload, &format!("{t}/{p}@{o}"));
+        }
+    }
+
+    #[test]
+    fn messages_read_their_record_and_decode_once() {
+        let (buffer, ranges) = buffer(&[("a", 2, 7), ("a", 2, 8)]);
+        let view = BatchView::new(buffer, ranges[0].clone());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = calls.clone();
+        let decoder: Decoder<String> = Arc::new(move |r: &RecordRef<'_>| {
+            counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(String::from_utf8(r.payload().unwrap_or_default().to_vec())?)
+        });
+        let metadata = BatchMetadata::new(&view, SystemTime::now()).unwrap();
+        assert_eq!((metadata.first_offset, metadata.last_offset, metadata.size), (7, 8, 2));
+        let messages = Messages::new(view, decoder, metadata);
+        let second = messages.last().unwrap();
+        assert_eq!((second.topic(), second.partition(), second.offset()), ("a", 2, 8));
+        assert_eq!(second.key(), Some(&b"k"[..]));
+        assert_eq!(second.payload().unwrap(), "a/2@8");
+        assert_eq!(second.payload().unwrap(), "a/2@8");
+        assert_eq!(&second.raw_payload().unwrap()[..], b"a/2@8");
+        assert_eq!(calls.load(std::sync::atomic::Ordering::Relaxed), 1);
+        // Messages outlive nothing they point into: moved, the batch still reads.
+        let moved = messages;
+        let payloads: Vec<&String> = moved.payloads().unwrap();
+        assert_eq!(payloads, ["a/2@7", "a/2@8"]);
+        fn send_sync<T: Send + Sync>(_: &T) {}
+        send_sync(&moved);
     }
 }

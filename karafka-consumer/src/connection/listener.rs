@@ -15,22 +15,23 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use karafka_core::instrumentation::Monitor;
 use karafka_core::instrumentation::{ErrorKind, Event};
 use karafka_core::oauth::OAuthTokenProvider;
-use karafka_core::{Headers, KafkaError, TopicPartition, native};
+use karafka_core::{KafkaError, TopicPartition, native};
 use karafka_producer::Producer;
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::BorrowedMessage;
+use std::ops::Range;
+use std::time::SystemTime;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
 use crate::connection::client::{self, GroupContext, KafkaOps};
 use crate::context::ClientOps;
 use crate::error::Result;
-use crate::message::RawMessage;
+use crate::message::{PollBuffer, PollBufferBuilder};
 use crate::processing::executor::{self, Done, Job};
 use crate::processing::group::GroupShared;
 use crate::processing::outcome::PartitionControl;
@@ -38,17 +39,6 @@ use crate::processing::pipeline::Pipeline;
 use crate::routing::SubscriptionGroupRoute;
 use crate::settings::ProcessingSettings;
 use crate::status::Control;
-
-/// A polled message whose key and payload are ranges of the batch's buffer.
-struct Polled {
-    topic: Arc<str>,
-    partition: i32,
-    offset: i64,
-    key: Option<std::ops::Range<usize>>,
-    payload: Option<std::ops::Range<usize>>,
-    headers: Headers,
-    timestamp: karafka_core::Timestamp,
-}
 
 pub(crate) struct Listener {
     name: Arc<str>,
@@ -61,6 +51,8 @@ pub(crate) struct Listener {
     runtime: Handle,
     semaphore: Arc<Semaphore>,
     eof_enabled: bool,
+    /// The arena size of the last poll: the next poll's buffer starts that large.
+    arena_hint: usize,
 }
 
 /// What every listener of an app shares: the app's monitor, producer, processing settings
@@ -117,6 +109,7 @@ impl Listener {
         Ok(Listener {
             name: format!("{}.{}", route.consumer_group, route.name).into(),
             eof_enabled: route.kafka.get("enable.partition.eof") == Some("true"),
+            arena_hint: 0,
             pipeline: Pipeline::new(shared.clone(), ops),
             partitions: ClientPartitions(consumer.clone()),
             shared,
@@ -143,11 +136,11 @@ impl Listener {
                 continue;
             }
             self.resume_due();
-            let (batch, eofs, polled_for) = self.poll_batch();
+            let (polled, eofs, polled_for) = self.poll_batch();
             let mut jobs = self.pipeline.revocation_jobs();
-            if !batch.is_empty() {
-                let (before, messages) = (jobs.len(), batch.len());
-                jobs.extend(self.pipeline.consume_jobs(batch));
+            if let Some((buffer, partitions, messages)) = polled {
+                let before = jobs.len();
+                jobs.extend(self.pipeline.consume_jobs(&buffer, partitions));
                 let shared = &self.shared;
                 shared.monitor.emit_with(|| Event::BatchReceived {
                     consumer_group: shared.route.consumer_group.clone(),
@@ -202,32 +195,39 @@ impl Listener {
     /// Polls up to `max_messages`, waiting at most `max_wait_time` (or until the next pause
     /// ends) for the first message; after it, takes only what is already fetched.
     ///
-    /// Keys and payloads of the batch are copied into one buffer, and each message's bytes are
-    /// a slice of it: one allocation per batch instead of one per message.
-    fn poll_batch(&mut self) -> (Vec<RawMessage>, Vec<i32>, Duration) {
+    /// The messages are copied out of librdkafka once, into one [`PollBuffer`] (keys and
+    /// payloads into its arena), returned with one range per partition and the count.
+    #[allow(clippy::type_complexity)]
+    fn poll_batch(
+        &mut self,
+    ) -> (
+        Option<(Arc<PollBuffer>, Vec<Range<usize>>, usize)>,
+        Vec<i32>,
+        Duration,
+    ) {
         let route = &self.shared.route;
+        let max_messages = route.max_messages;
         let started = Instant::now();
         let mut wake_at = started + route.max_wait_time;
         if let Some(next_resume) = self.next_resume() {
             wake_at = wake_at.min(next_resume);
         }
-        let mut polled: Vec<Polled> = Vec::with_capacity(route.max_messages.min(1024));
-        let mut arena: Vec<u8> = Vec::new();
+        let mut buffer = PollBufferBuilder::new(max_messages.min(8192), self.arena_hint);
         let mut eofs = Vec::new();
-        let mut last_topic: Option<Arc<str>> = None;
-        while polled.len() < route.max_messages {
-            let now = Instant::now();
+        // The topic of the previous message (batches usually hold one) and the buffer's
+        // index for it.
+        let mut last_topic: Option<(Arc<str>, u32)> = None;
+        while buffer.len() < max_messages {
             // Wait only for the first message or end of partition: after either, take what
             // is already fetched and hand it out (reaching the end bypasses max_wait_time).
-            let timeout = if polled.is_empty() && eofs.is_empty() {
-                wake_at.saturating_duration_since(now)
+            let timeout = if buffer.is_empty() && eofs.is_empty() {
+                wake_at.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
-                    let p = self.copy(&message, &mut last_topic, &mut arena);
-                    polled.push(p);
+                    self.copy(&message, &mut last_topic, &mut buffer);
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
                     eofs.push(partition)
@@ -245,80 +245,62 @@ impl Listener {
                 None => {
                     // Nothing more fetched, the wait is over, or a rebalance was served (its
                     // revocations must be acted on before more messages).
+                    if !buffer.is_empty() || !eofs.is_empty() {
+                        break;
+                    }
                     let rebalanced = !self
                         .shared
                         .revocations
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .is_empty();
-                    if !polled.is_empty()
-                        || !eofs.is_empty()
-                        || rebalanced
-                        || Instant::now() >= wake_at
-                        || self.shared.control.stopping()
-                    {
+                    if rebalanced || Instant::now() >= wake_at || self.shared.control.stopping() {
                         break;
                     }
                 }
             }
         }
-        let arena = Bytes::from(arena);
-        let messages = polled
-            .into_iter()
-            .map(|p| RawMessage {
-                topic: p.topic,
-                partition: p.partition,
-                offset: p.offset,
-                key: p.key.map(|r| arena.slice(r)),
-                payload: p.payload.map(|r| arena.slice(r)),
-                headers: p.headers,
-                timestamp: p.timestamp,
-            })
-            .collect();
-        (messages, eofs, started.elapsed())
+        let polled = (!buffer.is_empty()).then(|| {
+            let messages = buffer.len();
+            let (buffer, partitions) = buffer.finish(SystemTime::now());
+            self.arena_hint = buffer.arena_len();
+            (buffer, partitions, messages)
+        });
+        (polled, eofs, started.elapsed())
     }
 
-    /// Copies a polled message out of librdkafka: key and payload into `arena`. `last_topic`
-    /// caches the previous message's topic (batches usually have one), saving a map lookup.
+    /// Copies a polled message out of librdkafka into `buffer`. `last_topic` caches the
+    /// previous message's topic, so a run of one topic costs no name lookup.
     fn copy(
         &self,
         m: &BorrowedMessage<'_>,
-        last_topic: &mut Option<Arc<str>>,
-        arena: &mut Vec<u8>,
-    ) -> Polled {
+        last_topic: &mut Option<(Arc<str>, u32)>,
+        buffer: &mut PollBufferBuilder,
+    ) {
         let name = m.topic();
         let topic = match last_topic {
-            Some(t) if &**t == name => t.clone(),
+            Some((last, index)) if **last == *name => *index,
             _ => {
-                let t = self
+                let topic = self
                     .pipeline
                     .topic(name)
                     .map_or_else(|| Arc::from(name), |known| known.name.clone());
-                *last_topic = Some(t.clone());
-                t
+                let index = buffer.topic(&topic);
+                *last_topic = Some((topic, index));
+                index
             }
         };
-        let mut put = |bytes: Option<&[u8]>| {
-            bytes.map(|b| {
-                let start = arena.len();
-                arena.extend_from_slice(b);
-                start..arena.len()
-            })
-        };
-        let key = put(m.key());
-        let payload = put(m.payload());
-        Polled {
+        buffer.push(
             topic,
-            partition: m.partition(),
-            offset: m.offset(),
-            key,
-            payload,
-            headers: m
-                .headers()
+            m.partition(),
+            m.offset(),
+            m.key(),
+            m.payload(),
+            m.headers()
                 .map(native::from_borrowed_headers)
                 .unwrap_or_default(),
-            timestamp: native::from_rdkafka_timestamp(m.timestamp()),
-        }
+            native::from_rdkafka_timestamp(m.timestamp()),
+        );
     }
 
     // -- jobs -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, JobKind, Mo
 
 use crate::consumer::ErasedConsumer;
 use crate::context::JobInput;
-use crate::message::RawBatch;
+use crate::message::BatchView;
 use crate::payload::BoxError;
 use crate::processing::coordinator::Coordinator;
 use crate::routing::TopicRoute;
@@ -49,7 +49,7 @@ pub(crate) struct Done {
     pub(crate) tp: TopicPartition,
     pub(crate) topic: Arc<TopicRoute>,
     pub(crate) consumer: Box<dyn ErasedConsumer>,
-    pub(crate) batch: Arc<RawBatch>,
+    pub(crate) batch: BatchView,
     pub(crate) coordinator: Arc<Coordinator>,
     pub(crate) outcome: Result<(), Failure>,
     /// The stored offset before the job ran (to tell whether it made progress).
@@ -92,10 +92,7 @@ pub(crate) async fn run(
     let coordinator = input.coordinator.clone();
     let stored_before = coordinator.stored();
     let consumer_group = input.consumer_group.clone();
-    let (first, last) = (
-        batch.messages.first().map_or(-1, |m| m.offset),
-        batch.messages.last().map_or(-1, |m| m.offset),
-    );
+    let (first, last) = batch.offsets();
     monitor.emit_with(|| Event::WorkerProcess {
         consumer_group: consumer_group.clone(),
         topic: tp.topic.clone(),
@@ -107,7 +104,7 @@ pub(crate) async fn run(
             consumer_group: consumer_group.clone(),
             topic: tp.topic.clone(),
             partition: tp.partition,
-            messages: batch.messages.len(),
+            messages: batch.len(),
             first_offset: first,
             last_offset: last,
         });
@@ -144,18 +141,16 @@ pub(crate) async fn run(
 
     match &outcome {
         Ok(()) if kind == JobKind::Consume => {
-            let polled = batch.polled_at;
             monitor.emit_with(|| {
                 let metadata = crate::message::BatchMetadata::new(
-                    &batch.messages,
-                    polled,
+                    &batch,
                     std::time::SystemTime::now() - took,
                 );
                 Event::Consumed {
                     consumer_group: consumer_group.clone(),
                     topic: tp.topic.clone(),
                     partition: tp.partition,
-                    messages: batch.messages.len(),
+                    messages: batch.len(),
                     first_offset: first,
                     last_offset: last,
                     duration: took,

@@ -11,7 +11,7 @@ use karafka_core::{Headers, KafkaError, TopicPartition};
 use karafka_producer::Message as Outgoing;
 
 use crate::context::ClientOps;
-use crate::message::{RawBatch, RawMessage};
+use crate::message::{BatchView, RecordRef};
 use crate::processing::backoff::backoff;
 use crate::processing::coordinator::{Coordinator, Intents, Pause};
 use crate::processing::executor::Failure;
@@ -42,16 +42,16 @@ impl Outcomes<'_> {
         &self,
         tp: &TopicPartition,
         topic: &TopicRoute,
-        batch: &RawBatch,
+        batch: &BatchView,
         coordinator: &Arc<Coordinator>,
         outcome: &Result<(), Failure>,
         stored_before: Option<i64>,
     ) {
         let intents = coordinator.take_intents();
-        let (first_offset, last_offset) = match (batch.messages.first(), batch.messages.last()) {
-            (Some(f), Some(l)) => (f.offset, l.offset),
-            _ => return,
-        };
+        if batch.is_empty() {
+            return;
+        }
+        let (first_offset, last_offset) = batch.offsets();
         let settings = &self.shared.settings;
         let facts = Facts {
             succeeded: outcome.is_ok(),
@@ -101,7 +101,7 @@ impl Outcomes<'_> {
             Decision::DeadLetter { offset, attempts } => {
                 match (
                     topic.dead_letter_queue.as_ref(),
-                    batch.messages.iter().find(|m| m.offset == offset),
+                    batch.find(offset),
                 ) {
                     (Some(dlq), Some(raw)) => self.dead_letter(tp, coordinator, dlq, raw, attempts),
                     _ => {
@@ -142,32 +142,32 @@ impl Outcomes<'_> {
         tp: &TopicPartition,
         coordinator: &Arc<Coordinator>,
         dlq: &DeadLetterQueue,
-        raw: &RawMessage,
+        raw: RecordRef<'_>,
         attempts: u32,
     ) {
         let shared = self.shared;
-        let mut headers: Headers = raw.headers.clone();
+        let mut headers: Headers = raw.headers().clone();
         headers
-            .append("source_topic", raw.topic.to_string())
-            .append("source_partition", raw.partition.to_string())
-            .append("source_offset", raw.offset.to_string())
+            .append("source_topic", raw.topic().to_string())
+            .append("source_partition", raw.partition().to_string())
+            .append("source_offset", raw.offset().to_string())
             .append(
                 "source_consumer_group",
                 shared.route.consumer_group.to_string(),
             );
         let mut message = Outgoing {
-            payload: raw.payload.clone(),
-            key: raw.key.clone(),
+            payload: raw.payload_bytes(),
+            key: raw.key_bytes(),
             headers,
             ..Outgoing::new(dlq.topic(), Bytes::new())
         };
-        if raw.payload.is_none() && raw.key.is_none() {
+        if raw.payload().is_none() && raw.key().is_none() {
             // A null key and payload cannot be a tombstone; keep it as an empty payload.
             message.payload = Some(Bytes::new());
         }
         match shared.producer.produce_sync(message) {
             Ok(_) => {
-                let next = raw.offset + 1;
+                let next = raw.offset() + 1;
                 coordinator.set_attempt(1);
                 if coordinator.mark(next) {
                     self.ops.store_offset(tp, next);
@@ -179,7 +179,7 @@ impl Outcomes<'_> {
                     consumer_group: shared.route.consumer_group.clone(),
                     topic: tp.topic.clone(),
                     partition: tp.partition,
-                    offset: raw.offset,
+                    offset: raw.offset(),
                     dlq_topic: dlq.topic().into(),
                     attempts,
                 });
@@ -195,7 +195,7 @@ impl Outcomes<'_> {
                     settings.pause_max_timeout,
                     settings.pause_exponential,
                 );
-                self.pause(tp, coordinator, raw.offset, wait, PauseReason::Retry);
+                self.pause(tp, coordinator, raw.offset(), wait, PauseReason::Retry);
             }
         }
     }

@@ -10,14 +10,15 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime};
+use std::ops::Range;
+use std::time::Instant;
 
 use karafka_core::TopicPartition;
 use karafka_core::instrumentation::JobKind;
 
 use crate::consumer::ErasedConsumer;
 use crate::context::{ClientOps, JobInput};
-use crate::message::{RawBatch, RawMessage};
+use crate::message::{BatchView, PollBuffer};
 use crate::processing::coordinator::Coordinator;
 use crate::processing::executor::{Done, Job};
 use crate::processing::group::GroupShared;
@@ -26,7 +27,7 @@ use crate::routing::TopicRoute;
 
 /// A partition's consumer instance with the last batch it got (the `revoked` hook gets it,
 /// as in Karafka).
-type Instance = (Box<dyn ErasedConsumer>, Arc<RawBatch>);
+type Instance = (Box<dyn ErasedConsumer>, BatchView);
 
 /// One subscription group's jobs and outcomes. Lives on the thread that drives it (the
 /// listener's, or the test's task).
@@ -70,7 +71,7 @@ impl Pipeline {
     fn input(
         &self,
         tp: TopicPartition,
-        batch: Arc<RawBatch>,
+        batch: BatchView,
         coordinator: Arc<Coordinator>,
     ) -> JobInput {
         JobInput {
@@ -129,29 +130,26 @@ impl Pipeline {
         jobs
     }
 
-    /// One job per partition of `batch`, in offset order. Messages of paused or revoked
-    /// partitions are dropped: they are fetched again when the partition resumes (from its
-    /// resume offset) or by its next owner.
-    pub(crate) fn consume_jobs(&mut self, batch: Vec<RawMessage>) -> Vec<Job> {
-        let polled_at = SystemTime::now();
-        let mut by_partition: Vec<(TopicPartition, Vec<RawMessage>)> = Vec::new();
-        for message in batch {
-            match by_partition
-                .iter_mut()
-                .find(|(tp, _)| tp.partition == message.partition && tp.topic == message.topic)
-            {
-                Some((_, messages)) => messages.push(message),
-                None => by_partition.push((
-                    TopicPartition::new(message.topic.clone(), message.partition),
-                    vec![message],
-                )),
-            }
-        }
-        let mut jobs = Vec::with_capacity(by_partition.len());
-        for (tp, messages) in by_partition {
-            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
+    /// One job per partition of a poll: `partitions` are `buffer`'s ranges of one partition
+    /// each ([`PollBufferBuilder::finish`](crate::message::PollBufferBuilder::finish)); every
+    /// job's batch is a view of the buffer. Messages of paused or revoked partitions are
+    /// dropped: they are fetched again when the partition resumes (from its resume offset) or
+    /// by its next owner.
+    pub(crate) fn consume_jobs(
+        &mut self,
+        buffer: &Arc<PollBuffer>,
+        partitions: Vec<Range<usize>>,
+    ) -> Vec<Job> {
+        let mut jobs = Vec::with_capacity(partitions.len());
+        for range in partitions {
+            let batch = BatchView::new(buffer.clone(), range);
+            let Some(first) = batch.first() else {
                 continue;
             };
+            let Some(topic) = self.topics.get(&**first.topic()).cloned() else {
+                continue;
+            };
+            let tp = TopicPartition::new(topic.name.clone(), first.partition());
             let coordinator = self.shared.coordinator(&tp);
             if coordinator.is_paused() || coordinator.is_revoked() {
                 continue;
@@ -159,10 +157,6 @@ impl Pipeline {
             let Some(consumer) = self.instance(&tp, &topic) else {
                 continue;
             };
-            let batch = Arc::new(RawBatch {
-                messages,
-                polled_at,
-            });
             jobs.push(Job {
                 kind: JobKind::Consume,
                 topic,
@@ -188,7 +182,7 @@ impl Pipeline {
                 kind: JobKind::Eofed,
                 topic,
                 consumer,
-                input: self.input(tp, empty_batch(), coordinator),
+                input: self.input(tp, BatchView::empty(), coordinator),
             });
         }
         jobs
@@ -207,7 +201,7 @@ impl Pipeline {
                 kind: JobKind::Shutdown,
                 topic,
                 consumer,
-                input: self.input(tp, empty_batch(), coordinator),
+                input: self.input(tp, BatchView::empty(), coordinator),
             });
         }
         jobs
@@ -283,11 +277,4 @@ impl Pipeline {
             .filter_map(|c| c.pause().map(|p| p.until))
             .min()
     }
-}
-
-fn empty_batch() -> Arc<RawBatch> {
-    Arc::new(RawBatch {
-        messages: Vec::new(),
-        polled_at: SystemTime::now(),
-    })
 }

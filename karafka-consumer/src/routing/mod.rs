@@ -25,7 +25,7 @@ pub use topic::{DeadLetterQueue, Declaratives, InitialOffset, TopicBuilder};
 pub(crate) use topic::{TopicDraft, TopicSettings};
 
 use crate::consumer::{Consumer, Factory};
-use crate::message::RawMessage;
+use crate::message::RecordRef;
 use crate::payload::BoxError;
 
 /// Built-in `max_messages`.
@@ -136,7 +136,7 @@ pub(crate) struct DecodeReporter {
 }
 
 impl DecodeReporter {
-    pub(crate) fn report(&self, raw: &RawMessage, error: &BoxError) {
+    pub(crate) fn report(&self, raw: &RecordRef<'_>, error: &BoxError) {
         self.monitor.emit_with(|| {
             Event::ErrorOccurred(
                 ErrorOccurred::new(
@@ -144,7 +144,7 @@ impl DecodeReporter {
                     std::io::Error::other(error.to_string()),
                 )
                 .source_id(self.consumer_group.clone())
-                .at(raw.topic.clone(), Some(raw.partition), Some(raw.offset)),
+                .at(raw.topic().clone(), Some(raw.partition()), Some(raw.offset())),
             )
         });
     }

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use karafka_core::KafkaSettings;
 
 use crate::consumer::{Consumer, Erased, ErasedConsumer, Factory, NoConsumer};
-use crate::message::{Decoder, RawMessage};
+use crate::message::{Decoder, RecordRef};
 use crate::payload::{BoxError, Payload};
 use crate::routing::DecodeReporter;
 
@@ -235,10 +235,11 @@ impl<C: Consumer> ConsumerSpec for Typed<C> {
     fn factory(&self, reporter: DecodeReporter) -> Factory {
         let make = self.make.clone();
         let deserializer = self.deserializer.clone();
-        let decoder: Decoder<C::Payload> = Arc::new(move |raw: &RawMessage| {
+        let decoder: Decoder<C::Payload> = Arc::new(move |raw: &RecordRef<'_>| {
+            let payload = raw.payload_bytes();
             let decoded = match &deserializer {
-                Some(d) => d(raw.payload.as_ref()),
-                None => C::Payload::deserialize(raw.payload.as_ref()),
+                Some(d) => d(payload.as_ref()),
+                None => C::Payload::deserialize(payload.as_ref()),
             };
             if let Err(e) = &decoded {
                 reporter.report(raw, e);
