@@ -5,10 +5,16 @@
 //!   marking, against a raw `BaseConsumer` loop that stores offsets the same way (the last
 //!   offset + 1 of every partition, once per batch of `max_messages`); timed from the first
 //!   message to the last (group joins excluded);
-//! - IO-bound: every message costs 1 ms of async waiting (`tokio::time::sleep`), 10
-//!   partitions, concurrency 10; efficiency = msg/s ÷ (concurrency × 1000). Its backlog is
-//!   produced the way a live stream arrives, in record batches of 10 messages: brokers return
-//!   whole record batches, so with 10,000-message batches every poll holds one partition.
+//! - IO-bound: every message costs "1 ms" of async waiting (`tokio::time::sleep`), 10
+//!   partitions, concurrency 10. The sleep really lasts longer (the timer ticks every
+//!   millisecond): the consumer measures its real average cost per message, `c`, in the same
+//!   run, and efficiency = msg/s ÷ (concurrency ÷ c) (1.0: every slot always waiting on IO).
+//!   Its backlog is produced the way a live stream arrives, in record batches of 10 messages;
+//! - lag (real broker only): the same IO-bound work on a backlog written in record batches of
+//!   10,000 messages, as a topic that fell behind looks to its consumer: brokers return whole
+//!   record batches, so every fetch holds long runs of one partition;
+//! - `BENCH_ONLY=raw` / `BENCH_ONLY=karafka` run only one side's pass-through (for profiling),
+//!   `BENCH_MAX_MESSAGES` sets `max_messages` (default 100) for both sides.
 //!
 //! Broker: `KARAFKA_BROKERS` (e.g. Tansu from `scripts/broker start`, 10 partitions), else the
 //! embedded mock cluster with 32 partitions (the mock keeps about 5 MiB per partition, so 1M
@@ -18,7 +24,7 @@
 //! `cargo bench -p karafka-benches --bench consumer`
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -153,6 +159,8 @@ fn rand_suffix() -> u128 {
 struct Progress {
     target: usize,
     count: AtomicUsize,
+    /// Nanoseconds the simulated IO really took, summed over every message.
+    io_nanos: AtomicU64,
     first: OnceLock<(Instant, Duration)>,
     done: Mutex<Option<Instant>>,
     finished: Condvar,
@@ -171,7 +179,10 @@ impl Consumer for Counter {
             .get_or_init(|| (Instant::now(), process_cpu().unwrap_or_default()));
         if self.io_ms > 0 {
             for _ in ctx.messages() {
+                let started = Instant::now();
                 tokio::time::sleep(Duration::from_millis(self.io_ms)).await;
+                let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                self.progress.io_nanos.fetch_add(took, Ordering::Relaxed);
             }
         }
         let n = ctx.messages().len();
@@ -195,11 +206,12 @@ fn framework(
     concurrency: usize,
     tune: &[(&str, &str)],
     max_messages: usize,
-) -> (f64, Duration) {
+) -> Run {
     let group = format!("bench-fw-{}", rand_suffix());
     let progress = Arc::new(Progress {
         target: n,
         count: AtomicUsize::new(0),
+        io_nanos: AtomicU64::new(0),
         first: OnceLock::new(),
         done: Mutex::new(None),
         finished: Condvar::new(),
@@ -244,10 +256,27 @@ fn framework(
     let cpu_end = process_cpu().unwrap_or_default();
     let (start, cpu_start) = *progress.first.get().unwrap();
     running.stop_blocking().unwrap();
-    (
-        n as f64 / (end - start).as_secs_f64(),
-        cpu_end.saturating_sub(cpu_start),
-    )
+    let counted = progress.count.load(Ordering::Acquire).max(1);
+    Run {
+        rate: n as f64 / (end - start).as_secs_f64(),
+        cpu: cpu_end.saturating_sub(cpu_start),
+        io_cost: Duration::from_nanos(progress.io_nanos.load(Ordering::Relaxed) / counted as u64),
+    }
+}
+
+/// One framework run: messages per second, process CPU, and the simulated IO's measured
+/// average cost per message (`c`; zero without IO).
+struct Run {
+    rate: f64,
+    cpu: Duration,
+    io_cost: Duration,
+}
+
+impl Run {
+    /// msg/s ÷ (concurrency ÷ c): 1.0 when every slot waits on IO all the time.
+    fn efficiency(&self, concurrency: usize) -> f64 {
+        self.rate * self.io_cost.as_secs_f64() / concurrency as f64
+    }
 }
 
 fn main() {
@@ -282,9 +311,20 @@ fn main() {
     let max_messages = env_usize("BENCH_MAX_MESSAGES", 100);
     if std::env::var("BENCH_ONLY").as_deref() == Ok("karafka") {
         for round in 0..rounds {
-            let (r, c) = framework(&brokers, &topic, n, 0, 5, &[], max_messages);
+            let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages);
             println!(
                 "  round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s",
+                rate(run.rate),
+                run.cpu.as_secs_f64()
+            );
+        }
+        return;
+    }
+    if std::env::var("BENCH_ONLY").as_deref() == Ok("raw") {
+        for round in 0..rounds {
+            let (r, c) = raw_pass_through(&brokers, &topic, n, max_messages);
+            println!(
+                "  round {round}: raw        {:>12} msg/s  cpu {:.2} s",
                 rate(r),
                 c.as_secs_f64()
             );
@@ -301,14 +341,14 @@ fn main() {
         );
         raw.push(r);
         raw_cpu.push(c.as_secs_f64());
-        let (r, c) = framework(&brokers, &topic, n, 0, 5, &[], max_messages);
+        let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages);
         println!(
             "  round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s",
-            rate(r),
-            c.as_secs_f64()
+            rate(run.rate),
+            run.cpu.as_secs_f64()
         );
-        fw.push(r);
-        fw_cpu.push(c.as_secs_f64());
+        fw.push(run.rate);
+        fw_cpu.push(run.cpu.as_secs_f64());
     }
 
     // IO-bound: 10 partitions, concurrency 10, 1 ms per message.
@@ -317,18 +357,40 @@ fn main() {
     // As a live stream arrives: small record batches (brokers return whole record batches,
     // so only small ones let a fetch interleave partitions).
     backlog(&brokers, &io_topic, io_messages * (rounds + 1), 10, 10);
-    let mut io_default = vec![];
-    let mut io_tuned = vec![];
+    // The lag scenario: the same work, but a backlog written in large record batches, as a
+    // topic that fell behind looks to its consumer (each fetch returns long runs of one
+    // partition). Only on a real broker: the mock answers a fetch with one small message set
+    // per partition whatever was written.
+    let lag_topic = cluster.is_none().then(|| {
+        let topic = format!("bench-lag-{}", rand_suffix());
+        broker.create_topic(&topic, 10).unwrap();
+        backlog(&brokers, &topic, io_messages * (rounds + 1), 10, 10_000);
+        topic
+    });
+    let (mut io_default, mut io_tuned, mut io_lag, mut io_costs) = (vec![], vec![], vec![], vec![]);
     let tuned = [("fetch.message.max.bytes", "1024")];
     for round in 0..rounds {
-        let (r, _) = framework(&brokers, &io_topic, io_messages, 1, 10, &[], 100);
-        io_default.push(r / 10_000.0);
-        let (r, _) = framework(&brokers, &io_topic, io_messages, 1, 10, &tuned, 100);
-        io_tuned.push(r / 10_000.0);
+        let run = framework(&brokers, &io_topic, io_messages, 1, 10, &[], 100);
+        io_costs.push(run.io_cost.as_secs_f64() * 1e6);
+        io_default.push(run.efficiency(10));
+        let run = framework(&brokers, &io_topic, io_messages, 1, 10, &tuned, 100);
+        io_costs.push(run.io_cost.as_secs_f64() * 1e6);
+        io_tuned.push(run.efficiency(10));
+        let lag = lag_topic.as_ref().map(|topic| {
+            let run = framework(&brokers, topic, io_messages, 1, 10, &[], 100);
+            io_costs.push(run.io_cost.as_secs_f64() * 1e6);
+            run.efficiency(10)
+        });
         println!(
-            "  round {round}: IO-bound efficiency default {:.3}, with fetch.message.max.bytes=1024 {:.3}",
-            io_default[round], io_tuned[round]
+            "  round {round}: IO-bound efficiency default {:.3}, with fetch.message.max.bytes=1024 {:.3}, lag {}",
+            io_default[round],
+            io_tuned[round],
+            lag.map_or_else(
+                || "- (needs a real broker)".to_owned(),
+                |e| format!("{e:.3}")
+            )
         );
+        io_lag.extend(lag);
     }
 
     let row = |name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String| {
@@ -361,32 +423,32 @@ fn main() {
         &fw_cpu,
         &|v| format!("{v:.2}"),
     );
-    // What `tokio::time::sleep(1 ms)` really costs on this runtime (its timer ticks every
-    // millisecond, so a 1 ms sleep lasts longer): the efficiency no scheduling can exceed.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let sleep_cost = runtime.block_on(async {
-        let started = Instant::now();
-        for _ in 0..500 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
+    let c = Summary::of(&io_costs);
+    println!(
+        "| simulated IO per message, measured in the IO runs (`c`), µs | - | {:.0} / {:.0} / {:.0} | - |",
+        c.min, c.median, c.max
+    );
+    let io_row = |name: &str, values: &[f64]| {
+        if values.is_empty() {
+            println!("| {name} | - | not run: needs a real broker (KARAFKA_BROKERS) | - |");
+        } else {
+            let v = Summary::of(values);
+            println!(
+                "| {name} | - | {:.3} / {:.3} / {:.3} | - |",
+                v.min, v.median, v.max
+            );
         }
-        started.elapsed() / 500
-    });
-    println!(
-        "| tokio::time::sleep(1 ms) takes on average, µs (efficiency ceiling {:.3}) | - | {} | - |",
-        1e-3 / sleep_cost.as_secs_f64(),
-        sleep_cost.as_micros()
+    };
+    io_row(
+        "IO-bound efficiency = msg/s ÷ (concurrency ÷ c), 1 ms/message, 10 partitions, concurrency 10, defaults",
+        &io_default,
     );
-    let d = Summary::of(&io_default);
-    let t = Summary::of(&io_tuned);
-    println!(
-        "| IO-bound efficiency (1 ms/message, 10 partitions, concurrency 10), defaults | - | {:.3} / {:.3} / {:.3} | - |",
-        d.min, d.median, d.max
+    io_row(
+        "IO-bound efficiency, fetch.message.max.bytes=1024",
+        &io_tuned,
     );
-    println!(
-        "| IO-bound efficiency, fetch.message.max.bytes=1024 | - | {:.3} / {:.3} / {:.3} | - |",
-        t.min, t.median, t.max
+    io_row(
+        "lag: IO-bound efficiency on a backlog of 10,000-message record batches",
+        &io_lag,
     );
 }

@@ -42,7 +42,9 @@ fn pipeline(c: &mut Criterion) {
     for max_messages in [100usize, 1000] {
         let app = App::builder()
             .kafka("bootstrap.servers", "unused:9092")
-            .topic("bench", move |t| t.consumer(|| Touch).max_messages(max_messages))
+            .topic("bench", move |t| {
+                t.consumer(|| Touch).max_messages(max_messages)
+            })
             .build()
             .unwrap();
         let harness = Harness::new(&app);

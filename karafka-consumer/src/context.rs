@@ -58,19 +58,18 @@ impl<P> Context<P> {
     pub(crate) fn new(input: JobInput, decoder: Decoder<P>) -> Self {
         let processed_at = SystemTime::now();
         let batch = &input.batch;
-        let metadata =
-            BatchMetadata::new(batch, processed_at).unwrap_or_else(|| BatchMetadata {
-                topic: input.tp.topic.clone(),
-                partition: input.tp.partition,
-                first_offset: -1,
-                last_offset: -1,
-                size: 0,
-                created_at: karafka_core::Timestamp::NotAvailable,
-                polled_at: batch.polled_at(),
-                processed_at,
-                consumption_lag_ms: -1,
-                processing_lag_ms: 0,
-            });
+        let metadata = BatchMetadata::new(batch, processed_at).unwrap_or_else(|| BatchMetadata {
+            topic: input.tp.topic.clone(),
+            partition: input.tp.partition,
+            first_offset: -1,
+            last_offset: -1,
+            size: 0,
+            created_at: karafka_core::Timestamp::NotAvailable,
+            polled_at: batch.polled_at(),
+            processed_at,
+            consumption_lag_ms: -1,
+            processing_lag_ms: 0,
+        });
         Context {
             messages: Messages::new(input.batch.clone(), decoder, metadata),
             input,

@@ -68,7 +68,10 @@ impl PollBufferBuilder {
     /// The index of `topic` in this buffer (a linear search: a poll holds a few topics;
     /// callers cache it while messages of one topic follow each other).
     pub(crate) fn topic(&mut self, topic: &Arc<str>) -> u32 {
-        let found = self.topics.iter().position(|t| Arc::ptr_eq(t, topic) || t == topic);
+        let found = self
+            .topics
+            .iter()
+            .position(|t| Arc::ptr_eq(t, topic) || t == topic);
         let index = found.unwrap_or_else(|| {
             self.topics.push(topic.clone());
             self.topics.len() - 1
@@ -162,7 +165,10 @@ impl PollBufferBuilder {
 }
 
 /// Ranges of consecutive records with the same key.
-fn runs_of<K: PartialEq>(records: &[RawMessage], key: impl Fn(&RawMessage) -> K) -> Vec<Range<usize>> {
+fn runs_of<K: PartialEq>(
+    records: &[RawMessage],
+    key: impl Fn(&RawMessage) -> K,
+) -> Vec<Range<usize>> {
     let mut out = Vec::new();
     let mut start = 0;
     for i in 1..=records.len() {
@@ -296,7 +302,9 @@ impl<'a> RecordRef<'a> {
 
     /// The key as `Bytes` sharing the arena (no copy).
     pub(crate) fn key_bytes(&self) -> Option<Bytes> {
-        self.raw.key.map(|s| self.buffer.arena.slice(s.start..s.end))
+        self.raw
+            .key
+            .map(|s| self.buffer.arena.slice(s.start..s.end))
     }
 
     /// The payload as `Bytes` sharing the arena (no copy).
@@ -694,10 +702,16 @@ mod tests {
             Ok(String::from_utf8(r.payload().unwrap_or_default().to_vec())?)
         });
         let metadata = BatchMetadata::new(&view, SystemTime::now()).unwrap();
-        assert_eq!((metadata.first_offset, metadata.last_offset, metadata.size), (7, 8, 2));
+        assert_eq!(
+            (metadata.first_offset, metadata.last_offset, metadata.size),
+            (7, 8, 2)
+        );
         let messages = Messages::new(view, decoder, metadata);
         let second = messages.last().unwrap();
-        assert_eq!((second.topic(), second.partition(), second.offset()), ("a", 2, 8));
+        assert_eq!(
+            (second.topic(), second.partition(), second.offset()),
+            ("a", 2, 8)
+        );
         assert_eq!(second.key(), Some(&b"k"[..]));
         assert_eq!(second.payload().unwrap(), "a/2@8");
         assert_eq!(second.payload().unwrap(), "a/2@8");

@@ -16,7 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use karafka_core::instrumentation::Monitor;
-use karafka_core::instrumentation::{ErrorKind, Event};
+use karafka_core::instrumentation::{ErrorKind, Event, JobKind};
 use karafka_core::oauth::OAuthTokenProvider;
 use karafka_core::{KafkaError, TopicPartition, native};
 use karafka_producer::Producer;
@@ -53,6 +53,39 @@ pub(crate) struct Listener {
     eof_enabled: bool,
     /// The arena size of the last poll: the next poll's buffer starts that large.
     arena_hint: usize,
+    /// How long each topic's consume jobs take, on average (see [`JobCost`]).
+    costs: HashMap<Arc<str>, JobCost>,
+}
+
+/// A topic's consume jobs' recent duration (an exponential moving average over about the
+/// last 16 jobs). Jobs of topics known to be cheap run on the listener's thread, one after
+/// the other, without waking a worker: handing a job to a worker and back costs tens of
+/// microseconds here, more than such a job.
+#[derive(Debug, Clone, Copy)]
+struct JobCost {
+    average_us: f64,
+    samples: u32,
+}
+
+impl JobCost {
+    /// Below this average, a job is cheaper than a hand-off to a worker.
+    const CHEAP_US: f64 = 50.0;
+    /// Jobs seen before the average is trusted.
+    const WARM_UP: u32 = 8;
+
+    fn add(&mut self, took: Duration) {
+        let us = took.as_secs_f64() * 1e6;
+        self.samples = self.samples.saturating_add(1);
+        self.average_us = if self.samples == 1 {
+            us
+        } else {
+            self.average_us + (us - self.average_us) / 16.0
+        };
+    }
+
+    fn cheap(&self) -> bool {
+        self.samples >= Self::WARM_UP && self.average_us < Self::CHEAP_US
+    }
 }
 
 /// What every listener of an app shares: the app's monitor, producer, processing settings
@@ -110,6 +143,7 @@ impl Listener {
             name: format!("{}.{}", route.consumer_group, route.name).into(),
             eof_enabled: route.kafka.get("enable.partition.eof") == Some("true"),
             arena_hint: 0,
+            costs: HashMap::new(),
             pipeline: Pipeline::new(shared.clone(), ops),
             partitions: ClientPartitions(consumer.clone()),
             shared,
@@ -155,6 +189,15 @@ impl Listener {
                 continue;
             }
             for done in self.execute(jobs) {
+                if done.kind == JobKind::Consume {
+                    self.costs
+                        .entry(done.topic.name.clone())
+                        .or_insert(JobCost {
+                            average_us: 0.0,
+                            samples: 0,
+                        })
+                        .add(done.took);
+                }
                 self.pipeline.after(done, &self.partitions);
             }
             self.pipeline.publish_instances();
@@ -332,34 +375,82 @@ impl Listener {
     }
 
     /// Runs the jobs (at most `concurrency` at once across the app) and waits for every one
-    /// of them. All but one go to the worker pool; the last runs right here, inside the
-    /// runtime, so the common one-partition poll costs no thread hand-off.
-    fn execute(&self, mut jobs: Vec<Job>) -> Vec<Done> {
-        let Some(local) = jobs.pop() else {
+    /// of them. Every job but the first is offered to the worker pool; this thread does not
+    /// just wait meanwhile: it runs the first job, then every job no worker has picked up
+    /// yet, and waits only for those a worker is running, so slow jobs run in parallel on
+    /// the workers and a quick one costs no hand-off. When every job is a consume job of a
+    /// topic whose jobs are known to be cheap ([`JobCost`]), none is offered: they run here,
+    /// one after the other, and no worker is woken for nothing.
+    fn execute(&self, jobs: Vec<Job>) -> Vec<Done> {
+        if jobs.is_empty() {
             return Vec::new();
+        }
+        let count = jobs.len();
+        let all_cheap = count > 1
+            && jobs.iter().all(|j| {
+                j.kind == JobKind::Consume
+                    && self.costs.get(&j.topic.name).is_some_and(JobCost::cheap)
+            });
+        let slots: Arc<Vec<Mutex<Option<Job>>>> =
+            Arc::new(jobs.into_iter().map(|j| Mutex::new(Some(j))).collect());
+        let take = |slots: &[Mutex<Option<Job>>], i: usize| {
+            slots[i].lock().unwrap_or_else(|p| p.into_inner()).take()
         };
-        let run = |job: Job| {
+        let run = {
             let semaphore = self.semaphore.clone();
             let monitor = self.shared.monitor.clone();
             let control = self.shared.control.clone();
             let name = self.name.clone();
-            async move {
-                let _permit = semaphore.acquire_owned().await.ok();
-                executor::run(job, monitor, control, name).await
+            move |job: Job| {
+                let semaphore = semaphore.clone();
+                let monitor = monitor.clone();
+                let control = control.clone();
+                let name = name.clone();
+                async move {
+                    let _permit = semaphore.acquire_owned().await.ok();
+                    executor::run(job, monitor, control, name).await
+                }
             }
         };
-        let handles: Vec<_> = jobs
-            .into_iter()
-            .map(|job| self.runtime.spawn(run(job)))
+        if all_cheap {
+            return self.runtime.block_on(async move {
+                let mut done = Vec::with_capacity(count);
+                for i in 0..count {
+                    if let Some(job) = take(&slots, i) {
+                        done.push(run(job).await);
+                    }
+                }
+                done
+            });
+        }
+        let handles: Vec<_> = (1..count)
+            .map(|i| {
+                let slots = slots.clone();
+                let run = run.clone();
+                self.runtime.spawn(async move {
+                    let job = take(&slots, i)?;
+                    Some(run(job).await)
+                })
+            })
             .collect();
-        let local = run(local);
         let shared = self.shared.clone();
         self.runtime.block_on(async move {
-            let mut done = Vec::with_capacity(handles.len() + 1);
-            done.push(local.await);
-            for handle in handles {
+            let mut done = Vec::with_capacity(count);
+            // Jobs this thread ran; the workers' tasks for them find their slot empty.
+            let mut mine = vec![false; count];
+            for (i, ran_here) in mine.iter_mut().enumerate() {
+                if let Some(job) = take(&slots, i) {
+                    *ran_here = true;
+                    done.push(run(job).await);
+                }
+            }
+            for (handle, ran_here) in handles.into_iter().zip(&mine[1..]) {
+                if *ran_here {
+                    continue; // the task finds nothing to do
+                }
                 match handle.await {
-                    Ok(d) => done.push(d),
+                    Ok(Some(d)) => done.push(d),
+                    Ok(None) => {}
                     // The runtime went away under the job: its instance is lost and is
                     // created again for the next batch.
                     Err(e) => shared.error(ErrorKind::WorkerProcess, e, None),

@@ -54,6 +54,8 @@ pub(crate) struct Done {
     pub(crate) outcome: Result<(), Failure>,
     /// The stored offset before the job ran (to tell whether it made progress).
     pub(crate) stored_before: Option<i64>,
+    /// How long the consumer's code ran.
+    pub(crate) took: std::time::Duration,
 }
 
 fn error_kind(job: JobKind) -> ErrorKind {
@@ -142,10 +144,8 @@ pub(crate) async fn run(
     match &outcome {
         Ok(()) if kind == JobKind::Consume => {
             monitor.emit_with(|| {
-                let metadata = crate::message::BatchMetadata::new(
-                    &batch,
-                    std::time::SystemTime::now() - took,
-                );
+                let metadata =
+                    crate::message::BatchMetadata::new(&batch, std::time::SystemTime::now() - took);
                 Event::Consumed {
                     consumer_group: consumer_group.clone(),
                     topic: tp.topic.clone(),
@@ -194,6 +194,7 @@ pub(crate) async fn run(
         coordinator,
         outcome,
         stored_before,
+        took,
     }
 }
 

@@ -99,10 +99,7 @@ impl Outcomes<'_> {
                 self.pause(tp, coordinator, resume_from, backoff, PauseReason::Retry);
             }
             Decision::DeadLetter { offset, attempts } => {
-                match (
-                    topic.dead_letter_queue.as_ref(),
-                    batch.find(offset),
-                ) {
+                match (topic.dead_letter_queue.as_ref(), batch.find(offset)) {
                     (Some(dlq), Some(raw)) => self.dead_letter(tp, coordinator, dlq, raw, attempts),
                     _ => {
                         // Cannot happen (the offset comes from this batch); retry rather than skip.

@@ -8,9 +8,9 @@
 //! a batch makes and how their outcomes settle are here.
 
 use std::collections::HashMap;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::ops::Range;
 use std::time::Instant;
 
 use karafka_core::TopicPartition;
@@ -221,6 +221,7 @@ impl Pipeline {
             coordinator,
             outcome,
             stored_before,
+            took: _,
         } = done;
         match kind {
             JobKind::Consume if !coordinator.is_revoked() => {

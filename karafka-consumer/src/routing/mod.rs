@@ -144,7 +144,11 @@ impl DecodeReporter {
                     std::io::Error::other(error.to_string()),
                 )
                 .source_id(self.consumer_group.clone())
-                .at(raw.topic().clone(), Some(raw.partition()), Some(raw.offset())),
+                .at(
+                    raw.topic().clone(),
+                    Some(raw.partition()),
+                    Some(raw.offset()),
+                ),
             )
         });
     }
