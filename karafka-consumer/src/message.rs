@@ -146,7 +146,7 @@ impl PollBufferBuilder {
                     first_seen.push(key(r));
                 }
             }
-            self.records.sort_by_key(|r| {
+            self.records.sort_by_cached_key(|r| {
                 first_seen
                     .iter()
                     .position(|k| *k == key(r))

@@ -1,6 +1,7 @@
 //! Reaching the end of a partition ends the wait for a batch: with `enable.partition.eof`,
 //! the `eofed` hook runs as soon as librdkafka reports the end, not after `max_wait_time`
-//! (here 5 s): on a partition that starts empty, and again after the messages that follow.
+//! (here 5 s): on a partition that starts empty, and again after the messages that follow,
+//! on the instance that consumed them and after its consume job.
 
 mod common;
 
@@ -16,20 +17,50 @@ use karafka_testing::{TestBroker, unique_group, unique_topic, wait_until};
 struct Seen {
     eofs: Vec<Instant>,
     consumed: usize,
+    /// What the instance that ran each `eofed` had consumed itself.
+    consumed_by_eofed_instance: Vec<usize>,
+    /// Jobs of the partition running now, and the most at once.
+    running: usize,
+    most_at_once: usize,
 }
 
-struct Eofs(Arc<Mutex<Seen>>);
+struct Eofs {
+    seen: Arc<Mutex<Seen>>,
+    consumed_here: usize,
+}
+
+impl Eofs {
+    async fn job(&self, record: impl FnOnce(&mut Seen)) {
+        {
+            let mut seen = self.seen.lock().unwrap();
+            seen.running += 1;
+            seen.most_at_once = seen.most_at_once.max(seen.running);
+        }
+        // Widen the window in which two jobs of the partition would overlap.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let mut seen = self.seen.lock().unwrap();
+        record(&mut seen);
+        seen.running -= 1;
+    }
+}
 
 impl Consumer for Eofs {
     type Payload = Raw;
 
     async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
-        self.0.lock().unwrap().consumed += ctx.messages().len();
+        let n = ctx.messages().len();
+        self.consumed_here += n;
+        self.job(|seen| seen.consumed += n).await;
         Ok(())
     }
 
     async fn eofed(&mut self, _: &Context<Raw>) -> ConsumeResult {
-        self.0.lock().unwrap().eofs.push(Instant::now());
+        let mine = self.consumed_here;
+        self.job(|seen| {
+            seen.eofs.push(Instant::now());
+            seen.consumed_by_eofed_instance.push(mine);
+        })
+        .await;
         Ok(())
     }
 }
@@ -50,8 +81,11 @@ fn the_end_of_a_partition_hands_out_at_once() {
     let app = app(&broker, &group)
         .kafka("enable.partition.eof", "true")
         .topic(&topic, move |t| {
-            t.consumer(move || Eofs(sink.clone()))
-                .max_wait_time(MAX_WAIT)
+            t.consumer(move || Eofs {
+                seen: sink.clone(),
+                consumed_here: 0,
+            })
+            .max_wait_time(MAX_WAIT)
         })
         .build()
         .unwrap();
@@ -76,6 +110,17 @@ fn the_end_of_a_partition_hands_out_at_once() {
 
     let seen = seen.lock().unwrap();
     assert_eq!(seen.consumed, 1);
+    // The end that follows the message is the consuming instance's, after its job.
+    assert_eq!(
+        seen.consumed_by_eofed_instance.last(),
+        Some(&1),
+        "eofed ran on another instance than the one that consumed: {:?}",
+        seen.consumed_by_eofed_instance
+    );
+    assert_eq!(
+        seen.most_at_once, 1,
+        "two jobs of the partition ran at once"
+    );
     let assigned = assigned.lock().unwrap().expect("assignment event");
     let to_first = seen.eofs[0].duration_since(assigned);
     let to_second = seen.eofs[1].duration_since(produced_at);
@@ -85,4 +130,48 @@ fn the_end_of_a_partition_hands_out_at_once() {
     // Waiting out max_wait_time would take about 5 s each.
     assert!(to_first < MAX_WAIT / 2, "{to_first:?} after the assignment");
     assert!(to_second < MAX_WAIT / 2, "{to_second:?} after the produce");
+}
+
+/// A backlog and its end come in one poll: `eofed` runs after the consume job, on the
+/// instance that consumed the backlog, never beside it.
+#[test]
+fn the_end_after_a_backlog_runs_on_the_consuming_instance_after_its_job() {
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
+    let topic = unique_topic("eof-backlog");
+    broker.create_topic(&topic, 1).unwrap();
+    produce(&broker, &topic, 3, "backlog");
+    let group = unique_group("eof-backlog");
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let sink = seen.clone();
+    let app = app(&broker, &group)
+        .kafka("enable.partition.eof", "true")
+        .topic(&topic, move |t| {
+            t.consumer(move || Eofs {
+                seen: sink.clone(),
+                consumed_here: 0,
+            })
+            .max_wait_time(MAX_WAIT)
+        })
+        .build()
+        .unwrap();
+    let running = app.start().unwrap();
+    let done = wait_until(broker.join_deadline() + MAX_WAIT, || {
+        let seen = seen.lock().unwrap();
+        seen.consumed == 3 && !seen.eofs.is_empty()
+    });
+    running.stop_blocking().unwrap();
+    done.expect("the backlog was consumed and its end reached");
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        seen.consumed_by_eofed_instance.last(),
+        Some(&3),
+        "eofed ran on another instance than the one that consumed: {:?}",
+        seen.consumed_by_eofed_instance
+    );
+    assert_eq!(
+        seen.most_at_once, 1,
+        "two jobs of the partition ran at once"
+    );
 }

@@ -184,25 +184,46 @@ impl Listener {
                     duration: polled_for,
                 });
             }
-            jobs.extend(self.eof_jobs(&eofs));
-            if jobs.is_empty() {
+            // A partition whose last messages and end came in the same poll gets its
+            // `eofed` after its consume job, on the same instance: the job is made once the
+            // consume job has handed the instance back.
+            let (ends_later, ends_now): (Vec<TopicPartition>, Vec<TopicPartition>) = self
+                .eof_partitions(&eofs)
+                .into_iter()
+                .partition(|tp| jobs.iter().any(|j| &j.input.tp == tp));
+            jobs.extend(self.pipeline.eof_jobs(ends_now));
+            if jobs.is_empty() && ends_later.is_empty() {
                 continue;
             }
-            for done in self.execute(jobs) {
-                if done.kind == JobKind::Consume {
-                    self.costs
-                        .entry(done.topic.name.clone())
-                        .or_insert(JobCost {
-                            average_us: 0.0,
-                            samples: 0,
-                        })
-                        .add(done.took);
-                }
-                self.pipeline.after(done, &self.partitions);
+            for wave in waves(jobs) {
+                self.run_jobs(wave);
+            }
+            if !ends_later.is_empty() {
+                let jobs = self.pipeline.eof_jobs(ends_later);
+                self.run_jobs(jobs);
             }
             self.pipeline.publish_instances();
         }
         self.shutdown();
+    }
+
+    /// Runs `jobs` (no two of one partition) and settles what they did.
+    fn run_jobs(&mut self, jobs: Vec<Job>) {
+        if jobs.is_empty() {
+            return;
+        }
+        for done in self.execute(jobs) {
+            if done.kind == JobKind::Consume {
+                self.costs
+                    .entry(done.topic.name.clone())
+                    .or_insert(JobCost {
+                        average_us: 0.0,
+                        samples: 0,
+                    })
+                    .add(done.took);
+            }
+            self.pipeline.after(done, &self.partitions);
+        }
     }
 
     fn heartbeat(&self) {
@@ -348,10 +369,11 @@ impl Listener {
 
     // -- jobs -------------------------------------------------------------------------------
 
-    /// `eofed` jobs (with `enable.partition.eof=true`). librdkafka names only the partition
-    /// number, so the topic is the assigned one with that partition; when several topics of
-    /// the subscription group have it, the event is skipped.
-    fn eof_jobs(&mut self, eofs: &[i32]) -> Vec<Job> {
+    /// The partitions whose end was reached (with `enable.partition.eof=true`). librdkafka
+    /// names only the partition number, so the topic is the assigned one with that
+    /// partition; when several topics of the subscription group have it, the event is
+    /// skipped.
+    fn eof_partitions(&self, eofs: &[i32]) -> Vec<TopicPartition> {
         if !self.eof_enabled || eofs.is_empty() {
             return Vec::new();
         }
@@ -371,7 +393,7 @@ impl Listener {
                 }
             }
         }
-        self.pipeline.eof_jobs(ends)
+        ends
     }
 
     /// Runs the jobs (at most `concurrency` at once across the app) and waits for every one
@@ -493,6 +515,24 @@ impl Listener {
         drop(partitions);
         drop(consumer);
     }
+}
+
+/// Splits a poll's jobs into waves with at most one job per partition each, keeping each
+/// partition's jobs in order (a `revoked` hook before the consume job of a partition assigned
+/// again in the same poll): a partition never runs two jobs at once.
+fn waves(jobs: Vec<Job>) -> Vec<Vec<Job>> {
+    let mut waves: Vec<Vec<Job>> = Vec::new();
+    for job in jobs {
+        let after = waves
+            .iter()
+            .rposition(|wave| wave.iter().any(|j| j.input.tp == job.input.tp))
+            .map_or(0, |i| i + 1);
+        if after == waves.len() {
+            waves.push(Vec::new());
+        }
+        waves[after].push(job);
+    }
+    waves
 }
 
 /// Pause, resume and seek on the group's librdkafka client.
