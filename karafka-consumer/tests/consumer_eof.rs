@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{app, produce};
 use karafka_consumer::payload::Raw;
-use karafka_consumer::{ConsumeResult, Consumer, Context};
+use karafka_consumer::{App, ConsumeResult, Consumer, Context};
 use karafka_testing::{TestBroker, unique_group, unique_topic, wait_until};
 
 #[derive(Default)]
@@ -67,6 +67,21 @@ impl Consumer for Eofs {
 
 const MAX_WAIT: Duration = Duration::from_secs(5);
 
+/// An app with `enable.partition.eof` whose `topic` consumer records into `seen`.
+fn eof_app(broker: &TestBroker, group: &str, topic: &str, seen: Arc<Mutex<Seen>>) -> App {
+    app(broker, group)
+        .kafka("enable.partition.eof", "true")
+        .topic(topic, move |t| {
+            t.consumer(move || Eofs {
+                seen: seen.clone(),
+                consumed_here: 0,
+            })
+            .max_wait_time(MAX_WAIT)
+        })
+        .build()
+        .unwrap()
+}
+
 #[test]
 fn the_end_of_a_partition_hands_out_at_once() {
     let Some(broker) = TestBroker::require(&[]) else {
@@ -77,18 +92,7 @@ fn the_end_of_a_partition_hands_out_at_once() {
     let group = unique_group("eof");
     let seen = Arc::new(Mutex::new(Seen::default()));
     let assigned = Arc::new(Mutex::new(None::<Instant>));
-    let sink = seen.clone();
-    let app = app(&broker, &group)
-        .kafka("enable.partition.eof", "true")
-        .topic(&topic, move |t| {
-            t.consumer(move || Eofs {
-                seen: sink.clone(),
-                consumed_here: 0,
-            })
-            .max_wait_time(MAX_WAIT)
-        })
-        .build()
-        .unwrap();
+    let app = eof_app(&broker, &group, &topic, seen.clone());
     let mark = assigned.clone();
     app.monitor().subscribe_fn(move |event| {
         if event.name() == "rebalance.partitions_assigned" {
@@ -144,18 +148,7 @@ fn the_end_after_a_backlog_runs_on_the_consuming_instance_after_its_job() {
     produce(&broker, &topic, 3, "backlog");
     let group = unique_group("eof-backlog");
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let sink = seen.clone();
-    let app = app(&broker, &group)
-        .kafka("enable.partition.eof", "true")
-        .topic(&topic, move |t| {
-            t.consumer(move || Eofs {
-                seen: sink.clone(),
-                consumed_here: 0,
-            })
-            .max_wait_time(MAX_WAIT)
-        })
-        .build()
-        .unwrap();
+    let app = eof_app(&broker, &group, &topic, seen.clone());
     let running = app.start().unwrap();
     let done = wait_until(broker.join_deadline() + MAX_WAIT, || {
         let seen = seen.lock().unwrap();

@@ -434,18 +434,8 @@ impl Listener {
                 }
             }
         };
-        if all_cheap {
-            return self.runtime.block_on(async move {
-                let mut done = Vec::with_capacity(count);
-                for i in 0..count {
-                    if let Some(job) = take(&slots, i) {
-                        done.push(run(job).await);
-                    }
-                }
-                done
-            });
-        }
-        let handles: Vec<_> = (1..count)
+        // Known-cheap jobs are offered to no worker: this thread runs them all below.
+        let handles: Vec<_> = if all_cheap { 0..0 } else { 1..count }
             .map(|i| {
                 let slots = slots.clone();
                 let run = run.clone();
