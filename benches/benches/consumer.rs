@@ -4,7 +4,9 @@
 //! - pass-through: 1M × 100-byte messages (`BENCH_MESSAGES`), a no-op `consume` with automatic
 //!   marking, against a raw `BaseConsumer` loop that stores offsets the same way (the last
 //!   offset + 1 of every partition, once per batch of `max_messages`); timed from the first
-//!   message to the last (group joins excluded);
+//!   message to the last (group joins excluded). A second raw baseline also reads what
+//!   karafka-rs hands every consumer (copies key and payload out, reads timestamp and
+//!   headers), since the first touches only partition and offset;
 //! - IO-bound: every message costs "1 ms" of async waiting (`tokio::time::sleep`), 10
 //!   partitions, concurrency 10. The sleep really lasts longer (the timer ticks every
 //!   millisecond): the consumer measures its real average cost per message, `c`, in the same
@@ -14,6 +16,7 @@
 //!   10,000 messages, as a topic that fell behind looks to its consumer: brokers return whole
 //!   record batches, so every fetch holds long runs of one partition;
 //! - `BENCH_ONLY=raw` / `BENCH_ONLY=karafka` run only one side's pass-through (for profiling),
+//!   `BENCH_SCENARIOS=pass-through` runs only pass-through (both sides, no IO-bound or lag),
 //!   `BENCH_MAX_MESSAGES` sets `max_messages` (default 100) for both sides.
 //!
 //! Broker: `KARAFKA_BROKERS` (e.g. Tansu from `scripts/broker start`, 10 partitions), else the
@@ -85,7 +88,16 @@ fn backlog(brokers: &str, topic: &str, n: usize, partitions: i32, record_batch: 
 
 // ---- pass-through ------------------------------------------------------------------------------
 
-fn raw_pass_through(brokers: &str, topic: &str, n: usize, max_messages: usize) -> (f64, Duration) {
+/// The raw baseline. With `read`, it also reads what karafka-rs hands a consumer (key,
+/// payload bytes, timestamp, headers), as any real consumer does; without, it touches only
+/// the partition and offset (the baseline).
+fn raw_pass_through(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    max_messages: usize,
+    read: bool,
+) -> (f64, Duration) {
     let group = format!(
         "bench-raw-{}",
         std::process::id() as u128 * 1000 + rand_suffix()
@@ -100,6 +112,7 @@ fn raw_pass_through(brokers: &str, topic: &str, n: usize, max_messages: usize) -
     let mut last_offsets: HashMap<i32, i64> = HashMap::new();
     let mut in_batch = 0;
     let mut last_progress = Instant::now();
+    let mut copied = Vec::new();
     while count < n {
         assert!(
             last_progress.elapsed() < Duration::from_secs(30),
@@ -114,6 +127,14 @@ fn raw_pass_through(brokers: &str, topic: &str, n: usize, max_messages: usize) -
                     cpu_start = process_cpu();
                 }
                 last_offsets.insert(m.partition(), m.offset());
+                if read {
+                    // What a consumer that keeps its data does: copy key and payload out,
+                    // read the timestamp and headers.
+                    copied.clear();
+                    copied.extend_from_slice(m.key().unwrap_or_default());
+                    copied.extend_from_slice(m.payload().unwrap_or_default());
+                    std::hint::black_box((&copied, m.timestamp(), m.headers().is_some()));
+                }
                 count += 1;
                 in_batch += 1;
                 if in_batch >= max_messages {
@@ -322,7 +343,7 @@ fn main() {
     }
     if std::env::var("BENCH_ONLY").as_deref() == Ok("raw") {
         for round in 0..rounds {
-            let (r, c) = raw_pass_through(&brokers, &topic, n, max_messages);
+            let (r, c) = raw_pass_through(&brokers, &topic, n, max_messages, false);
             println!(
                 "  round {round}: raw        {:>12} msg/s  cpu {:.2} s",
                 rate(r),
@@ -332,8 +353,9 @@ fn main() {
         return;
     }
     let (mut raw, mut fw, mut raw_cpu, mut fw_cpu) = (vec![], vec![], vec![], vec![]);
+    let (mut reading, mut reading_cpu) = (vec![], vec![]);
     for round in 0..rounds {
-        let (r, c) = raw_pass_through(&brokers, &topic, n, max_messages);
+        let (r, c) = raw_pass_through(&brokers, &topic, n, max_messages, false);
         println!(
             "  round {round}: raw        {:>12} msg/s  cpu {:.2} s",
             rate(r),
@@ -341,6 +363,14 @@ fn main() {
         );
         raw.push(r);
         raw_cpu.push(c.as_secs_f64());
+        let (r, c) = raw_pass_through(&brokers, &topic, n, max_messages, true);
+        println!(
+            "  round {round}: raw+read   {:>12} msg/s  cpu {:.2} s",
+            rate(r),
+            c.as_secs_f64()
+        );
+        reading.push(r);
+        reading_cpu.push(c.as_secs_f64());
         let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages);
         println!(
             "  round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s",
@@ -351,47 +381,9 @@ fn main() {
         fw_cpu.push(run.cpu.as_secs_f64());
     }
 
-    // IO-bound: 10 partitions, concurrency 10, 1 ms per message.
-    let io_topic = format!("bench-io-{}", rand_suffix());
-    broker.create_topic(&io_topic, 10).unwrap();
-    // As a live stream arrives: small record batches (brokers return whole record batches,
-    // so only small ones let a fetch interleave partitions).
-    backlog(&brokers, &io_topic, io_messages * (rounds + 1), 10, 10);
-    // The lag scenario: the same work, but a backlog written in large record batches, as a
-    // topic that fell behind looks to its consumer (each fetch returns long runs of one
-    // partition). Only on a real broker: the mock answers a fetch with one small message set
-    // per partition whatever was written.
-    let lag_topic = cluster.is_none().then(|| {
-        let topic = format!("bench-lag-{}", rand_suffix());
-        broker.create_topic(&topic, 10).unwrap();
-        backlog(&brokers, &topic, io_messages * (rounds + 1), 10, 10_000);
-        topic
-    });
-    let (mut io_default, mut io_tuned, mut io_lag, mut io_costs) = (vec![], vec![], vec![], vec![]);
-    let tuned = [("fetch.message.max.bytes", "1024")];
-    for round in 0..rounds {
-        let run = framework(&brokers, &io_topic, io_messages, 1, 10, &[], 100);
-        io_costs.push(run.io_cost.as_secs_f64() * 1e6);
-        io_default.push(run.efficiency(10));
-        let run = framework(&brokers, &io_topic, io_messages, 1, 10, &tuned, 100);
-        io_costs.push(run.io_cost.as_secs_f64() * 1e6);
-        io_tuned.push(run.efficiency(10));
-        let lag = lag_topic.as_ref().map(|topic| {
-            let run = framework(&brokers, topic, io_messages, 1, 10, &[], 100);
-            io_costs.push(run.io_cost.as_secs_f64() * 1e6);
-            run.efficiency(10)
-        });
-        println!(
-            "  round {round}: IO-bound efficiency default {:.3}, with fetch.message.max.bytes=1024 {:.3}, lag {}",
-            io_default[round],
-            io_tuned[round],
-            lag.map_or_else(
-                || "- (needs a real broker)".to_owned(),
-                |e| format!("{e:.3}")
-            )
-        );
-        io_lag.extend(lag);
-    }
+    let pass_through_only = std::env::var("BENCH_SCENARIOS").as_deref() == Ok("pass-through");
+    let io = (!pass_through_only)
+        .then(|| io_scenarios(&broker, &brokers, cluster.is_some(), rounds, io_messages));
 
     let row = |name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String| {
         let (r, f) = (Summary::of(raw), Summary::of(fw));
@@ -423,6 +415,28 @@ fn main() {
         &fw_cpu,
         &|v| format!("{v:.2}"),
     );
+    row(
+        "pass-through, msg/s, against raw reading key, payload, timestamp and headers",
+        &reading,
+        &fw,
+        &|v| rate(v),
+    );
+    row(
+        "process CPU, against raw reading every message, s",
+        &reading_cpu,
+        &fw_cpu,
+        &|v| format!("{v:.2}"),
+    );
+    let Some(Io {
+        default: io_default,
+        tuned: io_tuned,
+        lag: io_lag,
+        costs: io_costs,
+    }) = io
+    else {
+        println!("(IO-bound and lag scenarios not run: BENCH_SCENARIOS=pass-through)");
+        return;
+    };
     let c = Summary::of(&io_costs);
     println!(
         "| simulated IO per message, measured in the IO runs (`c`), µs | - | {:.0} / {:.0} / {:.0} | - |",
@@ -451,4 +465,69 @@ fn main() {
         "lag: IO-bound efficiency on a backlog of 10,000-message record batches",
         &io_lag,
     );
+}
+
+/// Efficiencies of the IO-bound scenarios, per round, and the measured cost `c` of each run.
+struct Io {
+    default: Vec<f64>,
+    tuned: Vec<f64>,
+    lag: Vec<f64>,
+    costs: Vec<f64>,
+}
+
+fn io_scenarios(
+    broker: &TestBroker,
+    brokers: &str,
+    mock: bool,
+    rounds: usize,
+    io_messages: usize,
+) -> Io {
+    // IO-bound: 10 partitions, concurrency 10, 1 ms per message.
+    let io_topic = format!("bench-io-{}", rand_suffix());
+    broker.create_topic(&io_topic, 10).unwrap();
+    // As a live stream arrives: small record batches (brokers return whole record batches,
+    // so only small ones let a fetch interleave partitions).
+    backlog(brokers, &io_topic, io_messages * (rounds + 1), 10, 10);
+    // The lag scenario: the same work, but a backlog written in large record batches, as a
+    // topic that fell behind looks to its consumer (each fetch returns long runs of one
+    // partition). Only on a real broker: the mock answers a fetch with one small message set
+    // per partition whatever was written.
+    let lag_topic = (!mock).then(|| {
+        let topic = format!("bench-lag-{}", rand_suffix());
+        broker.create_topic(&topic, 10).unwrap();
+        backlog(brokers, &topic, io_messages * (rounds + 1), 10, 10_000);
+        topic
+    });
+    let (mut io_default, mut io_tuned, mut io_lag, mut io_costs) = (vec![], vec![], vec![], vec![]);
+    let tuned = [("fetch.message.max.bytes", "1024")];
+    for round in 0..rounds {
+        let run = framework(brokers, &io_topic, io_messages, 1, 10, &[], 100);
+        io_costs.push(run.io_cost.as_secs_f64() * 1e6);
+        io_default.push(run.efficiency(10));
+        let run = framework(brokers, &io_topic, io_messages, 1, 10, &tuned, 100);
+        io_costs.push(run.io_cost.as_secs_f64() * 1e6);
+        io_tuned.push(run.efficiency(10));
+        let lag = lag_topic.as_ref().map(|topic| {
+            let run = framework(brokers, topic, io_messages, 1, 10, &[], 100);
+            io_costs.push(run.io_cost.as_secs_f64() * 1e6);
+            run.efficiency(10)
+        });
+        println!(
+            "  round {round}: IO-bound efficiency default {:.3}, with fetch.message.max.bytes=1024 {:.3}, lag {}",
+            io_default[round],
+            io_tuned[round],
+            lag.map_or_else(
+                || "- (needs a real broker)".to_owned(),
+                |e| format!("{e:.3}")
+            )
+        );
+        io_lag.extend(lag);
+    }
+
+    Io {
+        default: io_default,
+        tuned: io_tuned,
+        lag: io_lag,
+        costs: io_costs,
+    }
 }

@@ -1,7 +1,10 @@
 //! Consumed messages and their batch.
 //!
-//! A poll's messages live once, in a [`PollBuffer`]: one record per message (offsets,
-//! headers, timestamps) and one byte arena for every key and payload. A job's batch is a
+//! A poll's messages live once, in a [`PollBuffer`]: one record per message. On a broker
+//! connection the record holds librdkafka's message itself (keys, payloads, headers and
+//! timestamps are read in place, on first use: nothing is copied at poll time, and the
+//! buffer keeps the client alive while it holds messages); in the test harness it holds
+//! offsets, headers and timestamps, with keys and payloads in one byte arena. A job's batch is a
 //! [`BatchView`], a range of that buffer's records (one partition's, in offset order), so one
 //! poll can feed several jobs without copying a message. The consumer's [`Messages`] wraps
 //! the view with per-message decode caches; building it clones no `Arc` per message.
@@ -13,7 +16,9 @@ use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use karafka_core::{Headers, Partition, Timestamp};
+use karafka_core::{Headers, Partition, Timestamp, native};
+use rdkafka::Message as _;
+use rdkafka::message::BorrowedMessage;
 
 use crate::payload::BoxError;
 
@@ -27,42 +32,130 @@ pub(crate) struct Span {
     end: usize,
 }
 
-/// One polled message: its Kafka fields; its topic, key and payload point into its buffer.
+/// One polled message: its topic (an index into its buffer's topics), partition, offset, and
+/// the rest where it lies.
 #[derive(Debug)]
 pub(crate) struct RawMessage {
     topic: u32,
     pub(crate) partition: Partition,
     pub(crate) offset: i64,
-    key: Option<Span>,
-    payload: Option<Span>,
-    pub(crate) headers: Headers,
-    pub(crate) timestamp: Timestamp,
+    body: Body,
 }
 
-/// The messages of one poll (or one harness delivery), stored once.
 #[derive(Debug)]
+enum Body {
+    /// Copied in (the harness): key and payload in the buffer's arena.
+    Copied {
+        key: Option<Span>,
+        payload: Option<Span>,
+        headers: Headers,
+        timestamp: Timestamp,
+    },
+    /// librdkafka's message, read in place; its headers converted on first use.
+    Native {
+        message: NativeMessage,
+        headers: OnceLock<Headers>,
+    },
+}
+
+/// A message still owned by librdkafka, freed when dropped.
+struct NativeMessage(BorrowedMessage<'static>);
+
+impl fmt::Debug for NativeMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NativeMessage")
+            .field("partition", &self.0.partition())
+            .field("offset", &self.0.offset())
+            .finish()
+    }
+}
+
+/// Keeps a client alive (type-erased), for as long as messages polled from it exist.
+type ClientGuard = Arc<dyn Send + Sync>;
+
+/// The messages of one poll (or one harness delivery), stored once.
 pub(crate) struct PollBuffer {
     topics: Vec<Arc<str>>,
+    // Declared before `_client`: native messages are freed before the client they came from
+    // can be destroyed.
     records: Vec<RawMessage>,
     arena: Bytes,
     polled_at: SystemTime,
+    /// The client the native records were polled from (`None`: all records are copied).
+    _client: Option<ClientGuard>,
 }
 
-/// Fills a [`PollBuffer`]: records pre-sized to the poll's `max_messages`, the arena to what
-/// the caller expects (the listener passes the size of its previous poll's arena).
+impl fmt::Debug for PollBuffer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PollBuffer")
+            .field("topics", &self.topics)
+            .field("records", &self.records.len())
+            .field("arena_bytes", &self.arena.len())
+            .field("polled_at", &self.polled_at)
+            .finish()
+    }
+}
+
+/// Fills a [`PollBuffer`]: records pre-sized to the poll's `max_messages`; for copied
+/// records, the arena pre-sized to what the caller expects.
 pub(crate) struct PollBufferBuilder {
     topics: Vec<Arc<str>>,
     records: Vec<RawMessage>,
     arena: Vec<u8>,
+    client: Option<ClientGuard>,
 }
 
 impl PollBufferBuilder {
+    /// A buffer of copied records (the harness).
     pub(crate) fn new(messages: usize, arena_bytes: usize) -> Self {
         PollBufferBuilder {
             topics: Vec::new(),
             records: Vec::with_capacity(messages),
             arena: Vec::with_capacity(arena_bytes),
+            client: None,
         }
+    }
+
+    /// A buffer of librdkafka's messages polled from `client` (see
+    /// [`push_native`](Self::push_native)); the buffer holds `client` until it is dropped.
+    pub(crate) fn native(messages: usize, client: ClientGuard) -> Self {
+        PollBufferBuilder {
+            topics: Vec::new(),
+            records: Vec::with_capacity(messages),
+            arena: Vec::new(),
+            client: Some(client),
+        }
+    }
+
+    /// Adds librdkafka's message `m` of the topic at `topic`, as is: no field but partition
+    /// and offset is read now.
+    ///
+    /// # Safety
+    ///
+    /// `m` must have been polled from the client given to [`native`](Self::native): the
+    /// buffer extends `m`'s lifetime to its own, which is sound only because it keeps that
+    /// client alive (a message borrows nothing else from its consumer; its memory is
+    /// librdkafka's, freed by its own reference counting when `m` is dropped, from any
+    /// thread).
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn push_native(&mut self, topic: u32, m: BorrowedMessage<'_>) {
+        debug_assert!(self.client.is_some(), "push_native on a copied buffer");
+        let (partition, offset) = (m.partition(), m.offset());
+        // SAFETY: only the lifetime changes (a marker: `BorrowedMessage` holds a pointer to
+        // the message and a reference-counted handle to its event, nothing of the consumer).
+        // The caller guarantees `m` came from `self.client`, which the finished buffer holds
+        // in a field declared after its records, so the client outlives the message.
+        let message =
+            unsafe { std::mem::transmute::<BorrowedMessage<'_>, BorrowedMessage<'static>>(m) };
+        self.records.push(RawMessage {
+            topic,
+            partition,
+            offset,
+            body: Body::Native {
+                message: NativeMessage(message),
+                headers: OnceLock::new(),
+            },
+        });
     }
 
     /// The index of `topic` in this buffer (a linear search: a poll holds a few topics;
@@ -97,10 +190,12 @@ impl PollBufferBuilder {
             topic,
             partition,
             offset,
-            key,
-            payload,
-            headers,
-            timestamp,
+            body: Body::Copied {
+                key,
+                payload,
+                headers,
+                timestamp,
+            },
         });
     }
 
@@ -159,6 +254,7 @@ impl PollBufferBuilder {
             records: self.records,
             arena: Bytes::from(self.arena),
             polled_at,
+            _client: self.client,
         };
         (Arc::new(buffer), runs)
     }
@@ -183,15 +279,11 @@ fn runs_of<K: PartialEq>(
 }
 
 impl PollBuffer {
-    /// Bytes of keys and payloads held.
-    pub(crate) fn arena_len(&self) -> usize {
-        self.arena.len()
-    }
-
-    fn record(&self, index: usize) -> RecordRef<'_> {
+    fn record(buffer: &Arc<PollBuffer>, index: usize) -> RecordRef<'_> {
         RecordRef {
-            buffer: self,
-            raw: &self.records[index],
+            buffer,
+            index,
+            raw: &buffer.records[index],
         }
     }
 }
@@ -218,6 +310,7 @@ impl BatchView {
             records: Vec::new(),
             arena: Bytes::new(),
             polled_at: SystemTime::now(),
+            _client: None,
         };
         BatchView {
             buffer: Arc::new(buffer),
@@ -239,15 +332,17 @@ impl BatchView {
 
     /// The records, in offset order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
-        self.range.clone().map(|i| self.buffer.record(i))
+        self.range
+            .clone()
+            .map(|i| PollBuffer::record(&self.buffer, i))
     }
 
     pub(crate) fn first(&self) -> Option<RecordRef<'_>> {
-        (!self.is_empty()).then(|| self.buffer.record(self.range.start))
+        (!self.is_empty()).then(|| PollBuffer::record(&self.buffer, self.range.start))
     }
 
     pub(crate) fn last(&self) -> Option<RecordRef<'_>> {
-        (!self.is_empty()).then(|| self.buffer.record(self.range.end - 1))
+        (!self.is_empty()).then(|| PollBuffer::record(&self.buffer, self.range.end - 1))
     }
 
     /// The partition's record at `offset`.
@@ -267,7 +362,8 @@ impl BatchView {
 /// A record with its buffer: what decoders, dead-letter dispatch and instrumentation read.
 #[derive(Clone, Copy)]
 pub(crate) struct RecordRef<'a> {
-    buffer: &'a PollBuffer,
+    buffer: &'a Arc<PollBuffer>,
+    index: usize,
     raw: &'a RawMessage,
 }
 
@@ -285,33 +381,95 @@ impl<'a> RecordRef<'a> {
     }
 
     pub(crate) fn headers(&self) -> &'a Headers {
-        &self.raw.headers
+        match &self.raw.body {
+            Body::Copied { headers, .. } => headers,
+            Body::Native { message, headers } => headers.get_or_init(|| {
+                message
+                    .0
+                    .headers()
+                    .map(native::from_borrowed_headers)
+                    .unwrap_or_default()
+            }),
+        }
     }
 
     pub(crate) fn timestamp(&self) -> Timestamp {
-        self.raw.timestamp
+        match &self.raw.body {
+            Body::Copied { timestamp, .. } => *timestamp,
+            Body::Native { message, .. } => native::from_rdkafka_timestamp(message.0.timestamp()),
+        }
     }
 
     pub(crate) fn key(&self) -> Option<&'a [u8]> {
-        self.raw.key.map(|s| &self.buffer.arena[s.start..s.end])
+        self.bytes(Part::Key)
     }
 
     pub(crate) fn payload(&self) -> Option<&'a [u8]> {
-        self.raw.payload.map(|s| &self.buffer.arena[s.start..s.end])
+        self.bytes(Part::Payload)
     }
 
-    /// The key as `Bytes` sharing the arena (no copy).
+    fn bytes(&self, part: Part) -> Option<&'a [u8]> {
+        part_of(self.buffer, self.raw, part)
+    }
+
+    /// The key as `Bytes`, sharing the buffer's memory (no copy).
     pub(crate) fn key_bytes(&self) -> Option<Bytes> {
-        self.raw
-            .key
-            .map(|s| self.buffer.arena.slice(s.start..s.end))
+        self.shared(Part::Key)
     }
 
-    /// The payload as `Bytes` sharing the arena (no copy).
+    /// The payload as `Bytes`, sharing the buffer's memory (no copy).
     pub(crate) fn payload_bytes(&self) -> Option<Bytes> {
-        self.raw
-            .payload
-            .map(|s| self.buffer.arena.slice(s.start..s.end))
+        self.shared(Part::Payload)
+    }
+
+    fn shared(&self, part: Part) -> Option<Bytes> {
+        match &self.raw.body {
+            Body::Copied { key, payload, .. } => {
+                let span = match part {
+                    Part::Key => key,
+                    Part::Payload => payload,
+                };
+                span.map(|s| self.buffer.arena.slice(s.start..s.end))
+            }
+            Body::Native { .. } => {
+                self.bytes(part)?;
+                Some(Bytes::from_owner(Held {
+                    buffer: self.buffer.clone(),
+                    index: self.index,
+                    part,
+                }))
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Part {
+    Key,
+    Payload,
+}
+
+fn part_of<'a>(buffer: &'a PollBuffer, raw: &'a RawMessage, part: Part) -> Option<&'a [u8]> {
+    match (&raw.body, part) {
+        (Body::Copied { key: span, .. }, Part::Key)
+        | (Body::Copied { payload: span, .. }, Part::Payload) => {
+            span.map(|s| &buffer.arena[s.start..s.end])
+        }
+        (Body::Native { message, .. }, Part::Key) => message.0.key(),
+        (Body::Native { message, .. }, Part::Payload) => message.0.payload(),
+    }
+}
+
+/// The owner of a `Bytes` pointing into a native record: keeps the buffer alive.
+struct Held {
+    buffer: Arc<PollBuffer>,
+    index: usize,
+    part: Part,
+}
+
+impl AsRef<[u8]> for Held {
+    fn as_ref(&self) -> &[u8] {
+        part_of(&self.buffer, &self.buffer.records[self.index], self.part).unwrap_or_default()
     }
 }
 
@@ -358,7 +516,7 @@ impl<P> Message<P> {
     }
 
     fn raw(&self) -> RecordRef<'_> {
-        self.shared().batch.buffer.record(self.index)
+        PollBuffer::record(&self.shared().batch.buffer, self.index)
     }
 
     /// Topic.

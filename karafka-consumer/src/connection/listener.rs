@@ -23,6 +23,7 @@ use karafka_producer::Producer;
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::message::BorrowedMessage;
+use rdkafka::types::RDKafkaTopic;
 use std::ops::Range;
 use std::time::SystemTime;
 use tokio::runtime::Handle;
@@ -51,8 +52,6 @@ pub(crate) struct Listener {
     runtime: Handle,
     semaphore: Arc<Semaphore>,
     eof_enabled: bool,
-    /// The arena size of the last poll: the next poll's buffer starts that large.
-    arena_hint: usize,
     /// How long each topic's consume jobs take, on average (see [`JobCost`]).
     costs: HashMap<Arc<str>, JobCost>,
 }
@@ -142,7 +141,6 @@ impl Listener {
         Ok(Listener {
             name: format!("{}.{}", route.consumer_group, route.name).into(),
             eof_enabled: route.kafka.get("enable.partition.eof") == Some("true"),
-            arena_hint: 0,
             costs: HashMap::new(),
             pipeline: Pipeline::new(shared.clone(), ops),
             partitions: ClientPartitions(consumer.clone()),
@@ -259,8 +257,8 @@ impl Listener {
     /// Polls up to `max_messages`, waiting at most `max_wait_time` (or until the next pause
     /// ends) for the first message; after it, takes only what is already fetched.
     ///
-    /// The messages are copied out of librdkafka once, into one [`PollBuffer`] (keys and
-    /// payloads into its arena), returned with one range per partition and the count.
+    /// The messages go, as librdkafka's own (nothing copied), into one [`PollBuffer`],
+    /// returned with one range per partition and the count.
     #[allow(clippy::type_complexity)]
     fn poll_batch(
         &mut self,
@@ -276,11 +274,12 @@ impl Listener {
         if let Some(next_resume) = self.next_resume() {
             wake_at = wake_at.min(next_resume);
         }
-        let mut buffer = PollBufferBuilder::new(max_messages.min(8192), self.arena_hint);
+        let client: Arc<dyn Send + Sync> = self.consumer.clone();
+        let mut buffer = PollBufferBuilder::native(max_messages.min(8192), client);
         let mut eofs = Vec::new();
-        // The topic of the previous message (batches usually hold one) and the buffer's
-        // index for it.
-        let mut last_topic: Option<(Arc<str>, u32)> = None;
+        // The topic handle of the previous message (batches usually hold one topic) and the
+        // buffer's index for its name.
+        let mut last_topic: Option<(*mut RDKafkaTopic, u32)> = None;
         while buffer.len() < max_messages {
             // Wait only for the first message or end of partition: after either, take what
             // is already fetched and hand it out (reaching the end bypasses max_wait_time).
@@ -291,7 +290,7 @@ impl Listener {
             };
             match self.consumer.poll(timeout) {
                 Some(Ok(message)) => {
-                    self.copy(&message, &mut last_topic, &mut buffer);
+                    self.take(message, &mut last_topic, &mut buffer);
                 }
                 Some(Err(rdkafka::error::KafkaError::PartitionEOF(partition))) => {
                     eofs.push(partition)
@@ -327,44 +326,42 @@ impl Listener {
         let polled = (!buffer.is_empty()).then(|| {
             let messages = buffer.len();
             let (buffer, partitions) = buffer.finish(SystemTime::now());
-            self.arena_hint = buffer.arena_len();
             (buffer, partitions, messages)
         });
         (polled, eofs, started.elapsed())
     }
 
-    /// Copies a polled message out of librdkafka into `buffer`. `last_topic` caches the
-    /// previous message's topic, so a run of one topic costs no name lookup.
-    fn copy(
+    /// Moves a polled message into `buffer`, as librdkafka's message (nothing is copied or
+    /// parsed now). `last_topic` caches the previous message's topic handle, so a run of one
+    /// topic costs no name lookup: the handle is only compared, never dereferenced here
+    /// (librdkafka keeps one handle per topic for as long as any of its partitions is known,
+    /// so within one poll equal handles are equal topics; a changed handle just looks the name
+    /// up again).
+    fn take(
         &self,
-        m: &BorrowedMessage<'_>,
-        last_topic: &mut Option<(Arc<str>, u32)>,
+        m: BorrowedMessage<'_>,
+        last_topic: &mut Option<(*mut RDKafkaTopic, u32)>,
         buffer: &mut PollBufferBuilder,
     ) {
-        let name = m.topic();
-        let topic = match last_topic {
-            Some((last, index)) if **last == *name => *index,
+        let handle = m.topic_ptr();
+        let topic = match *last_topic {
+            Some((last, index)) if std::ptr::eq(last, handle) => index,
             _ => {
+                let name = m.topic();
                 let topic = self
                     .pipeline
                     .topic(name)
                     .map_or_else(|| Arc::from(name), |known| known.name.clone());
                 let index = buffer.topic(&topic);
-                *last_topic = Some((topic, index));
+                *last_topic = Some((handle, index));
                 index
             }
         };
-        buffer.push(
-            topic,
-            m.partition(),
-            m.offset(),
-            m.key(),
-            m.payload(),
-            m.headers()
-                .map(native::from_borrowed_headers)
-                .unwrap_or_default(),
-            native::from_rdkafka_timestamp(m.timestamp()),
-        );
+        // SAFETY: `m` was polled from `self.consumer`, the client `buffer` was made with.
+        #[allow(unsafe_code)]
+        unsafe {
+            buffer.push_native(topic, m);
+        }
     }
 
     // -- jobs -------------------------------------------------------------------------------
