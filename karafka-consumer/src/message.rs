@@ -554,7 +554,10 @@ impl<P> Message<P> {
         self.raw().timestamp()
     }
 
-    /// The payload bytes as they came (`None` for a tombstone).
+    /// The payload bytes as they came (`None` for a tombstone). The `Bytes` shares the
+    /// polled message's memory (no copy): a clone kept after the batch keeps that poll's
+    /// messages, and the connection they came from, alive until it is dropped; copy it
+    /// (`Bytes::copy_from_slice`) to keep only the payload.
     pub fn raw_payload(&self) -> Option<&Bytes> {
         self.raw_payload
             .get_or_init(|| self.raw().payload_bytes())
