@@ -3,7 +3,9 @@
 //! A poll's messages live once, in a [`PollBuffer`]: one record per message. On a broker
 //! connection the record holds librdkafka's message itself (keys, payloads, headers and
 //! timestamps are read in place, on first use: nothing is copied at poll time, and the
-//! buffer keeps the client alive while it holds messages); in the test harness it holds
+//! buffer keeps the client alive while it holds messages; an owned `Bytes` of a key or
+//! payload is a copy, so nothing a user keeps holds librdkafka's memory); in the test
+//! harness it holds
 //! offsets, headers and timestamps, with keys and payloads in one byte arena. A job's batch is a
 //! [`BatchView`], a range of that buffer's records (one partition's, in offset order), so one
 //! poll can feed several jobs without copying a message. The consumer's [`Messages`] wraps
@@ -45,6 +47,7 @@ pub(crate) struct RawMessage {
 #[derive(Debug)]
 enum Body {
     /// Copied in (the harness): key and payload in the buffer's arena.
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     Copied {
         key: Option<Span>,
         payload: Option<Span>,
@@ -59,6 +62,12 @@ enum Body {
 }
 
 /// A message still owned by librdkafka, freed when dropped.
+///
+/// Its headers are read only through the record's `OnceLock` (`RecordRef::headers`), never by
+/// calling `self.0.headers()` elsewhere: librdkafka parses a message's headers lazily on the
+/// first `rd_kafka_message_headers` and stores them in the message without a lock, so two
+/// threads reading them the first time at once would race (rdkafka's `Sync` for
+/// `BorrowedMessage` does not cover that).
 struct NativeMessage(BorrowedMessage<'static>);
 
 impl fmt::Debug for NativeMessage {
@@ -85,6 +94,13 @@ pub(crate) struct PollBuffer {
     _client: Option<ClientGuard>,
 }
 
+impl Drop for PollBuffer {
+    fn drop(&mut self) {
+        // Native messages go before the client, whatever the fields' order.
+        self.records.clear();
+    }
+}
+
 impl fmt::Debug for PollBuffer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PollBuffer")
@@ -105,8 +121,17 @@ pub(crate) struct PollBufferBuilder {
     client: Option<ClientGuard>,
 }
 
+impl Drop for PollBufferBuilder {
+    fn drop(&mut self) {
+        // As for `PollBuffer`: messages before the client (a builder dropped unfinished,
+        // e.g. while unwinding).
+        self.records.clear();
+    }
+}
+
 impl PollBufferBuilder {
     /// A buffer of copied records (the harness).
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn new(messages: usize, arena_bytes: usize) -> Self {
         PollBufferBuilder {
             topics: Vec::new(),
@@ -134,9 +159,12 @@ impl PollBufferBuilder {
     ///
     /// `m` must have been polled from the client given to [`native`](Self::native): the
     /// buffer extends `m`'s lifetime to its own, which is sound only because it keeps that
-    /// client alive (a message borrows nothing else from its consumer; its memory is
-    /// librdkafka's, freed by its own reference counting when `m` is dropped, from any
-    /// thread).
+    /// client alive (in rdkafka 0.39, a `BorrowedMessage` holds the message pointer and a
+    /// reference-counted handle to its event, and its lifetime only marks the `&self` borrow
+    /// of `BaseConsumer::poll`; librdkafka requires messages to be destroyed before
+    /// `rd_kafka_consumer_close`/`rd_kafka_destroy`, which the client's drop calls, and frees
+    /// them by atomic reference counting, from any thread). Check that again when rdkafka
+    /// is upgraded.
     #[allow(unsafe_code)]
     pub(crate) unsafe fn push_native(&mut self, topic: u32, m: BorrowedMessage<'_>) {
         debug_assert!(self.client.is_some(), "push_native on a copied buffer");
@@ -174,6 +202,7 @@ impl PollBufferBuilder {
 
     /// Adds a message of the topic at `topic` (from [`topic`](Self::topic)).
     #[allow(clippy::too_many_arguments)]
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) fn push(
         &mut self,
         topic: u32,
@@ -199,6 +228,7 @@ impl PollBufferBuilder {
         });
     }
 
+    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     fn put(&mut self, bytes: &[u8]) -> Span {
         let start = self.arena.len();
         self.arena.extend_from_slice(bytes);
@@ -250,11 +280,11 @@ impl PollBufferBuilder {
             runs = runs_of(&self.records, key);
         }
         let buffer = PollBuffer {
-            topics: self.topics,
-            records: self.records,
-            arena: Bytes::from(self.arena),
+            topics: std::mem::take(&mut self.topics),
+            records: std::mem::take(&mut self.records),
+            arena: Bytes::from(std::mem::take(&mut self.arena)),
             polled_at,
-            _client: self.client,
+            _client: self.client.take(),
         };
         (Arc::new(buffer), runs)
     }
@@ -279,11 +309,10 @@ fn runs_of<K: PartialEq>(
 }
 
 impl PollBuffer {
-    fn record(buffer: &Arc<PollBuffer>, index: usize) -> RecordRef<'_> {
+    fn record(&self, index: usize) -> RecordRef<'_> {
         RecordRef {
-            buffer,
-            index,
-            raw: &buffer.records[index],
+            buffer: self,
+            raw: &self.records[index],
         }
     }
 }
@@ -332,17 +361,15 @@ impl BatchView {
 
     /// The records, in offset order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
-        self.range
-            .clone()
-            .map(|i| PollBuffer::record(&self.buffer, i))
+        self.range.clone().map(|i| self.buffer.record(i))
     }
 
     pub(crate) fn first(&self) -> Option<RecordRef<'_>> {
-        (!self.is_empty()).then(|| PollBuffer::record(&self.buffer, self.range.start))
+        (!self.is_empty()).then(|| self.buffer.record(self.range.start))
     }
 
     pub(crate) fn last(&self) -> Option<RecordRef<'_>> {
-        (!self.is_empty()).then(|| PollBuffer::record(&self.buffer, self.range.end - 1))
+        (!self.is_empty()).then(|| self.buffer.record(self.range.end - 1))
     }
 
     /// The partition's record at `offset`.
@@ -362,8 +389,7 @@ impl BatchView {
 /// A record with its buffer: what decoders, dead-letter dispatch and instrumentation read.
 #[derive(Clone, Copy)]
 pub(crate) struct RecordRef<'a> {
-    buffer: &'a Arc<PollBuffer>,
-    index: usize,
+    buffer: &'a PollBuffer,
     raw: &'a RawMessage,
 }
 
@@ -412,17 +438,23 @@ impl<'a> RecordRef<'a> {
         part_of(self.buffer, self.raw, part)
     }
 
-    /// The key as `Bytes`, sharing the buffer's memory (no copy).
+    /// The key as `Bytes`: shares the arena of a copied record; a copy of a native one.
     pub(crate) fn key_bytes(&self) -> Option<Bytes> {
-        self.shared(Part::Key)
+        self.owned(Part::Key)
     }
 
-    /// The payload as `Bytes`, sharing the buffer's memory (no copy).
+    /// The payload as `Bytes`: shares the arena of a copied record; a copy of a native one.
     pub(crate) fn payload_bytes(&self) -> Option<Bytes> {
-        self.shared(Part::Payload)
+        self.owned(Part::Payload)
     }
 
-    fn shared(&self, part: Part) -> Option<Bytes> {
+    /// An owned `Bytes` of one part. A native record's part is copied: a `Bytes` can be kept
+    /// anywhere (a decoded payload, a spawned task, a DLQ message waiting in the producer),
+    /// and one that pointed into librdkafka's memory would keep the poll's fetch buffers
+    /// and the client alive with it, so the consumer could not close at shutdown. The copy
+    /// is made only when asked for (decoding, `raw_payload`, dead-lettering), never per
+    /// polled message.
+    fn owned(&self, part: Part) -> Option<Bytes> {
         match &self.raw.body {
             Body::Copied { key, payload, .. } => {
                 let span = match part {
@@ -431,14 +463,7 @@ impl<'a> RecordRef<'a> {
                 };
                 span.map(|s| self.buffer.arena.slice(s.start..s.end))
             }
-            Body::Native { .. } => {
-                self.bytes(part)?;
-                Some(Bytes::from_owner(Held {
-                    buffer: self.buffer.clone(),
-                    index: self.index,
-                    part,
-                }))
-            }
+            Body::Native { .. } => self.bytes(part).map(Bytes::copy_from_slice),
         }
     }
 }
@@ -457,19 +482,6 @@ fn part_of<'a>(buffer: &'a PollBuffer, raw: &'a RawMessage, part: Part) -> Optio
         }
         (Body::Native { message, .. }, Part::Key) => message.0.key(),
         (Body::Native { message, .. }, Part::Payload) => message.0.payload(),
-    }
-}
-
-/// The owner of a `Bytes` pointing into a native record: keeps the buffer alive.
-struct Held {
-    buffer: Arc<PollBuffer>,
-    index: usize,
-    part: Part,
-}
-
-impl AsRef<[u8]> for Held {
-    fn as_ref(&self) -> &[u8] {
-        part_of(&self.buffer, &self.buffer.records[self.index], self.part).unwrap_or_default()
     }
 }
 
@@ -516,7 +528,7 @@ impl<P> Message<P> {
     }
 
     fn raw(&self) -> RecordRef<'_> {
-        PollBuffer::record(&self.shared().batch.buffer, self.index)
+        self.shared().batch.buffer.record(self.index)
     }
 
     /// Topic.
@@ -554,10 +566,12 @@ impl<P> Message<P> {
         self.raw().timestamp()
     }
 
-    /// The payload bytes as they came (`None` for a tombstone). The `Bytes` shares the
-    /// polled message's memory (no copy): a clone kept after the batch keeps that poll's
-    /// messages, and the connection they came from, alive until it is dropped; copy it
-    /// (`Bytes::copy_from_slice`) to keep only the payload.
+    /// The payload bytes as they came (`None` for a tombstone), made on the first call (from
+    /// a broker, a copy of librdkafka's message: the `Bytes` owns its memory and can be kept
+    /// after the batch, moved to another task or produced elsewhere without holding the
+    /// poll's fetch buffers or the connection). To read without a copy, decode through a
+    /// [`Payload`](crate::payload::Payload) type or use [`is_tombstone`](Self::is_tombstone),
+    /// [`key`](Self::key) and [`headers`](Self::headers), which read in place.
     pub fn raw_payload(&self) -> Option<&Bytes> {
         self.raw_payload
             .get_or_init(|| self.raw().payload_bytes())

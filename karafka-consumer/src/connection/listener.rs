@@ -333,10 +333,12 @@ impl Listener {
 
     /// Moves a polled message into `buffer`, as librdkafka's message (nothing is copied or
     /// parsed now). `last_topic` caches the previous message's topic handle, so a run of one
-    /// topic costs no name lookup: the handle is only compared, never dereferenced here
-    /// (librdkafka keeps one handle per topic for as long as any of its partitions is known,
-    /// so within one poll equal handles are equal topics; a changed handle just looks the name
-    /// up again).
+    /// topic costs no name lookup: the handle is only compared, never dereferenced here.
+    /// `last_topic` lives for one poll, and every message of the poll is still alive in
+    /// `buffer`, each holding a reference on its topic handle (librdkafka keeps the handle
+    /// for each message it hands out), so no handle seen in this poll can be freed and its
+    /// address reused by another topic: equal handles are equal topics. A changed handle just
+    /// looks the name up again.
     fn take(
         &self,
         m: BorrowedMessage<'_>,
