@@ -5,8 +5,8 @@
 //! timestamps are read in place, on first use: nothing is copied at poll time, and the
 //! buffer keeps the client alive while it holds messages; an owned `Bytes` of a key or
 //! payload is a copy, so nothing a user keeps holds librdkafka's memory); in the test
-//! harness it holds
-//! offsets, headers and timestamps, with keys and payloads in one byte arena. A job's batch is a
+//! harness it holds offsets, headers and timestamps, with keys and payloads in one byte
+//! arena. A job's batch is a
 //! [`BatchView`], a range of that buffer's records (one partition's, in offset order), so one
 //! poll can feed several jobs without copying a message. The consumer's [`Messages`] wraps
 //! the view with per-message decode caches; building it clones no `Arc` per message.
@@ -569,9 +569,9 @@ impl<P> Message<P> {
     /// The payload bytes as they came (`None` for a tombstone), made on the first call (from
     /// a broker, a copy of librdkafka's message: the `Bytes` owns its memory and can be kept
     /// after the batch, moved to another task or produced elsewhere without holding the
-    /// poll's fetch buffers or the connection). To read without a copy, decode through a
-    /// [`Payload`](crate::payload::Payload) type or use [`is_tombstone`](Self::is_tombstone),
-    /// [`key`](Self::key) and [`headers`](Self::headers), which read in place.
+    /// poll's fetch buffers or the connection). Decoding with [`payload`](Self::payload)
+    /// copies too (its own copy: using both copies twice); [`key`](Self::key),
+    /// [`headers`](Self::headers) and [`is_tombstone`](Self::is_tombstone) read in place.
     pub fn raw_payload(&self) -> Option<&Bytes> {
         self.raw_payload
             .get_or_init(|| self.raw().payload_bytes())
