@@ -34,7 +34,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use karafka_benches::{Summary, process_cpu, rate};
 use karafka_consumer::payload::Raw;
-use karafka_consumer::{App, ConsumeResult, Consumer, Context};
+use karafka_consumer::{App, ConsumeResult, Consumer, Context, Scheduling};
 use karafka_core::KafkaSettings;
 use karafka_producer::{Message, Producer};
 use karafka_testing::{EmbeddedCluster, TestBroker, client_config};
@@ -219,6 +219,7 @@ impl Consumer for Counter {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // a bench helper: every scenario sets each of them
 fn framework(
     brokers: &str,
     topic: &str,
@@ -227,6 +228,7 @@ fn framework(
     concurrency: usize,
     tune: &[(&str, &str)],
     max_messages: usize,
+    scheduling: Scheduling,
 ) -> Run {
     let group = format!("bench-fw-{}", rand_suffix());
     let progress = Arc::new(Progress {
@@ -240,6 +242,7 @@ fn framework(
     let p = progress.clone();
     let mut builder = App::builder()
         .name(group.as_str())
+        .scheduling(scheduling)
         .concurrency(concurrency)
         .kafka("bootstrap.servers", brokers)
         .kafka("auto.offset.reset", "earliest")
@@ -330,11 +333,17 @@ fn main() {
     println!("  backlog produced in {:?}", started.elapsed());
 
     let max_messages = env_usize("BENCH_MAX_MESSAGES", 100);
+    let only_mode = match std::env::var("BENCH_SCHEDULING").as_deref() {
+        Ok("poll") => Some(Scheduling::Poll),
+        Ok("partition") => Some(Scheduling::Partition),
+        _ => None,
+    };
     if std::env::var("BENCH_ONLY").as_deref() == Ok("karafka") {
         for round in 0..rounds {
-            let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages);
+            let mode = only_mode.unwrap_or_default();
+            let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages, mode);
             println!(
-                "  round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s",
+                "  round {round}: karafka-rs ({mode}) {:>12} msg/s  cpu {:.2} s",
                 rate(run.rate),
                 run.cpu.as_secs_f64()
             );
@@ -354,6 +363,7 @@ fn main() {
     }
     let (mut raw, mut fw, mut raw_cpu, mut fw_cpu) = (vec![], vec![], vec![], vec![]);
     let (mut reading, mut reading_cpu) = (vec![], vec![]);
+    let (mut poll, mut poll_cpu) = (vec![], vec![]);
     for round in 0..rounds {
         let (r, c) = raw_pass_through(&brokers, &topic, n, max_messages, false);
         println!(
@@ -371,14 +381,40 @@ fn main() {
         );
         reading.push(r);
         reading_cpu.push(c.as_secs_f64());
-        let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages);
+        let run = framework(
+            &brokers,
+            &topic,
+            n,
+            0,
+            5,
+            &[],
+            max_messages,
+            Scheduling::Partition,
+        );
         println!(
-            "  round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s",
+            "  round {round}: karafka-rs (partition) {:>12} msg/s  cpu {:.2} s",
             rate(run.rate),
             run.cpu.as_secs_f64()
         );
         fw.push(run.rate);
         fw_cpu.push(run.cpu.as_secs_f64());
+        let run = framework(
+            &brokers,
+            &topic,
+            n,
+            0,
+            5,
+            &[],
+            max_messages,
+            Scheduling::Poll,
+        );
+        println!(
+            "  round {round}: karafka-rs (poll)      {:>12} msg/s  cpu {:.2} s",
+            rate(run.rate),
+            run.cpu.as_secs_f64()
+        );
+        poll.push(run.rate);
+        poll_cpu.push(run.cpu.as_secs_f64());
     }
 
     let pass_through_only = std::env::var("BENCH_SCENARIOS").as_deref() == Ok("pass-through");
@@ -404,25 +440,37 @@ fn main() {
     );
     println!("|---|---|---|---|");
     row(
-        &format!("pass-through {n} x 100 B, msg/s"),
+        &format!("pass-through {n} x 100 B, msg/s, partition scheduling"),
         &raw,
         &fw,
         &|v| rate(v),
     );
     row(
-        "process CPU from first to last message, s",
+        &format!("pass-through {n} x 100 B, msg/s, poll scheduling"),
+        &raw,
+        &poll,
+        &|v| rate(v),
+    );
+    row(
+        "process CPU from first to last message, s, partition scheduling",
         &raw_cpu,
         &fw_cpu,
         &|v| format!("{v:.2}"),
     );
     row(
-        "pass-through, msg/s, against raw reading key, payload, timestamp and headers",
+        "process CPU from first to last message, s, poll scheduling",
+        &raw_cpu,
+        &poll_cpu,
+        &|v| format!("{v:.2}"),
+    );
+    row(
+        "pass-through, msg/s, against raw reading key, payload, timestamp and headers (partition scheduling)",
         &reading,
         &fw,
         &|v| rate(v),
     );
     row(
-        "process CPU, against raw reading every message, s",
+        "process CPU, against raw reading every message, s (partition scheduling)",
         &reading_cpu,
         &fw_cpu,
         &|v| format!("{v:.2}"),
@@ -431,6 +479,8 @@ fn main() {
         default: io_default,
         tuned: io_tuned,
         lag: io_lag,
+        poll_default,
+        poll_lag,
         costs: io_costs,
     }) = io
     else {
@@ -454,17 +504,19 @@ fn main() {
         }
     };
     io_row(
-        "IO-bound efficiency = msg/s ÷ (concurrency ÷ c), 1 ms/message, 10 partitions, concurrency 10, defaults",
+        "IO-bound efficiency = msg/s ÷ (concurrency ÷ c), 1 ms/message, 10 partitions, concurrency 10, defaults, partition scheduling",
         &io_default,
     );
+    io_row("IO-bound efficiency, poll scheduling", &poll_default);
     io_row(
-        "IO-bound efficiency, fetch.message.max.bytes=1024",
+        "IO-bound efficiency, fetch.message.max.bytes=1024, partition scheduling",
         &io_tuned,
     );
     io_row(
-        "lag: IO-bound efficiency on a backlog of 10,000-message record batches",
+        "lag: IO-bound efficiency on a backlog of 10,000-message record batches, partition scheduling",
         &io_lag,
     );
+    io_row("lag: IO-bound efficiency, poll scheduling", &poll_lag);
 }
 
 /// Efficiencies of the IO-bound scenarios, per round, and the measured cost `c` of each run.
@@ -472,6 +524,8 @@ struct Io {
     default: Vec<f64>,
     tuned: Vec<f64>,
     lag: Vec<f64>,
+    poll_default: Vec<f64>,
+    poll_lag: Vec<f64>,
     costs: Vec<f64>,
 }
 
@@ -499,35 +553,47 @@ fn io_scenarios(
         topic
     });
     let (mut io_default, mut io_tuned, mut io_lag, mut io_costs) = (vec![], vec![], vec![], vec![]);
+    let (mut poll_default, mut poll_lag) = (vec![], vec![]);
     let tuned = [("fetch.message.max.bytes", "1024")];
+    let mut io = |topic: &str, tune: &[(&str, &str)], mode: Scheduling| {
+        let run = framework(brokers, topic, io_messages, 1, 10, tune, 100, mode);
+        io_costs.push(run.io_cost.as_secs_f64() * 1e6);
+        run.efficiency(10)
+    };
+    let shown = |e: Option<f64>| e.map_or_else(|| "-".to_owned(), |e| format!("{e:.3}"));
     for round in 0..rounds {
-        let run = framework(brokers, &io_topic, io_messages, 1, 10, &[], 100);
-        io_costs.push(run.io_cost.as_secs_f64() * 1e6);
-        io_default.push(run.efficiency(10));
-        let run = framework(brokers, &io_topic, io_messages, 1, 10, &tuned, 100);
-        io_costs.push(run.io_cost.as_secs_f64() * 1e6);
-        io_tuned.push(run.efficiency(10));
-        let lag = lag_topic.as_ref().map(|topic| {
-            let run = framework(brokers, topic, io_messages, 1, 10, &[], 100);
-            io_costs.push(run.io_cost.as_secs_f64() * 1e6);
-            run.efficiency(10)
-        });
+        io_default.push(io(&io_topic, &[], Scheduling::Partition));
+        poll_default.push(io(&io_topic, &[], Scheduling::Poll));
+        io_tuned.push(io(&io_topic, &tuned, Scheduling::Partition));
+        let lag = lag_topic
+            .as_ref()
+            .map(|topic| io(topic, &[], Scheduling::Partition));
+        let lag_poll = lag_topic
+            .as_ref()
+            .map(|topic| io(topic, &[], Scheduling::Poll));
         println!(
-            "  round {round}: IO-bound efficiency default {:.3}, with fetch.message.max.bytes=1024 {:.3}, lag {}",
+            "  round {round}: IO-bound efficiency partition {:.3}, poll {:.3}, partition with fetch.message.max.bytes=1024 {:.3}, lag partition {}, lag poll {}{}",
             io_default[round],
+            poll_default[round],
             io_tuned[round],
-            lag.map_or_else(
-                || "- (needs a real broker)".to_owned(),
-                |e| format!("{e:.3}")
-            )
+            shown(lag),
+            shown(lag_poll),
+            if lag.is_none() {
+                " (lag needs a real broker)"
+            } else {
+                ""
+            },
         );
         io_lag.extend(lag);
+        poll_lag.extend(lag_poll);
     }
 
     Io {
         default: io_default,
         tuned: io_tuned,
         lag: io_lag,
+        poll_default,
+        poll_lag,
         costs: io_costs,
     }
 }

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Each line of `OUTPUT` is `<run> <partition> <offset>`; `RUN` names the run (default 0);
-//! `DELAY_MS` slows each batch down (default 0). The process runs until killed (or `STOP_AFTER`
+//! `DELAY_MS` slows each batch down (default 0); `SCHEDULING` is `partition` (default) or `poll`.
+//! The process runs until killed (or `STOP_AFTER`
 //! messages of this run are recorded). The kill -9 test of karafka-consumer drives it.
 
 use std::io::Write;
@@ -17,7 +18,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use karafka_consumer::payload::Raw;
-use karafka_consumer::{App, ConsumeResult, Consumer, Context};
+use karafka_consumer::{App, ConsumeResult, Consumer, Context, Scheduling};
 
 struct Recorder {
     file: Arc<std::fs::File>,
@@ -62,6 +63,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .and_then(|v| v.parse().ok())
             .unwrap_or(0),
     );
+    // `partition` (the default) or `poll` (Karafka's rule).
+    let scheduling: Scheduling = match std::env::var("SCHEDULING") {
+        Ok(s) => s.parse()?,
+        Err(_) => Scheduling::default(),
+    };
     let stop_after: Option<usize> = std::env::var("STOP_AFTER")
         .ok()
         .and_then(|v| v.parse().ok());
@@ -76,6 +82,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (f, r) = (file.clone(), recorded.clone());
     let app = App::builder()
         .name(group.as_str())
+        .scheduling(scheduling)
         .kafka("bootstrap.servers", brokers)
         .kafka("session.timeout.ms", "6000")
         // The same member id on every run: a restarted process takes its partitions back at once

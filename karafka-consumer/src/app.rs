@@ -18,7 +18,7 @@ use crate::processing::group::{self, GroupShared};
 use crate::routing::{self, ConsumerGroupBuilder, Routes, TopicBuilder, TopicSettings};
 use crate::settings::{
     DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT,
-    DEFAULT_SHUTDOWN_TIMEOUT, ProcessingSettings,
+    DEFAULT_REVOCATION_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, ProcessingSettings, Scheduling,
 };
 use crate::status::{Control, Health};
 
@@ -52,6 +52,8 @@ pub struct AppBuilder {
     pause_timeout: Duration,
     pause_max_timeout: Duration,
     pause_exponential: bool,
+    scheduling: Scheduling,
+    revocation_timeout: Duration,
     defaults: TopicSettings,
     groups: Vec<ConsumerGroupBuilder>,
     monitor: Option<Monitor>,
@@ -71,6 +73,8 @@ impl Default for AppBuilder {
             pause_timeout: DEFAULT_PAUSE_TIMEOUT,
             pause_max_timeout: DEFAULT_PAUSE_MAX_TIMEOUT,
             pause_exponential: true,
+            scheduling: Scheduling::default(),
+            revocation_timeout: DEFAULT_REVOCATION_TIMEOUT,
             defaults: TopicSettings::default(),
             groups: Vec::new(),
             monitor: None,
@@ -89,6 +93,7 @@ impl fmt::Debug for AppBuilder {
             .field("kafka", &self.kafka)
             .field("concurrency", &self.concurrency)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("scheduling", &self.scheduling)
             .field("consumer_groups", &self.groups)
             .finish_non_exhaustive()
     }
@@ -148,6 +153,26 @@ impl AppBuilder {
     /// Whether the back-off doubles with each retry (default true).
     pub fn pause_with_exponential_backoff(mut self, exponential: bool) -> Self {
         self.pause_exponential = exponential;
+        self
+    }
+
+    /// How subscription groups hand messages to jobs (default [`Scheduling::Partition`]:
+    /// each partition flows on its own; [`Scheduling::Poll`] is Karafka's rule). A named
+    /// subscription group can choose for itself
+    /// ([`SubscriptionGroupBuilder::scheduling`](crate::routing::SubscriptionGroupBuilder::scheduling)).
+    pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
+        self.scheduling = scheduling;
+        self
+    }
+
+    /// With [`Scheduling::Partition`], how long a revocation waits for the running jobs of
+    /// the revoked partitions before it commits and lets the rebalance go on (default
+    /// [`DEFAULT_REVOCATION_TIMEOUT`], 30 s). A job that ends in time has its batch marked
+    /// and committed; one still running past it keeps running, but its marks return false
+    /// (another member may own the partition by then), and its `revoked` hook runs once it
+    /// ends. Keep it well under `max.poll.interval.ms`: the group's rebalance waits for it.
+    pub fn revocation_timeout(mut self, timeout: Duration) -> Self {
+        self.revocation_timeout = timeout;
         self
     }
 
@@ -253,7 +278,14 @@ impl AppBuilder {
                 self.pause_timeout, self.pause_max_timeout
             )
         });
-        let routes = routing::resolve(&self.kafka, &self.defaults, self.groups, &monitor, &mut v);
+        let routes = routing::resolve(
+            &self.kafka,
+            &self.defaults,
+            self.scheduling,
+            self.groups,
+            &monitor,
+            &mut v,
+        );
         for group in &routes.consumer_groups {
             for topic in &group.topics {
                 v.check(
@@ -264,6 +296,31 @@ impl AppBuilder {
                             "is {:?}, not longer than the max_wait_time of `{}` ({:?}): a listener could \
                              still be waiting for a batch when the shutdown gives up",
                             self.shutdown_timeout, topic.name, topic.max_wait_time
+                        )
+                    },
+                );
+            }
+            for sg in &group.subscription_groups {
+                if sg.scheduling != Scheduling::Partition {
+                    continue;
+                }
+                // The revocation waits inside the rebalance callback, where the member does
+                // not poll: past max.poll.interval.ms it would be expelled from the group.
+                let interval_ms: u64 = sg
+                    .kafka
+                    .get("max.poll.interval.ms")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(300_000);
+                v.check(
+                    self.revocation_timeout < Duration::from_millis(interval_ms),
+                    "app.revocation_timeout",
+                    || {
+                        format!(
+                            "is {:?}, not shorter than max.poll.interval.ms of subscription group \
+                             `{}.{}` ({interval_ms} ms): a revocation waiting that long for running \
+                             jobs would get the member expelled; lower it or raise \
+                             max.poll.interval.ms",
+                            self.revocation_timeout, group.name, sg.name
                         )
                     },
                 );
@@ -298,6 +355,7 @@ impl AppBuilder {
                     pause_timeout: self.pause_timeout,
                     pause_max_timeout: self.pause_max_timeout,
                     pause_exponential: self.pause_exponential,
+                    revocation_timeout: self.revocation_timeout,
                 },
                 running: AtomicBool::new(false),
                 #[cfg(feature = "web")]

@@ -130,6 +130,7 @@ impl App {
                     kafka: sg.kafka.clone(),
                     max_messages: sg.max_messages,
                     max_wait_time: sg.max_wait_time,
+                    scheduling: sg.scheduling,
                 }));
             }
             if !subscription_groups.is_empty() {

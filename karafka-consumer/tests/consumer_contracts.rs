@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use karafka_consumer::payload::Raw;
 use karafka_consumer::routing::DeadLetterQueue;
-use karafka_consumer::{App, AppBuilder, ConsumeResult, Consumer, Context};
+use karafka_consumer::{App, AppBuilder, ConsumeResult, Consumer, Context, Scheduling};
 
 struct Noop;
 impl Consumer for Noop {
@@ -84,6 +84,63 @@ fn shutdown_timeout_must_exceed_max_wait_time() {
         "app.shutdown_timeout",
         "not longer than the max_wait_time of `slow`",
     );
+}
+
+#[test]
+fn scheduling_is_the_apps_unless_a_named_group_chooses() {
+    let app = base()
+        .topic("a", |t| t.consumer(|| Noop))
+        .consumer_group("cg", |g| {
+            g.subscription_group("karafkas-rule", |sg| {
+                sg.scheduling(Scheduling::Poll)
+                    .topic("b", |t| t.consumer(|| Noop))
+            })
+        })
+        .build()
+        .unwrap();
+    let modes: Vec<(String, Scheduling)> = app
+        .routes()
+        .consumer_groups()
+        .flat_map(|g| g.subscription_groups())
+        .map(|sg| (sg.name().to_owned(), sg.scheduling()))
+        .collect();
+    assert_eq!(
+        modes,
+        [
+            ("sg-0".to_owned(), Scheduling::Partition),
+            ("karafkas-rule".to_owned(), Scheduling::Poll)
+        ]
+    );
+    let app = base()
+        .scheduling(Scheduling::Poll)
+        .topic("a", |t| t.consumer(|| Noop))
+        .build()
+        .unwrap();
+    let sg = app.routes().consumer_groups().next().unwrap();
+    assert_eq!(
+        sg.subscription_groups().next().unwrap().scheduling(),
+        Scheduling::Poll
+    );
+}
+
+#[test]
+fn revocation_timeout_must_be_shorter_than_max_poll_interval() {
+    says(
+        base()
+            .revocation_timeout(Duration::from_secs(20))
+            .kafka("max.poll.interval.ms", "10000")
+            .topic("t", |t| t.consumer(|| Noop)),
+        "app.revocation_timeout",
+        "not shorter than max.poll.interval.ms of subscription group `karafka.sg-0`",
+    );
+    // Poll scheduling does not wait in revocations.
+    base()
+        .scheduling(Scheduling::Poll)
+        .revocation_timeout(Duration::from_secs(20))
+        .kafka("max.poll.interval.ms", "10000")
+        .topic("t", |t| t.consumer(|| Noop))
+        .build()
+        .unwrap();
 }
 
 #[test]

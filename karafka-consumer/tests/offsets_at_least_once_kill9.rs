@@ -76,6 +76,10 @@ fn every_message_survives_three_kills() {
             .env("OUTPUT", &output)
             .env("RUN", run.to_string())
             .env("DELAY_MS", "5")
+            .env(
+                "SCHEDULING",
+                std::env::var("KARAFKA_TEST_SCHEDULING").unwrap_or_else(|_| "partition".into()),
+            )
             .env("RUST_LOG", "off")
             .spawn()
             .expect("start the example")

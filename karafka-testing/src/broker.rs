@@ -91,6 +91,7 @@ impl BrokerKind {
             (
                 BrokerKind::Mock,
                 ReadCommittedFiltersAborted
+                | CommitsDuringEagerRebalance
                 | AdminCreateTopics
                 | TransactionalOffsetCommit
                 | ProducerFencing
@@ -103,7 +104,8 @@ impl BrokerKind {
                 | Transactions
                 | TransactionalOffsetCommit
                 | ProducerFencing
-                | ListGroups,
+                | ListGroups
+                | CommitsDuringEagerRebalance,
             ) => true,
             (
                 BrokerKind::Tansu,
@@ -162,6 +164,12 @@ pub enum Capability {
     /// (a thread dump shows the listeners in `poll`); joins inside the initial rebalance delay
     /// stalled 3 of 15 runs.
     CooperativeRebalances,
+    /// A member can commit offsets while an eager rebalance it must join is pending, as its
+    /// revocation callback does (Kafka accepts the current generation's commits while the
+    /// group prepares the rebalance). Tansu and Kafka; the mock refuses them with
+    /// REBALANCE_IN_PROGRESS (its group is already joining), so an eager revocation there
+    /// commits nothing and the next owner starts from the last background commit.
+    CommitsDuringEagerRebalance,
 }
 
 impl Capability {
@@ -184,6 +192,9 @@ impl Capability {
             Capability::ListGroups => "listing consumer groups (ListGroups)",
             Capability::CooperativeRebalances => {
                 "cooperative-sticky rebalances when a member joins a running group"
+            }
+            Capability::CommitsDuringEagerRebalance => {
+                "offset commits while an eager rebalance is pending (from the revocation callback)"
             }
             Capability::SecureListeners => {
                 "TLS and SASL_SSL listeners (KARAFKA_TEST_TLS_BROKERS, KARAFKA_TEST_SASL_SSL_BROKERS: \

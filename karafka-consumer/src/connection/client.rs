@@ -14,6 +14,7 @@ use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
 use crate::context::ClientOps;
 use crate::processing::group::GroupShared;
+use crate::processing::outcome::PartitionControl;
 
 fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
     list.elements()
@@ -22,11 +23,25 @@ fn partitions(list: &TopicPartitionList) -> Vec<TopicPartition> {
         .collect()
 }
 
+/// What a scheduler does inside the rebalance callbacks, which run on the listener thread
+/// inside `poll`.
+pub(crate) trait RebalanceHooks: Send + Sync {
+    /// Before `partitions` are assigned (their fetching has not started yet).
+    fn assigning(&self, partitions: &[TopicPartition]);
+    /// Before the stored offsets of `partitions` are committed and they are revoked: returns
+    /// once their running jobs ended and were settled, or the wait timed out. `lost`: the
+    /// assignment was lost (another member may own them already).
+    fn revoking(&self, partitions: &[TopicPartition], lost: bool);
+}
+
 /// The rdkafka context of a subscription group's client.
 pub(crate) struct GroupContext {
     pub(crate) shared: Arc<GroupShared>,
     /// Where OAUTHBEARER tokens come from, when the app was given a provider.
     pub(crate) oauth: Option<Arc<dyn karafka_core::oauth::OAuthTokenProvider>>,
+    /// The scheduler's part in rebalances (partition scheduling; set once the client
+    /// exists, before it is subscribed).
+    pub(crate) hooks: std::sync::OnceLock<Arc<dyn RebalanceHooks>>,
 }
 
 impl ClientContext for GroupContext {
@@ -74,9 +89,15 @@ impl ConsumerContext for GroupContext {
                     return;
                 }
                 let lost = consumer.assignment_lost();
+                if let Some(hooks) = self.hooks.get() {
+                    // Partition scheduling: jobs run during polls; wait for (and settle)
+                    // those of the revoked partitions first.
+                    hooks.revoking(&revoked, lost);
+                }
                 if !lost {
-                    // Commit what was processed while the partitions are still ours. Jobs never
-                    // run during a poll, so nothing is half-done here.
+                    // Commit what was processed while the partitions are still ours. With
+                    // poll scheduling no job runs during a poll, and with partition
+                    // scheduling the revoked partitions' jobs ended (or can no longer mark).
                     if let Err(e) = commit_stored(consumer, REVOKE_COMMIT_TIMEOUT) {
                         shared.error(ErrorKind::ConnectionClientCommit, e, None);
                     }
@@ -93,7 +114,11 @@ impl ConsumerContext for GroupContext {
                     partitions: revoked.clone(),
                 });
             }
-            Rebalance::Assign(_) => {}
+            Rebalance::Assign(list) => {
+                if let Some(hooks) = self.hooks.get() {
+                    hooks.assigning(&partitions(list));
+                }
+            }
             Rebalance::Error(e) => {
                 shared.error(
                     ErrorKind::ConnectionClientRebalance,
@@ -259,4 +284,21 @@ pub(crate) fn pause(
             &e,
         )
     })
+}
+
+/// Pause, resume and seek on a subscription group's librdkafka client.
+pub(crate) struct ClientPartitions(pub(crate) Arc<BaseConsumer<GroupContext>>);
+
+impl PartitionControl for ClientPartitions {
+    fn pause(&self, tp: &TopicPartition) -> Result<(), KafkaError> {
+        pause(&self.0, tp, false)
+    }
+
+    fn resume(&self, tp: &TopicPartition) -> Result<(), KafkaError> {
+        pause(&self.0, tp, true)
+    }
+
+    fn seek(&self, tp: &TopicPartition, offset: i64) -> Result<(), KafkaError> {
+        seek(&self.0, tp, offset)
+    }
 }

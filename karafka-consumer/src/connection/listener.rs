@@ -12,13 +12,14 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use karafka_core::instrumentation::Monitor;
 use karafka_core::instrumentation::{ErrorKind, Event, JobKind};
 use karafka_core::oauth::OAuthTokenProvider;
-use karafka_core::{KafkaError, TopicPartition, native};
+use karafka_core::{TopicPartition, native};
 use karafka_producer::Producer;
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -29,16 +30,17 @@ use std::time::SystemTime;
 use tokio::runtime::Handle;
 use tokio::sync::Semaphore;
 
-use crate::connection::client::{self, GroupContext, KafkaOps};
+use crate::connection::client::RebalanceHooks;
+use crate::connection::client::{self, ClientPartitions, GroupContext, KafkaOps};
+use crate::connection::partitioned::{self, FlowCell, Wake};
 use crate::context::ClientOps;
 use crate::error::Result;
 use crate::message::{PollBuffer, PollBufferBuilder};
-use crate::processing::executor::{self, Done, Job};
+use crate::processing::executor::{self, Done, Job, JobCost};
 use crate::processing::group::GroupShared;
-use crate::processing::outcome::PartitionControl;
 use crate::processing::pipeline::Pipeline;
 use crate::routing::SubscriptionGroupRoute;
-use crate::settings::ProcessingSettings;
+use crate::settings::{ProcessingSettings, Scheduling};
 use crate::status::Control;
 
 pub(crate) struct Listener {
@@ -54,37 +56,9 @@ pub(crate) struct Listener {
     eof_enabled: bool,
     /// How long each topic's consume jobs take, on average (see [`JobCost`]).
     costs: HashMap<Arc<str>, JobCost>,
-}
-
-/// A topic's consume jobs' recent duration (an exponential moving average over about the
-/// last 16 jobs). Jobs of topics known to be cheap run on the listener's thread, one after
-/// the other, without waking a worker: handing a job to a worker and back costs tens of
-/// microseconds here, more than such a job.
-#[derive(Debug, Clone, Copy)]
-struct JobCost {
-    average_us: f64,
-    samples: u32,
-}
-
-impl JobCost {
-    /// Below this average, a job is cheaper than a hand-off to a worker.
-    const CHEAP_US: f64 = 50.0;
-    /// Jobs seen before the average is trusted.
-    const WARM_UP: u32 = 8;
-
-    fn add(&mut self, took: Duration) {
-        let us = took.as_secs_f64() * 1e6;
-        self.samples = self.samples.saturating_add(1);
-        self.average_us = if self.samples == 1 {
-            us
-        } else {
-            self.average_us + (us - self.average_us) / 16.0
-        };
-    }
-
-    fn cheap(&self) -> bool {
-        self.samples >= Self::WARM_UP && self.average_us < Self::CHEAP_US
-    }
+    /// With partition scheduling: the state the rebalance callbacks share, and the channel
+    /// that wakes the listener.
+    partitioned: Option<(Arc<FlowCell>, Sender<Wake>, Receiver<Wake>)>,
 }
 
 /// What every listener of an app shares: the app's monitor, producer, processing settings
@@ -117,10 +91,11 @@ impl Listener {
             instances: Default::default(),
             last_poll_ms: Default::default(),
         });
-        let consumer: BaseConsumer<GroupContext> = native::client_config(&route.kafka)
+        let mut consumer: BaseConsumer<GroupContext> = native::client_config(&route.kafka)
             .create_with_context(GroupContext {
                 shared: shared.clone(),
                 oauth: setup.oauth.clone(),
+                hooks: OnceLock::new(),
             })
             .map_err(|e| {
                 native::client_creation_error(
@@ -129,6 +104,14 @@ impl Listener {
                     &route.kafka,
                 )
             })?;
+        let partitioned = (route.scheduling == Scheduling::Partition).then(|| {
+            let (tx, rx) = mpsc::channel();
+            consumer.set_nonempty_callback(partitioned::main_waker(tx.clone()));
+            let cell = Arc::new(FlowCell::default());
+            let hooks: Arc<dyn RebalanceHooks> = cell.clone();
+            let _ = consumer.context().hooks.set(hooks);
+            (cell, tx, rx)
+        });
         let names: Vec<&str> = route.topics.iter().map(|t| &*t.name).collect();
         consumer.subscribe(&names).map_err(|e| {
             native::kafka_error(format!("subscribe {} to {names:?}", route.name), &e)
@@ -142,6 +125,7 @@ impl Listener {
             name: format!("{}.{}", route.consumer_group, route.name).into(),
             eof_enabled: route.kafka.get("enable.partition.eof") == Some("true"),
             costs: HashMap::new(),
+            partitioned,
             pipeline: Pipeline::new(shared.clone(), ops),
             partitions: ClientPartitions(consumer.clone()),
             shared,
@@ -156,6 +140,35 @@ impl Listener {
     }
 
     pub(crate) fn run(mut self) {
+        if let Some((cell, tx, rx)) = self.partitioned.take() {
+            let Listener {
+                name,
+                shared,
+                consumer,
+                partitions,
+                pipeline,
+                runtime,
+                semaphore,
+                eof_enabled,
+                ..
+            } = self;
+            drop(partitions);
+            let setup = partitioned::Setup {
+                name,
+                shared,
+                consumer: consumer.clone(),
+                pipeline,
+                runtime,
+                semaphore,
+                eof_enabled,
+                tx,
+                rx,
+            };
+            partitioned::run(cell, setup);
+            // The last reference: closing the client leaves the group.
+            drop(consumer);
+            return;
+        }
         let mut quiet = false;
         while !self.shared.control.stopping() {
             self.heartbeat();
@@ -214,10 +227,7 @@ impl Listener {
             if done.kind == JobKind::Consume {
                 self.costs
                     .entry(done.topic.name.clone())
-                    .or_insert(JobCost {
-                        average_us: 0.0,
-                        samples: 0,
-                    })
+                    .or_default()
                     .add(done.took);
             }
             self.pipeline.after(done, &self.partitions);
@@ -522,21 +532,4 @@ fn waves(jobs: Vec<Job>) -> Vec<Vec<Job>> {
         waves[after].push(job);
     }
     waves
-}
-
-/// Pause, resume and seek on the group's librdkafka client.
-struct ClientPartitions(Arc<BaseConsumer<GroupContext>>);
-
-impl PartitionControl for ClientPartitions {
-    fn pause(&self, tp: &TopicPartition) -> std::result::Result<(), KafkaError> {
-        client::pause(&self.0, tp, false)
-    }
-
-    fn resume(&self, tp: &TopicPartition) -> std::result::Result<(), KafkaError> {
-        client::pause(&self.0, tp, true)
-    }
-
-    fn seek(&self, tp: &TopicPartition, offset: i64) -> std::result::Result<(), KafkaError> {
-        client::seek(&self.0, tp, offset)
-    }
 }

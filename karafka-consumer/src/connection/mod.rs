@@ -3,3 +3,4 @@
 
 pub(crate) mod client;
 pub(crate) mod listener;
+pub(crate) mod partitioned;

@@ -6,7 +6,7 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use karafka_core::TopicPartition;
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, JobKind, Monitor};
@@ -18,6 +18,37 @@ use crate::payload::BoxError;
 use crate::processing::coordinator::Coordinator;
 use crate::routing::TopicRoute;
 use crate::status::{Control, InFlight};
+
+/// A topic's consume jobs' recent duration (an exponential moving average over about the
+/// last 16 jobs). Jobs of topics known to be cheap run on the listener's thread, one after
+/// the other, without waking a worker: handing a job to a worker and back costs tens of
+/// microseconds here, more than such a job.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct JobCost {
+    average_us: f64,
+    samples: u32,
+}
+
+impl JobCost {
+    /// Below this average, a job is cheaper than a hand-off to a worker.
+    const CHEAP_US: f64 = 50.0;
+    /// Jobs seen before the average is trusted.
+    const WARM_UP: u32 = 8;
+
+    pub(crate) fn add(&mut self, took: Duration) {
+        let us = took.as_secs_f64() * 1e6;
+        self.samples = self.samples.saturating_add(1);
+        self.average_us = if self.samples == 1 {
+            us
+        } else {
+            self.average_us + (us - self.average_us) / 16.0
+        };
+    }
+
+    pub(crate) fn cheap(&self) -> bool {
+        self.samples >= Self::WARM_UP && self.average_us < Self::CHEAP_US
+    }
+}
 
 pub(crate) struct Job {
     pub(crate) kind: JobKind,

@@ -207,6 +207,25 @@ impl Pipeline {
         jobs
     }
 
+    /// The `revoked` hook of a partition revoked while its consume or `eofed` job ran
+    /// (partition scheduling): it runs on that job's instance, with that job's batch. None
+    /// for other jobs, or once the group is closing.
+    pub(crate) fn revoked_after(&mut self, done: Done) -> Option<Job> {
+        if !matches!(done.kind, JobKind::Consume | JobKind::Eofed)
+            || self.shared.closing.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        let coordinator = Arc::new(Coordinator::new(done.tp.clone()));
+        coordinator.revoke();
+        Some(Job {
+            kind: JobKind::Revoked,
+            topic: done.topic,
+            consumer: done.consumer,
+            input: self.input(done.tp, done.batch, coordinator),
+        })
+    }
+
     /// After a job: its instance is kept for the partition's next job (unless the partition
     /// was revoked meanwhile, or the job was its `revoked` or `shutdown` hook), and a consume
     /// job's outcome is settled (mark / retry / dead letter, then the consumer's seek or
@@ -251,8 +270,12 @@ impl Pipeline {
         }
     }
 
-    /// Resumes every partition whose pause ended by `now`.
-    pub(crate) fn resume_due(&self, now: Instant, partitions: &dyn PartitionControl) {
+    /// Resumes every partition whose pause ended by `now`; returns them.
+    pub(crate) fn resume_due(
+        &self,
+        now: Instant,
+        partitions: &dyn PartitionControl,
+    ) -> Vec<TopicPartition> {
         let due: Vec<Arc<Coordinator>> = self
             .shared
             .coordinators
@@ -263,9 +286,10 @@ impl Pipeline {
             .cloned()
             .collect();
         let outcomes = self.outcomes(partitions);
-        for coordinator in due {
-            outcomes.resume(&coordinator.tp.clone(), &coordinator);
+        for coordinator in &due {
+            outcomes.resume(&coordinator.tp.clone(), coordinator);
         }
+        due.into_iter().map(|c| c.tp.clone()).collect()
     }
 
     /// When the earliest pause ends.

@@ -27,6 +27,7 @@ pub(crate) use topic::{TopicDraft, TopicSettings};
 use crate::consumer::{Consumer, Factory};
 use crate::message::RecordRef;
 use crate::payload::BoxError;
+use crate::settings::Scheduling;
 
 /// Built-in `max_messages`.
 pub const DEFAULT_MAX_MESSAGES: usize = 100;
@@ -38,6 +39,7 @@ pub struct ConsumerGroupBuilder {
     pub(crate) name: String,
     pub(crate) drafts: Vec<(Option<String>, TopicDraft)>,
     pub(crate) subscription_kafka: BTreeMap<String, KafkaSettings>,
+    pub(crate) subscription_scheduling: BTreeMap<String, Scheduling>,
 }
 
 impl ConsumerGroupBuilder {
@@ -46,6 +48,7 @@ impl ConsumerGroupBuilder {
             name: name.into(),
             drafts: Vec::new(),
             subscription_kafka: BTreeMap::new(),
+            subscription_scheduling: BTreeMap::new(),
         }
     }
 
@@ -69,7 +72,12 @@ impl ConsumerGroupBuilder {
         let group = f(SubscriptionGroupBuilder {
             drafts: Vec::new(),
             kafka: KafkaSettings::new(),
+            scheduling: None,
         });
+        if let Some(scheduling) = group.scheduling {
+            self.subscription_scheduling
+                .insert(name.to_owned(), scheduling);
+        }
         for draft in group.drafts {
             self.drafts.push((Some(name.to_owned()), draft));
         }
@@ -99,6 +107,7 @@ impl fmt::Debug for ConsumerGroupBuilder {
 pub struct SubscriptionGroupBuilder {
     drafts: Vec<TopicDraft>,
     kafka: KafkaSettings,
+    scheduling: Option<Scheduling>,
 }
 
 impl SubscriptionGroupBuilder {
@@ -117,6 +126,13 @@ impl SubscriptionGroupBuilder {
         self.kafka.set(key, value);
         self
     }
+
+    /// How this subscription group hands messages to jobs, instead of the app's
+    /// [`scheduling`](crate::AppBuilder::scheduling).
+    pub fn scheduling(mut self, scheduling: Scheduling) -> Self {
+        self.scheduling = Some(scheduling);
+        self
+    }
 }
 
 impl fmt::Debug for SubscriptionGroupBuilder {
@@ -124,6 +140,7 @@ impl fmt::Debug for SubscriptionGroupBuilder {
         f.debug_struct("SubscriptionGroupBuilder")
             .field("topics", &self.drafts.len())
             .field("kafka", &self.kafka)
+            .field("scheduling", &self.scheduling)
             .finish()
     }
 }
@@ -243,6 +260,7 @@ pub struct SubscriptionGroupRoute {
     pub(crate) kafka: KafkaSettings,
     pub(crate) max_messages: usize,
     pub(crate) max_wait_time: Duration,
+    pub(crate) scheduling: Scheduling,
 }
 
 impl SubscriptionGroupRoute {
@@ -270,6 +288,10 @@ impl SubscriptionGroupRoute {
     /// Longest wait for a batch's first message.
     pub fn max_wait_time(&self) -> Duration {
         self.max_wait_time
+    }
+    /// How it hands messages to jobs.
+    pub fn scheduling(&self) -> Scheduling {
+        self.scheduling
     }
 }
 
@@ -347,6 +369,7 @@ impl ConnectionKey {
 pub(crate) fn resolve(
     app_kafka: &KafkaSettings,
     defaults: &TopicSettings,
+    scheduling: Scheduling,
     groups: Vec<ConsumerGroupBuilder>,
     monitor: &Monitor,
     v: &mut Violations,
@@ -503,7 +526,19 @@ pub(crate) fn resolve(
                 .unwrap_or_default();
             v.extend(extra.validate(&format!("{path}.kafka")));
             check_owned_settings(&extra, &format!("{path}.kafka"), v);
-            subscription_groups.push(connection(&cg, name.as_str(), members, app_kafka, &extra));
+            let own = group
+                .subscription_scheduling
+                .get(&name)
+                .copied()
+                .unwrap_or(scheduling);
+            subscription_groups.push(connection(
+                &cg,
+                name.as_str(),
+                members,
+                app_kafka,
+                &extra,
+                own,
+            ));
         }
 
         for (i, key) in implicit_order.into_iter().enumerate() {
@@ -515,6 +550,7 @@ pub(crate) fn resolve(
                     members,
                     app_kafka,
                     &KafkaSettings::new(),
+                    scheduling,
                 ));
             }
         }
@@ -609,6 +645,7 @@ fn connection(
     topics: Vec<Arc<TopicRoute>>,
     app_kafka: &KafkaSettings,
     extra: &KafkaSettings,
+    scheduling: Scheduling,
 ) -> Arc<SubscriptionGroupRoute> {
     let first = topics.first().cloned();
     let mut kafka = app_kafka.merged(extra);
@@ -631,5 +668,6 @@ fn connection(
             .map_or(DEFAULT_MAX_WAIT_TIME, |t| t.max_wait_time),
         topics,
         kafka,
+        scheduling,
     })
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use karafka_consumer::AppBuilder;
+use karafka_consumer::{AppBuilder, Scheduling};
 use karafka_core::instrumentation::{Event, Monitor};
 use karafka_producer::{Message, Producer};
 use karafka_testing::{TestBroker, client_config};
@@ -13,14 +13,30 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 
 /// An app builder on `broker`, with the test session timeout and quick retries.
 pub fn app(broker: &TestBroker, group: &str) -> AppBuilder {
+    app_except(broker, group, &[])
+}
+
+/// The scheduling the broker tests run with: `KARAFKA_TEST_SCHEDULING` (`partition`, the
+/// default, or `poll`; CI runs them both ways).
+pub fn scheduling() -> Scheduling {
+    std::env::var("KARAFKA_TEST_SCHEDULING")
+        .ok()
+        .map(|s| s.parse().expect("KARAFKA_TEST_SCHEDULING"))
+        .unwrap_or_default()
+}
+
+/// [`app`] without the test settings named in `skip` (`session.timeout.ms` and
+/// `heartbeat.interval.ms` do not apply to `group.protocol=consumer`).
+pub fn app_except(broker: &TestBroker, group: &str, skip: &[&str]) -> AppBuilder {
     let settings = broker.consumer_settings(group);
     let mut builder = karafka_consumer::App::builder()
         .name(group)
+        .scheduling(scheduling())
         .pause_timeout(Duration::from_millis(100))
         .pause_max_timeout(Duration::from_millis(400))
         .shutdown_timeout(Duration::from_secs(20));
     for (k, v) in settings.iter() {
-        if k != "group.id" {
+        if k != "group.id" && !skip.contains(&k) {
             builder = builder.kafka(k, v);
         }
     }

@@ -127,8 +127,13 @@ fn run(broker: &TestBroker, consumer_settings: KafkaSettings, joins: Joins) -> A
 
     let member = |id: usize| {
         let observed_by_member = observed.clone();
+        let scheduling = std::env::var("KARAFKA_TEST_SCHEDULING")
+            .ok()
+            .map(|s| s.parse().expect("KARAFKA_TEST_SCHEDULING"))
+            .unwrap_or_default();
         let mut builder = App::builder()
             .name(group.as_str())
+            .scheduling(scheduling)
             .kafka("bootstrap.servers", broker.bootstrap_servers())
             .concurrency(4)
             .shutdown_timeout(Duration::from_secs(30));
