@@ -15,9 +15,18 @@
 //! - lag (real broker only): the same IO-bound work on a backlog written in record batches of
 //!   10,000 messages, as a topic that fell behind looks to its consumer: brokers return whole
 //!   record batches, so every fetch holds long runs of one partition;
-//! - `BENCH_ONLY=raw` / `BENCH_ONLY=karafka` run only one side's pass-through (for profiling),
-//!   `BENCH_SCENARIOS=pass-through` runs only pass-through (both sides, no IO-bound or lag),
-//!   `BENCH_MAX_MESSAGES` sets `max_messages` (default 100) for both sides.
+//! - idle: process CPU with 100 partitions assigned and no traffic, raw (a `poll(100 ms)`
+//!   loop) and karafka-rs, librdkafka's own fetch settings on every side;
+//! - memory: peak RSS growth of a child process consuming slowly (1 ms a message,
+//!   concurrency 10) through a backlog on 100 partitions, 15 s: poll scheduling, partition
+//!   scheduling with its prefetch budget, and partition scheduling with librdkafka's
+//!   per-partition defaults instead (what the budget replaces);
+//! - every karafka-rs scenario runs with partition scheduling (the default) and with poll
+//!   scheduling (Karafka's rule), side by side;
+//! - `BENCH_ONLY=raw` / `BENCH_ONLY=karafka` run only one side's pass-through (for profiling;
+//!   `BENCH_SCHEDULING=poll|partition` picks karafka-rs's), `BENCH_SCENARIOS` a
+//!   comma-separated list of `pass-through`, `io` (IO-bound and lag), `idle`, `memory` (all
+//!   when unset), `BENCH_MAX_MESSAGES` sets `max_messages` (default 100) for both sides.
 //!
 //! Broker: `KARAFKA_BROKERS` (e.g. Tansu from `scripts/broker start`, 10 partitions), else the
 //! embedded mock cluster with 32 partitions (the mock keeps about 5 MiB per partition, so 1M
@@ -32,7 +41,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use karafka_benches::{Summary, process_cpu, rate};
+use karafka_benches::{Summary, process_cpu, rate, rss_bytes};
 use karafka_consumer::payload::Raw;
 use karafka_consumer::{App, ConsumeResult, Consumer, Context, Scheduling};
 use karafka_core::KafkaSettings;
@@ -177,6 +186,19 @@ fn rand_suffix() -> u128 {
         % 1_000_000_007
 }
 
+impl Progress {
+    fn new(target: usize) -> Self {
+        Progress {
+            target,
+            count: AtomicUsize::new(0),
+            io_nanos: AtomicU64::new(0),
+            first: OnceLock::new(),
+            done: Mutex::new(None),
+            finished: Condvar::new(),
+        }
+    }
+}
+
 struct Progress {
     target: usize,
     count: AtomicUsize,
@@ -231,14 +253,7 @@ fn framework(
     scheduling: Scheduling,
 ) -> Run {
     let group = format!("bench-fw-{}", rand_suffix());
-    let progress = Arc::new(Progress {
-        target: n,
-        count: AtomicUsize::new(0),
-        io_nanos: AtomicU64::new(0),
-        first: OnceLock::new(),
-        done: Mutex::new(None),
-        finished: Condvar::new(),
-    });
+    let progress = Arc::new(Progress::new(n));
     let p = progress.clone();
     let mut builder = App::builder()
         .name(group.as_str())
@@ -303,7 +318,20 @@ impl Run {
     }
 }
 
+/// Whether `BENCH_SCENARIOS` (a comma-separated list: `pass-through`, `io`, `idle`,
+/// `memory`; all when unset) asks for `scenario`.
+fn wanted(scenario: &str) -> bool {
+    match std::env::var("BENCH_SCENARIOS") {
+        Ok(list) => list.split(',').any(|s| s.trim() == scenario),
+        Err(_) => true,
+    }
+}
+
 fn main() {
+    if std::env::var("BENCH_RSS_CHILD").is_ok() {
+        rss_child();
+        return;
+    }
     let n = env_usize("BENCH_MESSAGES", 1_000_000);
     let rounds = env_usize("BENCH_ROUNDS", 3);
     let io_messages = env_usize("BENCH_IO_MESSAGES", 20_000);
@@ -364,7 +392,8 @@ fn main() {
     let (mut raw, mut fw, mut raw_cpu, mut fw_cpu) = (vec![], vec![], vec![], vec![]);
     let (mut reading, mut reading_cpu) = (vec![], vec![]);
     let (mut poll, mut poll_cpu) = (vec![], vec![]);
-    for round in 0..rounds {
+    let pass_through_rounds = if wanted("pass-through") { rounds } else { 0 };
+    for round in 0..pass_through_rounds {
         let (r, c) = raw_pass_through(&brokers, &topic, n, max_messages, false);
         println!(
             "  round {round}: raw        {:>12} msg/s  cpu {:.2} s",
@@ -417,9 +446,10 @@ fn main() {
         poll_cpu.push(run.cpu.as_secs_f64());
     }
 
-    let pass_through_only = std::env::var("BENCH_SCENARIOS").as_deref() == Ok("pass-through");
-    let io = (!pass_through_only)
+    let io = wanted("io")
         .then(|| io_scenarios(&broker, &brokers, cluster.is_some(), rounds, io_messages));
+    let idle = wanted("idle").then(|| idle_scenario(&broker, &brokers, rounds));
+    let memory = wanted("memory").then(|| memory_scenario(&broker, &brokers));
 
     let row = |name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String| {
         let (r, f) = (Summary::of(raw), Summary::of(fw));
@@ -439,42 +469,69 @@ fn main() {
         "| metric | raw rdkafka min / median / max | karafka-rs min / median / max | ratio (median, karafka-rs / raw) |"
     );
     println!("|---|---|---|---|");
-    row(
-        &format!("pass-through {n} x 100 B, msg/s, partition scheduling"),
-        &raw,
-        &fw,
-        &|v| rate(v),
-    );
-    row(
-        &format!("pass-through {n} x 100 B, msg/s, poll scheduling"),
-        &raw,
-        &poll,
-        &|v| rate(v),
-    );
-    row(
-        "process CPU from first to last message, s, partition scheduling",
-        &raw_cpu,
-        &fw_cpu,
-        &|v| format!("{v:.2}"),
-    );
-    row(
-        "process CPU from first to last message, s, poll scheduling",
-        &raw_cpu,
-        &poll_cpu,
-        &|v| format!("{v:.2}"),
-    );
-    row(
-        "pass-through, msg/s, against raw reading key, payload, timestamp and headers (partition scheduling)",
-        &reading,
-        &fw,
-        &|v| rate(v),
-    );
-    row(
-        "process CPU, against raw reading every message, s (partition scheduling)",
-        &reading_cpu,
-        &fw_cpu,
-        &|v| format!("{v:.2}"),
-    );
+    if let Some(idle) = &idle {
+        let pct = |v: f64| format!("{v:.2}%");
+        row(
+            "idle CPU, 100 partitions assigned, no traffic, % of one core, partition scheduling",
+            &idle.raw,
+            &idle.partition,
+            &pct,
+        );
+        row(
+            "idle CPU, % of one core, poll scheduling",
+            &idle.raw,
+            &idle.poll,
+            &pct,
+        );
+    }
+    if let Some(memory) = &memory {
+        for (name, mib) in memory {
+            println!("| {name} | - | {mib:.1} MiB | - |");
+        }
+    }
+    if raw.is_empty() {
+        println!(
+            "(pass-through not run: BENCH_SCENARIOS={:?})",
+            std::env::var("BENCH_SCENARIOS").unwrap_or_default()
+        );
+    } else {
+        row(
+            &format!("pass-through {n} x 100 B, msg/s, partition scheduling"),
+            &raw,
+            &fw,
+            &|v| rate(v),
+        );
+        row(
+            &format!("pass-through {n} x 100 B, msg/s, poll scheduling"),
+            &raw,
+            &poll,
+            &|v| rate(v),
+        );
+        row(
+            "process CPU from first to last message, s, partition scheduling",
+            &raw_cpu,
+            &fw_cpu,
+            &|v| format!("{v:.2}"),
+        );
+        row(
+            "process CPU from first to last message, s, poll scheduling",
+            &raw_cpu,
+            &poll_cpu,
+            &|v| format!("{v:.2}"),
+        );
+        row(
+            "pass-through, msg/s, against raw reading key, payload, timestamp and headers (partition scheduling)",
+            &reading,
+            &fw,
+            &|v| rate(v),
+        );
+        row(
+            "process CPU, against raw reading every message, s (partition scheduling)",
+            &reading_cpu,
+            &fw_cpu,
+            &|v| format!("{v:.2}"),
+        );
+    }
     let Some(Io {
         default: io_default,
         tuned: io_tuned,
@@ -484,7 +541,7 @@ fn main() {
         costs: io_costs,
     }) = io
     else {
-        println!("(IO-bound and lag scenarios not run: BENCH_SCENARIOS=pass-through)");
+        println!("(IO-bound and lag scenarios not run: BENCH_SCENARIOS has no `io`)");
         return;
     };
     let c = Summary::of(&io_costs);
@@ -596,4 +653,255 @@ fn io_scenarios(
         poll_lag,
         costs: io_costs,
     }
+}
+
+// ---- idle CPU ------------------------------------------------------------------------------
+
+/// Process CPU (% of one core) with 100 partitions assigned and no traffic, per round: raw
+/// rdkafka (a `poll(100 ms)` loop), then karafka-rs in each scheduling. librdkafka's own fetch
+/// settings (`fetch.wait.max.ms` 500) on every side: what an idle production consumer runs.
+struct Idle {
+    raw: Vec<f64>,
+    partition: Vec<f64>,
+    poll: Vec<f64>,
+}
+
+const IDLE_SECS: u64 = 10;
+
+fn idle_settings(brokers: &str, group: &str) -> KafkaSettings {
+    KafkaSettings::new()
+        .with("bootstrap.servers", brokers)
+        .with("group.id", group)
+        .with("session.timeout.ms", "6000")
+        .with("enable.auto.offset.store", "false")
+}
+
+fn idle_scenario(broker: &TestBroker, brokers: &str, rounds: usize) -> Idle {
+    let topic = format!("bench-idle-{}", rand_suffix());
+    broker.create_topic(&topic, 100).unwrap();
+    let measure = || {
+        std::thread::sleep(Duration::from_secs(2));
+        let before = process_cpu().unwrap_or_default();
+        std::thread::sleep(Duration::from_secs(IDLE_SECS));
+        let used = process_cpu().unwrap_or_default().saturating_sub(before);
+        used.as_secs_f64() * 100.0 / IDLE_SECS as f64
+    };
+    let mut idle = Idle {
+        raw: vec![],
+        partition: vec![],
+        poll: vec![],
+    };
+    for round in 0..rounds {
+        // Raw: subscribed, polling, every partition assigned.
+        let group = format!("bench-idle-raw-{}", rand_suffix());
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let assigned = Arc::new(AtomicUsize::new(0));
+        let poller = {
+            let (stop, assigned, topic) = (stop.clone(), assigned.clone(), topic.clone());
+            let settings = idle_settings(brokers, &group);
+            std::thread::spawn(move || {
+                let consumer: BaseConsumer = client_config(&settings).create().unwrap();
+                consumer.subscribe(&[&topic]).unwrap();
+                while !stop.load(Ordering::Acquire) {
+                    let _ = consumer.poll(Duration::from_millis(100));
+                    let count = consumer.assignment().map_or(0, |a| a.count());
+                    assigned.store(count, Ordering::Release);
+                }
+            })
+        };
+        wait_for(
+            || assigned.load(Ordering::Acquire) == 100,
+            "raw idle assignment",
+        );
+        let raw = measure();
+        stop.store(true, Ordering::Release);
+        poller.join().unwrap();
+        idle.raw.push(raw);
+        let mut line = format!("  round {round}: idle CPU raw {raw:.2}%");
+        for mode in [Scheduling::Partition, Scheduling::Poll] {
+            let group = format!("bench-idle-fw-{}", rand_suffix());
+            let mut builder = App::builder()
+                .name(group.as_str())
+                .scheduling(mode)
+                .concurrency(5);
+            for (k, v) in idle_settings(brokers, &group).iter() {
+                if k != "group.id" && k != "enable.auto.offset.store" {
+                    builder = builder.kafka(k, v);
+                }
+            }
+            let app = builder
+                .topic(&topic, |t| {
+                    t.consumer(|| Counter {
+                        progress: Arc::new(Progress::new(usize::MAX)),
+                        io_ms: 0,
+                    })
+                })
+                .build()
+                .unwrap();
+            let partitions = Arc::new(AtomicUsize::new(0));
+            let p = partitions.clone();
+            app.monitor().subscribe_fn(move |e| {
+                if let karafka_core::instrumentation::Event::Rebalance {
+                    change: karafka_core::instrumentation::AssignmentChange::Assigned,
+                    partitions: assigned,
+                    ..
+                } = e
+                {
+                    p.fetch_add(assigned.len(), Ordering::AcqRel);
+                }
+            });
+            let running = app.start().unwrap();
+            wait_for(
+                || partitions.load(Ordering::Acquire) >= 100,
+                "karafka-rs idle assignment",
+            );
+            let used = measure();
+            running.stop_blocking().unwrap();
+            line.push_str(&format!(", {mode} {used:.2}%"));
+            match mode {
+                Scheduling::Partition => idle.partition.push(used),
+                _ => idle.poll.push(used),
+            }
+        }
+        println!("{line}");
+    }
+    idle
+}
+
+fn wait_for(mut done: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "{what}: not within 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---- memory under lag ------------------------------------------------------------------------
+
+const MEMORY_PARTITIONS: i32 = 100;
+const MEMORY_MESSAGES: usize = 400_000;
+const MEMORY_PAYLOAD: usize = 1024;
+const MEMORY_SECS: u64 = 15;
+
+/// Peak RSS growth (MiB) of a consumer process working slowly (1 ms per message, concurrency
+/// 10) through a backlog on 100 partitions (400k × 1 KiB, 4 MB a partition, in record
+/// batches of 64 KiB), for 15 s: Karafka's rule, partition scheduling with its default
+/// budget, and partition scheduling with librdkafka's per-partition defaults (what the budget
+/// replaces). Each run is a child process (this binary again), so nothing of the producer or
+/// the other runs counts.
+fn memory_scenario(broker: &TestBroker, brokers: &str) -> Vec<(String, f64)> {
+    let topic = format!("bench-memory-{}", rand_suffix());
+    broker.create_topic(&topic, MEMORY_PARTITIONS).unwrap();
+    let producer = Producer::builder()
+        .kafka("bootstrap.servers", brokers)
+        .kafka("linger.ms", "5")
+        .kafka("batch.size", "65536")
+        .kafka("queue.buffering.max.messages", "1000000")
+        .kafka("queue.buffering.max.kbytes", "2097151")
+        .build()
+        .unwrap();
+    let payload = Bytes::from(vec![b'm'; MEMORY_PAYLOAD]);
+    let messages = (0..MEMORY_MESSAGES)
+        .map(|i| {
+            Message::new(topic.as_str(), payload.clone()).partition(i as i32 % MEMORY_PARTITIONS)
+        })
+        .collect();
+    producer
+        .produce_many_async(messages)
+        .unwrap()
+        .wait(Duration::from_secs(300))
+        .unwrap();
+    producer.close().unwrap();
+    let mut rows = Vec::new();
+    for (mode, name) in [
+        (
+            "poll",
+            "peak RSS growth under lag (100 partitions, 400k x 1 KiB backlog in 64 KiB record batches, 1 ms/message, concurrency 10, 15 s), poll scheduling",
+        ),
+        (
+            "partition",
+            "peak RSS growth under lag, partition scheduling, prefetch budget 64 MiB (default)",
+        ),
+        (
+            "partition-unbudgeted",
+            "peak RSS growth under lag, partition scheduling, librdkafka's per-partition defaults instead of a budget",
+        ),
+    ] {
+        let output = std::process::Command::new(std::env::current_exe().unwrap())
+            .env("BENCH_RSS_CHILD", mode)
+            .env("BENCH_RSS_BROKERS", brokers)
+            .env("BENCH_RSS_TOPIC", &topic)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(output.status.success(), "rss child {mode}: {output:?}");
+        let line = stdout
+            .lines()
+            .find(|l| l.starts_with("rss "))
+            .unwrap_or_else(|| panic!("rss child {mode} printed no result: {stdout}"));
+        // rss <baseline bytes> <peak bytes> <consumed>
+        let fields: Vec<u64> = line[4..]
+            .split_whitespace()
+            .map(|f| f.parse().unwrap())
+            .collect();
+        let growth = fields[1].saturating_sub(fields[0]) as f64 / (1024.0 * 1024.0);
+        println!(
+            "  memory {mode}: RSS {:.1} MiB at start, peak {:.1} MiB (+{growth:.1} MiB), {} messages consumed in {MEMORY_SECS} s",
+            fields[0] as f64 / 1048576.0,
+            fields[1] as f64 / 1048576.0,
+            fields[2]
+        );
+        rows.push((name.to_owned(), growth));
+    }
+    rows
+}
+
+/// The child of [`memory_scenario`]: consumes slowly for `MEMORY_SECS`, sampling its RSS.
+fn rss_child() {
+    let mode = std::env::var("BENCH_RSS_CHILD").unwrap();
+    let brokers = std::env::var("BENCH_RSS_BROKERS").unwrap();
+    let topic = std::env::var("BENCH_RSS_TOPIC").unwrap();
+    let group = format!("bench-rss-{}", rand_suffix());
+    let progress = Arc::new(Progress::new(usize::MAX));
+    let p = progress.clone();
+    let scheduling = if mode == "poll" {
+        Scheduling::Poll
+    } else {
+        Scheduling::Partition
+    };
+    let mut builder = App::builder()
+        .name(group.as_str())
+        .scheduling(scheduling)
+        .concurrency(10)
+        .kafka("bootstrap.servers", brokers.as_str())
+        .kafka("auto.offset.reset", "earliest")
+        .kafka("session.timeout.ms", "6000");
+    if mode == "partition-unbudgeted" {
+        builder = builder
+            .kafka("queued.max.messages.kbytes", "65536")
+            .kafka("fetch.message.max.bytes", "1048576")
+            .kafka("queued.min.messages", "100000");
+    }
+    let app = builder
+        .topic(&topic, move |t| {
+            t.consumer(move || Counter {
+                progress: p.clone(),
+                io_ms: 1,
+            })
+        })
+        .build()
+        .unwrap();
+    let baseline = rss_bytes().unwrap_or_default();
+    let running = app.start().unwrap();
+    let mut peak = baseline;
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(MEMORY_SECS) {
+        peak = peak.max(rss_bytes().unwrap_or_default());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let consumed = progress.count.load(Ordering::Acquire);
+    // Not a graceful stop: the jobs of a slow consumer would take long to end.
+    std::mem::forget(running);
+    println!("rss {baseline} {peak} {consumed}");
+    std::process::exit(0);
 }

@@ -71,6 +71,14 @@ pub fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// This process's resident set size now, from `/proc/self/status` (VmRSS), in bytes.
+pub fn rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
 /// Formats a rate in msg/s with thousands separators.
 pub fn rate(per_second: f64) -> String {
     let n = per_second.round() as u64;

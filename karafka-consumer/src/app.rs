@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::processing::group::{self, GroupShared};
 use crate::routing::{self, ConsumerGroupBuilder, Routes, TopicBuilder, TopicSettings};
 use crate::settings::{
-    DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT,
+    DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_PREFETCH_BUDGET,
     DEFAULT_REVOCATION_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, ProcessingSettings, Scheduling,
 };
 use crate::status::{Control, Health};
@@ -54,6 +54,7 @@ pub struct AppBuilder {
     pause_exponential: bool,
     scheduling: Scheduling,
     revocation_timeout: Duration,
+    prefetch_budget: u64,
     defaults: TopicSettings,
     groups: Vec<ConsumerGroupBuilder>,
     monitor: Option<Monitor>,
@@ -75,6 +76,7 @@ impl Default for AppBuilder {
             pause_exponential: true,
             scheduling: Scheduling::default(),
             revocation_timeout: DEFAULT_REVOCATION_TIMEOUT,
+            prefetch_budget: DEFAULT_PREFETCH_BUDGET,
             defaults: TopicSettings::default(),
             groups: Vec::new(),
             monitor: None,
@@ -176,6 +178,24 @@ impl AppBuilder {
         self
     }
 
+    /// With [`Scheduling::Partition`], how many bytes of messages each subscription group
+    /// may prefetch, over all its partitions (default [`DEFAULT_PREFETCH_BUDGET`], 64 MiB).
+    ///
+    /// Each partition has its own librdkafka queue, and librdkafka's prefetch limits apply
+    /// to each of them: left alone, 100 partitions could buffer 100 × 65 MiB. When the
+    /// listener starts, the budget is divided by the partitions of its topics (as the
+    /// cluster reports them then; 64 if it does not answer within 5 s), and each
+    /// partition's share sets `queued.max.messages.kbytes` and `fetch.message.max.bytes` (a
+    /// third each: a fetch may overshoot the queue's limit by one fetch, and the last batch
+    /// a partition keeps for its `revoked` hook keeps one fetch response alive) and
+    /// `queued.min.messages` (share ÷ 512 B, between 100 and 100,000). A limit set with
+    /// `.kafka(...)` is kept as set. librdkafka's bookkeeping per queued message and the
+    /// batches of running jobs (at most `concurrency`) come on top.
+    pub fn prefetch_budget(mut self, bytes: u64) -> Self {
+        self.prefetch_budget = bytes;
+        self
+    }
+
     /// Settings every topic starts from (its own settings override them).
     pub fn defaults(mut self, f: impl FnOnce(TopicBuilder) -> TopicBuilder) -> Self {
         self.defaults = f(TopicBuilder::new("defaults")).settings;
@@ -269,6 +289,17 @@ impl AppBuilder {
         v.check(self.concurrency >= 1, "app.concurrency", || {
             "must be at least 1".into()
         });
+        v.check(
+            self.prefetch_budget >= 1024 * 1024,
+            "app.prefetch_budget",
+            || {
+                format!(
+                    "is {} bytes; give each subscription group at least 1 MiB (1048576) to \
+                     prefetch",
+                    self.prefetch_budget
+                )
+            },
+        );
         v.check(!self.pause_timeout.is_zero(), "app.pause_timeout", || {
             "must be greater than 0".into()
         });
@@ -356,6 +387,7 @@ impl AppBuilder {
                     pause_max_timeout: self.pause_max_timeout,
                     pause_exponential: self.pause_exponential,
                     revocation_timeout: self.revocation_timeout,
+                    prefetch_budget: self.prefetch_budget,
                 },
                 running: AtomicBool::new(false),
                 #[cfg(feature = "web")]

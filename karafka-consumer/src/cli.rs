@@ -36,6 +36,7 @@ use crate::admin::Admin;
 use crate::app::App;
 use crate::error::Error;
 use crate::server::Selection;
+use crate::settings::Scheduling;
 
 /// The command line: one of the [`Command`]s.
 #[derive(Debug, Parser)]
@@ -243,6 +244,24 @@ pub fn info(app: &App) -> String {
                 sg.max_messages(),
                 sg.max_wait_time()
             );
+            match sg.scheduling() {
+                Scheduling::Partition => {
+                    let _ = writeln!(
+                        s,
+                        "    scheduling partition: each partition flows on its own; revocation_timeout \
+                         {:?}; prefetch budget {} bytes, divided by its topics' partitions at start \
+                         (queued.max.messages.kbytes and fetch.message.max.bytes per partition, \
+                         unless set below)",
+                        settings.revocation_timeout, settings.prefetch_budget
+                    );
+                }
+                _ => {
+                    let _ = writeln!(
+                        s,
+                        "    scheduling poll: the next poll after every job of the last one ended"
+                    );
+                }
+            }
             let _ = writeln!(s, "    kafka:");
             for (k, v) in sg.kafka().iter_redacted() {
                 let _ = writeln!(s, "      {k}={v}");

@@ -62,6 +62,16 @@
 //! # }
 //! ```
 //!
+//! ## Scheduling
+//!
+//! Each [`consume`](TestConsumer::consume) runs one job per partition that has messages,
+//! each with up to the topic's `max_messages` of that partition's own messages, one after the
+//! other: how [`Scheduling::Partition`](crate::Scheduling::Partition) (the default) takes a
+//! partition's batch from its own queue. An app with
+//! [`Scheduling::Poll`](crate::Scheduling::Poll) runs the same way here (the pipeline, the
+//! decisions and the hooks are the same in both modes; only how batches are cut from polls
+//! and when jobs start differ, which needs a broker to matter).
+//!
 //! ## What it does not simulate
 //!
 //! Rebalances (partitions are "assigned" when you produce to them; [`TestConsumer::revoke`]

@@ -102,7 +102,7 @@ pub use karafka_core::instrumentation::AppStatus;
 pub use message::{BatchMetadata, DeserializationError, Message, Messages};
 pub use server::{Exit, Selection};
 pub use settings::{
-    DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT,
+    DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_PREFETCH_BUDGET,
     DEFAULT_REVOCATION_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Scheduling,
 };
 pub use status::Health;

@@ -15,6 +15,10 @@ pub const DEFAULT_PAUSE_MAX_TIMEOUT: Duration = Duration::from_secs(30);
 /// partition (partition scheduling).
 pub const DEFAULT_REVOCATION_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Default `prefetch_budget`: 64 MiB per partition-scheduled subscription group (what one
+/// consumer queue holds at most with librdkafka's defaults).
+pub const DEFAULT_PREFETCH_BUDGET: u64 = 64 * 1024 * 1024;
+
 /// How a subscription group hands its partitions' messages to jobs.
 ///
 /// Set it for the whole app with [`AppBuilder::scheduling`](crate::AppBuilder::scheduling)
@@ -81,4 +85,7 @@ pub(crate) struct ProcessingSettings {
     pub(crate) pause_exponential: bool,
     /// Partition scheduling: how long a revocation waits for the revoked partitions' jobs.
     pub(crate) revocation_timeout: Duration,
+    /// Partition scheduling: the bytes a subscription group may prefetch, over all its
+    /// partitions.
+    pub(crate) prefetch_budget: u64,
 }

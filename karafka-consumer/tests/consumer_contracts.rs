@@ -144,6 +144,17 @@ fn revocation_timeout_must_be_shorter_than_max_poll_interval() {
 }
 
 #[test]
+fn the_prefetch_budget_is_at_least_one_mib() {
+    says(
+        base()
+            .prefetch_budget(1000)
+            .topic("t", |t| t.consumer(|| Noop)),
+        "app.prefetch_budget",
+        "at least 1 MiB",
+    );
+}
+
+#[test]
 fn pause_timeout_at_most_its_max() {
     says(
         base()

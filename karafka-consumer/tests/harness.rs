@@ -447,3 +447,40 @@ fn unrouted_topics_are_named_clearly() {
         "topic `payments` is not routed to a consumer in this app; routed: [\"orders\"]"
     );
 }
+
+/// The harness runs a batch per partition, one job each, from that partition's own messages:
+/// what partition scheduling (the default) does with a partition's queue; an app with poll
+/// scheduling is tested the same way (the pipeline, decisions and hooks are shared).
+#[tokio::test]
+async fn each_partition_gets_its_own_batch_whatever_the_scheduling() {
+    for scheduling in [
+        karafka_consumer::Scheduling::Partition,
+        karafka_consumer::Scheduling::Poll,
+    ] {
+        let picky = Picky::default();
+        let consumer = picky.clone();
+        let app = app()
+            .scheduling(scheduling)
+            .topic("orders", move |t| {
+                t.consumer(move || consumer.clone()).max_messages(3)
+            })
+            .build()
+            .unwrap();
+        let harness = Harness::new(&app);
+        let mut orders = harness.consumer_for("orders").unwrap();
+        for i in 0..5 {
+            orders.produce_message(Message::new("orders", format!("a{i}")).partition(0));
+        }
+        orders.produce_message(Message::new("orders", "b0").partition(1));
+        let batches = orders.consume().await;
+        let shape: Vec<(i32, i64, i64)> = batches
+            .iter()
+            .map(|b| (b.partition, b.first_offset, b.last_offset))
+            .collect();
+        assert_eq!(shape, [(0, 0, 2), (1, 0, 0)], "{scheduling}");
+        let batches = orders.consume().await;
+        assert_eq!(batches.len(), 1, "{scheduling}");
+        assert_eq!((batches[0].first_offset, batches[0].last_offset), (3, 4));
+        assert_eq!(picky.seen.lock().unwrap().len(), 6, "{scheduling}");
+    }
+}

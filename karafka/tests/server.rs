@@ -309,6 +309,12 @@ fn info_shows_routes_and_versions_but_no_secret() {
     }
     assert!(stdout.contains("topic visits → app::Visits"), "{stdout}");
     assert!(stdout.contains("bootstrap.servers=127.0.0.1:1"), "{stdout}");
+    // The scheduling and, for partition scheduling, the prefetch budget.
+    assert!(
+        stdout.contains("scheduling partition: each partition flows on its own")
+            && stdout.contains("prefetch budget 67108864 bytes"),
+        "{stdout}"
+    );
 }
 
 #[test]

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use karafka_core::instrumentation::Monitor;
 use karafka_core::instrumentation::{ErrorKind, Event, JobKind};
 use karafka_core::oauth::OAuthTokenProvider;
-use karafka_core::{TopicPartition, native};
+use karafka_core::{KafkaSettings, TopicPartition, native};
 use karafka_producer::Producer;
 use rdkafka::Message as _;
 use rdkafka::consumer::{BaseConsumer, Consumer as _};
@@ -33,6 +33,7 @@ use tokio::sync::Semaphore;
 use crate::connection::client::RebalanceHooks;
 use crate::connection::client::{self, ClientPartitions, GroupContext, KafkaOps};
 use crate::connection::partitioned::{self, FlowCell, Wake};
+use crate::connection::prefetch;
 use crate::context::ClientOps;
 use crate::error::Result;
 use crate::message::{PollBuffer, PollBufferBuilder};
@@ -42,6 +43,10 @@ use crate::processing::pipeline::Pipeline;
 use crate::routing::SubscriptionGroupRoute;
 use crate::settings::{ProcessingSettings, Scheduling};
 use crate::status::Control;
+
+/// How long a partition-scheduled listener asks the cluster for its topics' partitions at
+/// start (past it, the prefetch budget assumes [`prefetch::FALLBACK_PARTITIONS`]).
+const PARTITION_COUNT_WAIT: Duration = Duration::from_secs(5);
 
 pub(crate) struct Listener {
     name: Arc<str>,
@@ -91,19 +96,44 @@ impl Listener {
             instances: Default::default(),
             last_poll_ms: Default::default(),
         });
-        let mut consumer: BaseConsumer<GroupContext> = native::client_config(&route.kafka)
-            .create_with_context(GroupContext {
-                shared: shared.clone(),
-                oauth: setup.oauth.clone(),
-                hooks: OnceLock::new(),
-            })
-            .map_err(|e| {
-                native::client_creation_error(
-                    format!("create the client of {}", route.name),
-                    &e,
-                    &route.kafka,
-                )
-            })?;
+        let create = |kafka: &KafkaSettings| -> Result<BaseConsumer<GroupContext>> {
+            native::client_config(kafka)
+                .create_with_context(GroupContext {
+                    shared: shared.clone(),
+                    oauth: setup.oauth.clone(),
+                    hooks: OnceLock::new(),
+                })
+                .map_err(|e| {
+                    native::client_creation_error(
+                        format!("create the client of {}", route.name),
+                        &e,
+                        kafka,
+                    )
+                    .into()
+                })
+        };
+        let names: Vec<&str> = route.topics.iter().map(|t| &*t.name).collect();
+        let mut kafka = route.kafka.clone();
+        if route.scheduling == Scheduling::Partition {
+            // The prefetch budget over the partitions of the group's topics: asked through
+            // a client of the same settings that never joins the group.
+            let found = prefetch::partition_count(&create(&kafka)?, &names, PARTITION_COUNT_WAIT);
+            let partitions = found.unwrap_or(prefetch::FALLBACK_PARTITIONS);
+            let limits = prefetch::limits(setup.settings.prefetch_budget, partitions, &kafka);
+            tracing::info!(
+                target: "karafka",
+                subscription_group = %route.name,
+                partitions,
+                counted = found.is_some(),
+                budget = setup.settings.prefetch_budget,
+                ?limits,
+                "prefetch budget shared by the subscription group's partitions"
+            );
+            for (key, value) in limits {
+                kafka.set(key, value);
+            }
+        }
+        let mut consumer = create(&kafka)?;
         let partitioned = (route.scheduling == Scheduling::Partition).then(|| {
             let (tx, rx) = mpsc::channel();
             consumer.set_nonempty_callback(partitioned::main_waker(tx.clone()));
@@ -112,7 +142,6 @@ impl Listener {
             let _ = consumer.context().hooks.set(hooks);
             (cell, tx, rx)
         });
-        let names: Vec<&str> = route.topics.iter().map(|t| &*t.name).collect();
         consumer.subscribe(&names).map_err(|e| {
             native::kafka_error(format!("subscribe {} to {names:?}", route.name), &e)
         })?;

@@ -4,3 +4,4 @@
 pub(crate) mod client;
 pub(crate) mod listener;
 pub(crate) mod partitioned;
+pub(crate) mod prefetch;

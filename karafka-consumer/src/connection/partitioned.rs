@@ -483,6 +483,10 @@ impl Flow {
     /// partition's end came with no message); None when the queue had nothing.
     fn take(&mut self, tp: &TopicPartition) -> Option<Job> {
         let max_messages = self.shared.route.max_messages;
+        let started = Instant::now();
+        let slot = self.slots.get(tp)?;
+        // Nothing is allocated for an empty queue (the re-check looks at idle ones).
+        let first = slot.queue.poll(Duration::ZERO)?;
         let client: Arc<dyn Send + Sync> = self.consumer.clone();
         let mut buffer = PollBufferBuilder::native(max_messages.min(8192), client);
         let name = self
@@ -490,11 +494,14 @@ impl Flow {
             .topic(&tp.topic)
             .map_or_else(|| tp.topic.clone(), |t| t.name.clone());
         let topic = buffer.topic(&name);
-        let started = Instant::now();
         let mut eof = false;
-        let slot = self.slots.get(tp)?;
+        let mut next = Some(first);
         while buffer.len() < max_messages {
-            match slot.queue.poll(Duration::ZERO) {
+            let polled = match next.take() {
+                Some(polled) => Some(polled),
+                None => slot.queue.poll(Duration::ZERO),
+            };
+            match polled {
                 Some(Ok(m)) => {
                     // SAFETY: `m` was polled from a queue of `self.consumer`, the client
                     // `buffer` was made with.
