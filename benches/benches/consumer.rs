@@ -26,7 +26,8 @@
 //! - `BENCH_ONLY=raw` / `BENCH_ONLY=karafka` run only one side's pass-through (for profiling;
 //!   `BENCH_SCHEDULING=poll|partition` picks karafka-rs's), `BENCH_SCENARIOS` a
 //!   comma-separated list of `pass-through`, `io` (IO-bound and lag), `idle`, `memory` (all
-//!   when unset), `BENCH_MAX_MESSAGES` sets `max_messages` (default 100) for both sides.
+//!   when unset), `BENCH_MAX_MESSAGES` sets `max_messages` (default 100) for both sides,
+//!   `BENCH_KAFKA="key=value,..."` adds librdkafka settings to every karafka-rs run.
 //!
 //! Broker: `KARAFKA_BROKERS` (e.g. Tansu from `scripts/broker start`, 10 partitions), else the
 //! embedded mock cluster with 32 partitions (the mock keeps about 5 MiB per partition, so 1M
@@ -266,6 +267,13 @@ fn framework(
         .kafka("fetch.queue.backoff.ms", "10");
     for (k, v) in tune {
         builder = builder.kafka(*k, *v);
+    }
+    // Experiments: BENCH_KAFKA="key=value,key=value" on every karafka-rs run.
+    if let Ok(extra) = std::env::var("BENCH_KAFKA") {
+        for pair in extra.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').expect("BENCH_KAFKA: key=value,...");
+            builder = builder.kafka(k, v);
+        }
     }
     let app = builder
         .topic(topic, move |t| {
