@@ -11,6 +11,7 @@ use karafka_core::oauth::OAuthTokenProvider;
 use karafka_core::{ConfigError, KafkaSettings, Violation, Violations};
 use karafka_producer::Producer;
 
+use crate::connection::client::REVOKE_COMMIT_TIMEOUT;
 use crate::connection::listener::{Listener, ListenerSetup};
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
@@ -172,7 +173,9 @@ impl AppBuilder {
     /// [`DEFAULT_REVOCATION_TIMEOUT`], 30 s). A job that ends in time has its batch marked
     /// and committed; one still running past it keeps running, but its marks return false
     /// (another member may own the partition by then), and its `revoked` hook runs once it
-    /// ends. Keep it well under `max.poll.interval.ms`: the group's rebalance waits for it.
+    /// ends. The member does not poll meanwhile, so `build()` requires it, plus the
+    /// revocation's commit (2 s) and `max_wait_time`, below `max.poll.interval.ms`; the
+    /// group's rebalance waits for it too.
     pub fn revocation_timeout(mut self, timeout: Duration) -> Self {
         self.revocation_timeout = timeout;
         self
@@ -342,16 +345,20 @@ impl AppBuilder {
                     .get("max.poll.interval.ms")
                     .and_then(|v| v.parse().ok())
                     .unwrap_or(300_000);
+                // Between two polls: up to max_wait_time of waiting, then a revocation's
+                // wait and its commit.
+                let longest = self.revocation_timeout + REVOKE_COMMIT_TIMEOUT + sg.max_wait_time;
                 v.check(
-                    self.revocation_timeout < Duration::from_millis(interval_ms),
+                    longest < Duration::from_millis(interval_ms),
                     "app.revocation_timeout",
                     || {
                         format!(
-                            "is {:?}, not shorter than max.poll.interval.ms of subscription group \
-                             `{}.{}` ({interval_ms} ms): a revocation waiting that long for running \
-                             jobs would get the member expelled; lower it or raise \
-                             max.poll.interval.ms",
-                            self.revocation_timeout, group.name, sg.name
+                            "is {:?}; with the revocation's commit ({REVOKE_COMMIT_TIMEOUT:?}) and \
+                             max_wait_time ({:?}) that is not shorter than max.poll.interval.ms of \
+                             subscription group `{}.{}` ({interval_ms} ms): a revocation waiting \
+                             that long for running jobs would get the member expelled; lower it \
+                             or raise max.poll.interval.ms",
+                            self.revocation_timeout, sg.max_wait_time, group.name, sg.name
                         )
                     },
                 );

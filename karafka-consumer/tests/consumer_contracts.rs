@@ -133,6 +133,21 @@ fn revocation_timeout_must_be_shorter_than_max_poll_interval() {
         "app.revocation_timeout",
         "not shorter than max.poll.interval.ms of subscription group `karafka.sg-0`",
     );
+    // The revocation's commit (2 s) and max_wait_time (1 s) count too.
+    says(
+        base()
+            .revocation_timeout(Duration::from_millis(7500))
+            .kafka("max.poll.interval.ms", "10000")
+            .topic("t", |t| t.consumer(|| Noop)),
+        "app.revocation_timeout",
+        "max_wait_time (1s)",
+    );
+    base()
+        .revocation_timeout(Duration::from_millis(6500))
+        .kafka("max.poll.interval.ms", "10000")
+        .topic("t", |t| t.consumer(|| Noop))
+        .build()
+        .unwrap();
     // Poll scheduling does not wait in revocations.
     base()
         .scheduling(Scheduling::Poll)

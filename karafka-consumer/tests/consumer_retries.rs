@@ -156,3 +156,71 @@ fn panics_are_caught_and_retried() {
     assert!(panicked, "the panic is reported on error.occurred");
     assert_eq!(committed(&broker, &group, &topic, 1).get(&0), Some(&5));
 }
+
+/// A partition paused for a retry back-off, revoked and assigned back to the same member, is
+/// fetched again (it starts unpaused from the committed offset): librdkafka keeps an
+/// application pause through a revocation, while the pause's state here goes with the
+/// partition. A second member of the group subscribed to another topic forces the eager
+/// rebalance and gives the partition back.
+#[test]
+fn a_partition_paused_for_a_retry_is_fetched_again_when_assigned_back() {
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
+    let topic = unique_topic("retry-rebalance");
+    let other = unique_topic("retry-rebalance-other");
+    let group = unique_group("retry-rebalance");
+    broker.create_topic(&topic, 1).unwrap();
+    broker.create_topic(&other, 1).unwrap();
+    produce(&broker, &topic, 3, "m");
+    let log: Log = Arc::default();
+    let l = log.clone();
+    // The back-off outlasts the test: only the re-assignment can bring the batch back.
+    let first = app(&broker, &group)
+        .pause_timeout(Duration::from_secs(60))
+        .pause_max_timeout(Duration::from_secs(60))
+        .kafka("partition.assignment.strategy", "range,roundrobin")
+        .topic(&topic, move |t| {
+            t.consumer(move || Flaky {
+                log: l.clone(),
+                failures: 1,
+                mark_first: 0,
+                panic: false,
+            })
+        })
+        .build()
+        .unwrap();
+    let events = Recorder::attach(first.monitor());
+    let first = first.start().unwrap();
+    wait_until(Duration::from_secs(30), || !log.lock().unwrap().is_empty())
+        .expect("the first try did not run");
+    let second = app(&broker, &group)
+        .kafka("partition.assignment.strategy", "range,roundrobin")
+        .topic(&other, |t| {
+            t.consumer(|| Flaky {
+                log: Arc::default(),
+                failures: 0,
+                mark_first: 0,
+                panic: false,
+            })
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    wait_until(Duration::from_secs(60), || {
+        events.count("rebalance.partitions_assigned") >= 2
+    })
+    .expect("the partition was not assigned back");
+    // Given back, the batch runs again (a new instance: attempt 1) long before the 60 s
+    // back-off would have ended.
+    let retried = wait_until(Duration::from_secs(20), || log.lock().unwrap().len() >= 2);
+    drop(second);
+    drop(first);
+    retried.unwrap_or_else(|_| {
+        panic!(
+            "the partition stayed paused after it was assigned back: {:?}",
+            log.lock().unwrap()
+        )
+    });
+}

@@ -534,9 +534,14 @@ fn partition_scheduling_job_past_revocation_timeout_cannot_mark_and_is_revoked_a
         *timeline.refused_marks.lock().unwrap() > 0,
         "a job that outlived revocation_timeout should have had its mark refused"
     );
-    // Its `revoked` hook ran after it ended.
     let jobs = timeline.jobs.lock().unwrap();
-    for (member, partition, at) in timeline.revoked_hooks.lock().unwrap().iter() {
+    let hooks = timeline.revoked_hooks.lock().unwrap();
+    assert!(
+        hooks.iter().any(|(m, _, _)| *m == 1),
+        "the first member's revoked hooks did not run"
+    );
+    for (member, partition, at) in hooks.iter() {
+        // Its `revoked` hook ran after its job ended, never beside one of its jobs.
         let after_a_job = jobs
             .iter()
             .any(|(m, p, _, end)| m == member && p == partition && end <= at);
@@ -544,8 +549,35 @@ fn partition_scheduling_job_past_revocation_timeout_cannot_mark_and_is_revoked_a
             after_a_job,
             "revoked hook of {member}/{partition} without a job before it"
         );
+        let beside: Vec<_> = jobs
+            .iter()
+            .filter(|(m, p, start, end)| m == member && p == partition && start < at && at < end)
+            .collect();
+        assert!(
+            beside.is_empty(),
+            "revoked hook of {member}/{partition} ran while a job of it ran: {beside:?}"
+        );
     }
-    // Nothing lost (checked by the wait); a message may be processed twice (its mark was
-    // refused), but never by two members at the same time within one member's view.
+    // Within a member a partition given back starts only after its old job: its jobs never
+    // overlap.
+    for member in [1, 2] {
+        for partition in 0..4 {
+            let mut spans: Vec<_> = jobs
+                .iter()
+                .filter(|(m, p, _, _)| *m == member && *p == partition)
+                .map(|(_, _, start, end)| (*start, *end))
+                .collect();
+            spans.sort();
+            for pair in spans.windows(2) {
+                assert!(
+                    pair[1].0 >= pair[0].1,
+                    "member {member} ran two jobs of partition {partition} at once"
+                );
+            }
+        }
+    }
+    // Nothing lost (checked by the wait). A message may be processed twice (its mark was
+    // refused), and by two members at once: the job past the timeout still ran when its
+    // partition moved to the other member.
     eprintln!("overlaps past the timeout (expected possible: the old job still ran): {overlaps:?}");
 }

@@ -108,6 +108,20 @@ fn produce(broker: &TestBroker, topic: &str, count: usize) {
 }
 
 /// `(kind, partition, first, last)` of the `start`/`end` lines.
+/// CPU time (user + system) process `pid` used so far, from `/proc/<pid>/stat`.
+fn child_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let Some(close) = stat.rfind(')') else {
+        return Duration::ZERO;
+    };
+    let fields: Vec<&str> = stat[close + 2..].split_whitespace().collect();
+    let ticks: u64 = fields
+        .get(11..13)
+        .map_or(0, |f| f.iter().filter_map(|v| v.parse::<u64>().ok()).sum());
+    // 100 clock ticks a second on Linux.
+    Duration::from_millis(ticks * 10)
+}
+
 fn batches(lines: &[String], kind: &str) -> Vec<(i32, i64, i64)> {
     lines
         .iter()
@@ -186,14 +200,29 @@ fn sigtstp_quiets_then_sigterm_stops() {
     broker.create_topic(&topic, 1).unwrap();
     produce(&broker, &topic, 5);
 
-    let server = Server::start(&broker, &topic, &group, &[]);
-    server.wait_for_line("a batch end", |l| l.starts_with("end "));
+    // Each batch takes 1.5 s: the quiet signal comes while one runs.
+    let server = Server::start(&broker, &topic, &group, &[("BATCH_MS", "1500")]);
+    server.wait_for_line("a batch start", |l| l.starts_with("start "));
     server.signal(libc::SIGTSTP);
     server.wait_for_line("status quiet", |l| l == "status quiet");
+    // `quiet` is announced once the running batch ended, not before.
+    let lines = server.lines();
+    let quiet_at = lines.iter().position(|l| l == "status quiet").unwrap();
+    assert_eq!(
+        batches(&lines[..quiet_at], "start"),
+        batches(&lines[..quiet_at], "end"),
+        "quiet announced while a batch ran: {lines:?}"
+    );
     let before = batches(&server.lines(), "start").len();
     produce(&broker, &topic, 5);
-    // Quiet: nothing new is handed out, yet the process lives on.
+    // Quiet: nothing new is handed out, yet the process lives on, idle.
+    let cpu_before = child_cpu(server.child.id());
     std::thread::sleep(Duration::from_secs(2));
+    let quiet_cpu = child_cpu(server.child.id()).saturating_sub(cpu_before);
+    assert!(
+        quiet_cpu < Duration::from_millis(400),
+        "the quiet process used {quiet_cpu:?} of CPU in 2 s"
+    );
     let quiet_lines = server.lines();
     assert_eq!(
         batches(&quiet_lines, "start").len(),

@@ -115,6 +115,13 @@ impl ConsumerContext for GroupContext {
                 });
             }
             Rebalance::Assign(list) => {
+                // A partition paused by this member (a retry back-off, the consumer's own
+                // pause) and revoked keeps librdkafka's pause through the revocation, but
+                // its pause state here went with its coordinator: nothing would resume it if
+                // it came back. Assigned partitions start unpaused (a no-op for the others).
+                if list.count() > 0 {
+                    let _ = consumer.resume(list);
+                }
                 if let Some(hooks) = self.hooks.get() {
                     hooks.assigning(&partitions(list));
                 }

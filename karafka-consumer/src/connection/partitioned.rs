@@ -35,6 +35,7 @@
 //!   channel.
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future as _;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -151,9 +152,10 @@ struct Flow {
     spare: Option<OwnedSemaphorePermit>,
     waiting_for_permit: bool,
     quiet: bool,
-    /// How long each topic's consume jobs take, on average: those of a topic known to be
-    /// cheap run on the listener thread (a hand-off to a worker and back costs more).
-    costs: HashMap<Arc<str>, JobCost>,
+    /// How long each partition's consume jobs take, on average: those of a partition known
+    /// to be cheap start on the listener thread (a hand-off to a worker and back costs more
+    /// than they do).
+    costs: HashMap<TopicPartition, JobCost>,
 }
 
 /// Runs a partition-scheduling listener until the app stops, then shuts it down: its
@@ -186,6 +188,7 @@ pub(crate) fn run(cell: Arc<FlowCell>, setup: Setup) {
     });
     let queue = QueueLength::consumer(&consumer);
     let mut next_sweep = Instant::now() + max_wait;
+    let mut announced_quiet = false;
     while !shared.control.stopping() {
         shared
             .last_poll_ms
@@ -194,19 +197,26 @@ pub(crate) fn run(cell: Arc<FlowCell>, setup: Setup) {
         serve(&consumer, queue.as_ref(), &cell, &shared);
         let mut guard = cell.lock();
         let Some(flow) = guard.as_mut() else { break };
-        if shared.control.quieting() && !flow.quiet {
-            flow.quiet = true;
-            shared.control.listener_quiet();
-        }
         let now = Instant::now();
         let sweep = now >= next_sweep;
         if sweep {
             next_sweep = now + max_wait;
         }
+        if shared.control.quieting() && !flow.quiet {
+            flow.quiet = true;
+            flow.pause_assignment();
+        }
         flow.step(sweep);
+        if flow.quiet && !announced_quiet && flow.running.is_empty() && flow.hooks.is_empty() {
+            // Quiet once nothing of this listener runs any more.
+            announced_quiet = true;
+            shared.control.listener_quiet();
+        }
         let mut wait = next_sweep.saturating_duration_since(Instant::now());
-        if let Some(at) = flow.pipeline.next_resume() {
-            wait = wait.min(at.saturating_duration_since(Instant::now()));
+        if !flow.quiet {
+            if let Some(at) = flow.pipeline.next_resume() {
+                wait = wait.min(at.saturating_duration_since(Instant::now()));
+            }
         }
         flow.wait(wait);
     }
@@ -320,12 +330,11 @@ impl Flow {
             self.hooks.push_back(job);
         }
         if self.quiet {
-            // Quiet: the assignment stays paused (partitions assigned since included);
-            // running jobs end and are settled, hooks run, no new batch is taken.
-            if let Ok(assignment) = self.consumer.assignment() {
-                if assignment.count() > 0 {
-                    let _ = self.consumer.pause(&assignment);
-                }
+            // Quiet: the assignment stays paused (partitions assigned since included, at
+            // each re-check); running jobs end and are settled, hooks run, no new batch is
+            // taken.
+            if sweep {
+                self.pause_assignment();
             }
         } else {
             for tp in self.pipeline.resume_due(Instant::now(), &self.partitions) {
@@ -349,11 +358,22 @@ impl Flow {
         self.pipeline.publish_instances();
     }
 
+    /// Pauses the whole assignment in librdkafka (quiet).
+    fn pause_assignment(&self) {
+        if let Ok(assignment) = self.consumer.assignment() {
+            if assignment.count() > 0 {
+                let _ = self.consumer.pause(&assignment);
+            }
+        }
+    }
+
     /// Sleeps until something wakes the listener, at most `timeout`.
     fn wait(&mut self, timeout: Duration) {
         // More to do at once: wakes already here, or partitions made ready by jobs that ran
-        // on this thread (unless they wait for a permit, which wakes this thread).
-        if !self.deferred.is_empty() || (!self.ready.is_empty() && !self.waiting_for_permit) {
+        // on this thread (unless they wait for a permit, which wakes this thread; and not
+        // while quiet, when no batch is taken).
+        let ready = !self.ready.is_empty() && !self.waiting_for_permit && !self.quiet;
+        if !self.deferred.is_empty() || ready {
             return;
         }
         match self.rx.recv_timeout(timeout) {
@@ -549,34 +569,42 @@ impl Flow {
         job
     }
 
-    /// Runs `job`: on this thread when it is a consume job of a topic known to be cheap
-    /// (settled at once), else on the worker runtime (its end comes back as [`Wake::Done`]).
+    /// Runs `job` on the worker runtime; its end comes back as [`Wake::Done`].
+    ///
+    /// A consume job of a partition whose jobs are known to be cheap ([`JobCost`]) is first
+    /// polled once here: a job that completes without waiting is settled at once, with no
+    /// hand-off; one that waits on anything (IO, a timer, a yield) moves to a worker at that
+    /// point, so it never holds this thread while it waits. Only a job of a cheap partition
+    /// that turns out slow without ever awaiting holds this thread for its duration.
     fn spawn(&mut self, job: Job, permit: OwnedSemaphorePermit) {
-        let cheap = job.kind == JobKind::Consume
-            && self.costs.get(&job.topic.name).is_some_and(JobCost::cheap);
-        if cheap {
-            let run = executor::run(
-                job,
-                self.shared.monitor.clone(),
-                self.shared.control.clone(),
-                self.name.clone(),
-            );
-            let done = self.runtime.block_on(run);
-            drop(permit);
-            self.finished(done);
-            return;
-        }
         let tp = job.input.tp.clone();
-        self.running.insert(tp.clone(), job.kind);
+        let kind = job.kind;
+        let cheap = kind == JobKind::Consume && self.costs.get(&tp).is_some_and(JobCost::cheap);
+        let mut run = Box::pin(executor::run(
+            job,
+            self.shared.monitor.clone(),
+            self.shared.control.clone(),
+            self.name.clone(),
+        ));
+        if cheap {
+            // Inside the runtime's context, so timers and IO register with its drivers; the
+            // no-op waker is never needed: a job that returns Pending is spawned, and a new
+            // task is polled at once, registering its own waker.
+            let _runtime = self.runtime.enter();
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            if let std::task::Poll::Ready(done) = run.as_mut().poll(&mut cx) {
+                drop(permit);
+                self.finished(done);
+                return;
+            }
+        }
+        self.running.insert(tp.clone(), kind);
         let report = Report {
             tx: self.tx.clone(),
             tp: Some(tp),
         };
-        let monitor = self.shared.monitor.clone();
-        let control = self.shared.control.clone();
-        let name = self.name.clone();
         self.runtime.spawn(async move {
-            let done = executor::run(job, monitor, control, name).await;
+            let done = run.await;
             drop(permit);
             report.done(done);
         });
@@ -588,10 +616,7 @@ impl Flow {
         let kind = done.kind;
         self.running.remove(&tp);
         if kind == JobKind::Consume {
-            self.costs
-                .entry(done.topic.name.clone())
-                .or_default()
-                .add(done.took);
+            self.costs.entry(tp.clone()).or_default().add(done.took);
         }
         if done.coordinator.is_revoked() {
             // Revoked while it ran: its `revoked` hook now, on its instance. (A partition
