@@ -418,40 +418,19 @@ fn main() {
         );
         reading.push(r);
         reading_cpu.push(c.as_secs_f64());
-        let run = framework(
-            &brokers,
-            &topic,
-            n,
-            0,
-            5,
-            &[],
-            max_messages,
-            Scheduling::Partition,
-        );
-        println!(
-            "  round {round}: karafka-rs (partition) {:>12} msg/s  cpu {:.2} s",
-            rate(run.rate),
-            run.cpu.as_secs_f64()
-        );
-        fw.push(run.rate);
-        fw_cpu.push(run.cpu.as_secs_f64());
-        let run = framework(
-            &brokers,
-            &topic,
-            n,
-            0,
-            5,
-            &[],
-            max_messages,
-            Scheduling::Poll,
-        );
-        println!(
-            "  round {round}: karafka-rs (poll)      {:>12} msg/s  cpu {:.2} s",
-            rate(run.rate),
-            run.cpu.as_secs_f64()
-        );
-        poll.push(run.rate);
-        poll_cpu.push(run.cpu.as_secs_f64());
+        for (mode, rates, cpus) in [
+            (Scheduling::Partition, &mut fw, &mut fw_cpu),
+            (Scheduling::Poll, &mut poll, &mut poll_cpu),
+        ] {
+            let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages, mode);
+            println!(
+                "  round {round}: karafka-rs ({mode:<9}) {:>12} msg/s  cpu {:.2} s",
+                rate(run.rate),
+                run.cpu.as_secs_f64()
+            );
+            rates.push(run.rate);
+            cpus.push(run.cpu.as_secs_f64());
+        }
     }
 
     let io = wanted("io")
