@@ -10,6 +10,7 @@ use karafka_producer::{ConsumerGroupMetadata, Producer};
 
 use crate::message::{BatchMetadata, BatchView, Decoder, Message, Messages};
 use crate::processing::coordinator::Coordinator;
+use crate::processing::split::{Group, VirtualPartition};
 
 /// What the engine does for a context, behind a seam: librdkafka in production, an in-memory
 /// recorder in the consumer harness (`harness`, feature `testing`).
@@ -32,6 +33,15 @@ pub(crate) struct JobInput {
     pub(crate) producer: Producer,
     pub(crate) monitor: Monitor,
     pub(crate) consumer_group: Arc<str>,
+    /// The job's group of a split batch (virtual partitions).
+    pub(crate) group: Option<Group>,
+}
+
+impl JobInput {
+    /// The consumer instance the job runs on: its partition's, or its virtual partition's.
+    pub(crate) fn instance(&self) -> usize {
+        self.group.as_ref().map_or(0, |g| g.id)
+    }
 }
 
 /// The context of a job: the batch, and what the consumer can do about its partition.
@@ -99,18 +109,41 @@ impl<P> Context<P> {
     /// Marks `message` (and everything before it in the partition) as consumed: its offset + 1
     /// is stored and librdkafka commits it asynchronously. Returns false once the partition
     /// was revoked (the mark is then not stored: another member owns the partition).
+    ///
+    /// In a virtual partition it marks `message` and the earlier messages of this virtual
+    /// partition; what is stored is the offset after the longest run of marked messages from
+    /// the batch's start, so it may store nothing yet (and still return true).
     pub fn mark_as_consumed(&self, message: &Message<P>) -> bool {
-        self.mark_offset(message.offset())
+        self.mark_message(message)
     }
 
     /// [`mark_as_consumed`](Self::mark_as_consumed), then commits now and waits for the broker
-    /// (Karafka's `mark_as_consumed!`). Returns false if revoked or the commit failed.
+    /// (Karafka's `mark_as_consumed!`). Returns false if revoked or the commit failed. In a
+    /// virtual partition it commits what is stored (see `mark_as_consumed`).
     pub fn mark_as_consumed_sync(&self, message: &Message<P>) -> bool {
-        self.mark_offset(message.offset())
-            && self
-                .input
-                .ops
-                .commit_sync(&self.input.tp, message.offset() + 1)
+        if !self.mark_message(message) {
+            return false;
+        }
+        match self.input.coordinator.stored() {
+            Some(next) => self.input.ops.commit_sync(&self.input.tp, next),
+            None => true,
+        }
+    }
+
+    fn mark_message(&self, message: &Message<P>) -> bool {
+        let Some(group) = &self.input.group else {
+            return self.mark_offset(message.offset());
+        };
+        let coordinator = &self.input.coordinator;
+        if coordinator.is_revoked() {
+            return false;
+        }
+        match group.mark_through(message.index()) {
+            Some(next) if coordinator.mark(next) => {
+                self.input.ops.store_offset(&self.input.tp, next)
+            }
+            _ => true,
+        }
     }
 
     fn mark_offset(&self, offset: i64) -> bool {
@@ -139,6 +172,33 @@ impl<P> Context<P> {
     /// Resumes a paused partition after this job.
     pub fn resume(&self) {
         self.input.coordinator.request_resume();
+    }
+
+    /// The virtual partition this job processes, when the topic has virtual partitions
+    /// (`karafka-pro`); None otherwise.
+    pub fn virtual_partition(&self) -> Option<VirtualPartition> {
+        self.input.group.as_ref().map(|g| VirtualPartition {
+            id: g.id,
+            groups: g.groups,
+            collapsed: g.collapsed,
+        })
+    }
+
+    /// Whether another virtual partition of this batch already failed (the batch will be
+    /// retried collapsed): a long job may stop early. Always false without virtual
+    /// partitions.
+    pub fn is_failing(&self) -> bool {
+        self.input
+            .group
+            .as_ref()
+            .is_some_and(|g| g.tracker.is_failing())
+    }
+
+    /// Processes this partition's batches collapsed (one group, in Kafka order) until
+    /// `offset` (exclusive), starting with the next batch (Karafka's `collapse_until!`); jobs
+    /// already running are left alone. Only topics with virtual partitions split batches.
+    pub fn collapse_until(&self, offset: i64) {
+        self.input.coordinator.collapse_until(offset, &[]);
     }
 
     /// Whether the partition was taken away by a rebalance.

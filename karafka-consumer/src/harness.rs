@@ -98,6 +98,7 @@ use crate::processing::executor::{self, Job};
 use crate::processing::group::GroupShared;
 use crate::processing::outcome::{Outcomes, PartitionControl};
 use crate::processing::pipeline::Pipeline;
+use crate::processing::split::VirtualPartition;
 use crate::routing::{SubscriptionGroupRoute, TopicRoute};
 use crate::status::Control;
 
@@ -336,6 +337,9 @@ pub struct BatchOutcome {
     pub attempt: u32,
     /// The error `consume` returned (or its panic), if it failed.
     pub error: Option<String>,
+    /// The virtual partition the job processed (topics with virtual partitions: one outcome
+    /// per group of the batch, each with the batch's offsets), None otherwise.
+    pub virtual_partition: Option<VirtualPartition>,
 }
 
 /// A pause of a partition, as the consumer or a retry set it.
@@ -463,8 +467,14 @@ impl TestConsumer {
             let (buffer, ranges) = buffer.finish(SystemTime::now());
             let attempt = coordinator.attempt();
             // One partition's messages: at most one job (none when the topic has no
-            // consumer, or the partition is paused or revoked).
+            // consumer, or the partition is paused or revoked), or one per virtual partition,
+            // run one after the other.
             for job in self.pipeline.consume_jobs(&buffer, ranges) {
+                let virtual_partition = job.input.group.as_ref().map(|g| VirtualPartition {
+                    id: g.id,
+                    groups: g.groups,
+                    collapsed: g.collapsed,
+                });
                 let done = self.run(job).await;
                 let error = done.outcome.as_ref().err().map(|e| e.to_string());
                 self.pipeline.after(done, &self.fetch);
@@ -474,6 +484,7 @@ impl TestConsumer {
                     last_offset: last,
                     attempt,
                     error,
+                    virtual_partition,
                 });
             }
         }

@@ -317,19 +317,57 @@ impl PollBuffer {
     }
 }
 
-/// A batch: a range of one buffer's records (one partition's, in offset order). Cloning it
-/// clones one `Arc`.
+/// A batch: a range of one buffer's records (one partition's, in offset order), or a subset
+/// of such a range (a virtual partition's group). Cloning it clones one or two `Arc`s.
 #[derive(Debug, Clone)]
 pub(crate) struct BatchView {
     buffer: Arc<PollBuffer>,
     range: Range<usize>,
+    /// When set, only these records of `range` (buffer indices, ascending).
+    subset: Option<Arc<[u32]>>,
 }
 
 impl BatchView {
     /// The records `range` of `buffer`.
     pub(crate) fn new(buffer: Arc<PollBuffer>, range: Range<usize>) -> Self {
         debug_assert!(range.end <= buffer.records.len());
-        BatchView { buffer, range }
+        BatchView {
+            buffer,
+            range,
+            subset: None,
+        }
+    }
+
+    /// The records at `positions` of this batch (positions in `0..len()`, ascending; out of
+    /// range ones are left out).
+    pub(crate) fn subset(&self, positions: &[u32]) -> Self {
+        let indices: Vec<u32> = positions
+            .iter()
+            .filter_map(|&p| self.index_at(p as usize))
+            .filter_map(|i| u32::try_from(i).ok())
+            .collect();
+        BatchView {
+            buffer: self.buffer.clone(),
+            range: self.range.clone(),
+            subset: Some(indices.into()),
+        }
+    }
+
+    /// The buffer index of the record at `position`.
+    fn index_at(&self, position: usize) -> Option<usize> {
+        match &self.subset {
+            Some(indices) => indices.get(position).map(|&i| i as usize),
+            None => (position < self.range.len()).then(|| self.range.start + position),
+        }
+    }
+
+    /// The buffer indices of the records, in order.
+    fn indices(&self) -> impl Iterator<Item = usize> + '_ {
+        let (range, subset) = match &self.subset {
+            Some(indices) => (0..0, Some(indices.iter().map(|&i| i as usize))),
+            None => (self.range.clone(), None),
+        };
+        range.chain(subset.into_iter().flatten())
     }
 
     /// No messages (for lifecycle hooks).
@@ -344,15 +382,19 @@ impl BatchView {
         BatchView {
             buffer: Arc::new(buffer),
             range: 0..0,
+            subset: None,
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.range.len()
+        match &self.subset {
+            Some(indices) => indices.len(),
+            None => self.range.len(),
+        }
     }
 
     pub(crate) fn is_empty(&self) -> bool {
-        self.range.is_empty()
+        self.len() == 0
     }
 
     pub(crate) fn polled_at(&self) -> SystemTime {
@@ -361,15 +403,18 @@ impl BatchView {
 
     /// The records, in offset order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = RecordRef<'_>> {
-        self.range.clone().map(|i| self.buffer.record(i))
+        self.indices().map(|i| self.buffer.record(i))
     }
 
     pub(crate) fn first(&self) -> Option<RecordRef<'_>> {
-        (!self.is_empty()).then(|| self.buffer.record(self.range.start))
+        self.index_at(0).map(|i| self.buffer.record(i))
     }
 
     pub(crate) fn last(&self) -> Option<RecordRef<'_>> {
-        (!self.is_empty()).then(|| self.buffer.record(self.range.end - 1))
+        let len = self.len();
+        len.checked_sub(1)
+            .and_then(|p| self.index_at(p))
+            .map(|i| self.buffer.record(i))
     }
 
     /// The partition's record at `offset`.
@@ -529,6 +574,11 @@ impl<P> Message<P> {
 
     fn raw(&self) -> RecordRef<'_> {
         self.shared().batch.buffer.record(self.index)
+    }
+
+    /// The record's index in its poll buffer.
+    pub(crate) fn index(&self) -> usize {
+        self.index
     }
 
     /// Topic.
@@ -714,10 +764,11 @@ pub struct Messages<P> {
 
 impl<P> Messages<P> {
     pub(crate) fn new(batch: BatchView, decoder: Decoder<P>, metadata: BatchMetadata) -> Self {
-        let range = batch.range.clone();
+        let indices: Vec<usize> = batch.indices().collect();
         let shared = Arc::new(Shared { batch, decoder });
         let pointer = NonNull::from(&*shared);
-        let messages = range
+        let messages = indices
+            .into_iter()
             .map(|index| Message {
                 shared: pointer,
                 index,

@@ -1,10 +1,57 @@
 //! # karafka-pro
 //!
-//! The Pro features of karafka-rs, built on the extension points of `karafka-consumer`:
-//! multiplexing (several connections per subscription group, scaled dynamically), virtual
-//! partitions (parallel processing of one partition by key with safe offsets), the cleaner
-//! (payload memory freed as soon as a message is processed), long-running jobs and swarm
-//! mode (a supervisor with worker processes).
+//! The Pro features of karafka-rs, built on the extension points of `karafka-consumer` (it
+//! never depends on this crate). Applications use them through `karafka::pro` (feature
+//! `pro`), or this crate directly.
 //!
-//! **Status:** under construction. None of these features is implemented yet; enabling the
-//! `pro` feature of `karafka` adds nothing today.
+//! | feature | status | routing |
+//! |---|---|---|
+//! | virtual partitions: one partition processed in parallel by key, with offsets that never skip unprocessed work | available | [`VirtualPartitionsTopic::virtual_partitions`] |
+//! | multiplexing, long-running jobs, the cleaner, periodic jobs, swarm | not implemented yet | — |
+//!
+//! Each feature has the same anatomy: a config with documented defaults, a contract
+//! (violations listed at `build()`), a routing method from an extension trait on the topic
+//! builder, its behaviour, and events with stable dotted names.
+//!
+//! ## Virtual partitions
+//!
+//! ```no_run
+//! use karafka_consumer::{App, ConsumeResult, Consumer, Context, payload::Raw};
+//! use karafka_pro::{Distribution, VirtualPartitions, VirtualPartitionsTopic};
+//!
+//! #[derive(Default)]
+//! struct Orders;
+//!
+//! impl Consumer for Orders {
+//!     type Payload = Raw;
+//!     async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
+//!         // Only this virtual partition's messages (each key's in offset order).
+//!         for message in ctx.messages() {
+//!             let _ = message.key();
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let app = App::builder()
+//!     .kafka("bootstrap.servers", "localhost:9092")
+//!     .concurrency(10)
+//!     .topic("orders", |t| {
+//!         t.consumer(Orders::default).virtual_partitions(
+//!             // Messages of one key stay in order; different keys run in parallel.
+//!             VirtualPartitions::new(|m| m.key().map(<[u8]>::to_vec))
+//!                 .max_partitions(10)
+//!                 .distribution(Distribution::Consistent),
+//!         )
+//!     })
+//!     .build()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! See [`VirtualPartitions`] for the semantics (virtual offsets, collapse on errors, DLQ).
+
+pub mod processing;
+pub mod routing;
+
+pub use processing::virtual_partitions::{Distribution, VirtualPartitions};
+pub use routing::features::virtual_partitions::VirtualPartitionsTopic;

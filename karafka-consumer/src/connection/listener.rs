@@ -545,15 +545,23 @@ impl Listener {
     }
 }
 
-/// Splits a poll's jobs into waves with at most one job per partition each, keeping each
-/// partition's jobs in order (a `revoked` hook before the consume job of a partition assigned
-/// again in the same poll): a partition never runs two jobs at once.
+/// Splits a poll's jobs into waves with at most one job per consumer instance each (a
+/// partition's, or each of its virtual partitions'), keeping each partition's jobs in order
+/// (a `revoked` hook before the consume job of a partition assigned again in the same poll):
+/// an instance never runs two jobs at once, and the groups of a split batch run together.
 fn waves(jobs: Vec<Job>) -> Vec<Vec<Job>> {
     let mut waves: Vec<Vec<Job>> = Vec::new();
     for job in jobs {
         let after = waves
             .iter()
-            .rposition(|wave| wave.iter().any(|j| j.input.tp == job.input.tp))
+            .rposition(|wave| {
+                wave.iter().any(|j| {
+                    j.input.tp == job.input.tp
+                        && (j.input.instance() == job.input.instance()
+                            || j.input.group.is_none()
+                            || job.input.group.is_none())
+                })
+            })
             .map_or(0, |i| i + 1);
         if after == waves.len() {
             waves.push(Vec::new());

@@ -143,7 +143,11 @@ struct Flow {
     slots: HashMap<TopicPartition, Slot>,
     /// Partitions that may have messages, in the order they became so.
     ready: VecDeque<TopicPartition>,
-    running: HashMap<TopicPartition, JobKind>,
+    /// Jobs running per partition (several for the groups of a split batch).
+    running: HashMap<TopicPartition, usize>,
+    /// Groups of split batches (virtual partitions) waiting for a permit; their partitions
+    /// take no new batch meanwhile.
+    groups: VecDeque<Job>,
     /// Hooks (`revoked`, `eofed`, `shutdown`) waiting for a permit or for their partition's
     /// running job; their partitions take no consume job meanwhile.
     hooks: VecDeque<Job>,
@@ -179,6 +183,7 @@ pub(crate) fn run(cell: Arc<FlowCell>, setup: Setup) {
         slots: HashMap::new(),
         ready: VecDeque::new(),
         running: HashMap::new(),
+        groups: VecDeque::new(),
         hooks: VecDeque::new(),
         deferred: Vec::new(),
         spare: None,
@@ -207,7 +212,12 @@ pub(crate) fn run(cell: Arc<FlowCell>, setup: Setup) {
             flow.pause_assignment();
         }
         flow.step(sweep);
-        if flow.quiet && !announced_quiet && flow.running.is_empty() && flow.hooks.is_empty() {
+        if flow.quiet
+            && !announced_quiet
+            && flow.running.is_empty()
+            && flow.hooks.is_empty()
+            && flow.groups.is_empty()
+        {
             // Quiet once nothing of this listener runs any more.
             announced_quiet = true;
             shared.control.listener_quiet();
@@ -389,7 +399,7 @@ impl Flow {
             Wake::Partition(tp) => self.mark_ready(tp),
             Wake::Done(done) => self.finished(*done),
             Wake::Lost(tp) => {
-                self.running.remove(&tp);
+                self.ended(&tp);
                 self.shared.error(
                     ErrorKind::WorkerProcess,
                     std::io::Error::other(
@@ -419,7 +429,9 @@ impl Flow {
     }
 
     fn busy(&self, tp: &TopicPartition) -> bool {
-        self.running.contains_key(tp) || self.hooks.iter().any(|j| &j.input.tp == tp)
+        self.running.contains_key(tp)
+            || self.hooks.iter().any(|j| &j.input.tp == tp)
+            || self.groups.iter().any(|j| &j.input.tp == tp)
     }
 
     fn paused(&self, tp: &TopicPartition) -> bool {
@@ -466,6 +478,21 @@ impl Flow {
                 self.spawn(job, permit);
             }
         }
+        while let Some(job) = self.groups.pop_front() {
+            if job.input.coordinator.is_revoked() {
+                // Revoked before it started: it never runs (another member owns the
+                // partition); its instance gets its `revoked` hook.
+                if let Some(hook) = self.pipeline.revoked_unstarted(job) {
+                    self.hooks.push_back(hook);
+                }
+                continue;
+            }
+            let Some(permit) = self.permit() else {
+                self.groups.push_front(job);
+                return;
+            };
+            self.spawn(job, permit);
+        }
         if self.quiet {
             return;
         }
@@ -485,8 +512,20 @@ impl Flow {
                 self.mark_ready_front(tp);
                 return;
             };
-            match self.take(&tp) {
-                Some(job) => self.spawn(job, permit),
+            let mut jobs = self.take(&tp).into_iter();
+            match jobs.next() {
+                Some(job) => {
+                    // The other groups of a split batch wait for permits of their own.
+                    self.groups.extend(jobs);
+                    self.spawn(job, permit);
+                    while let Some(job) = self.groups.pop_front() {
+                        let Some(permit) = self.permit() else {
+                            self.groups.push_front(job);
+                            return;
+                        };
+                        self.spawn(job, permit);
+                    }
+                }
                 None => self.spare = Some(permit),
             }
         }
@@ -499,14 +538,19 @@ impl Flow {
         }
     }
 
-    /// The next batch of `tp` from its queue, as a consume job (or an `eofed` job when the
-    /// partition's end came with no message); None when the queue had nothing.
-    fn take(&mut self, tp: &TopicPartition) -> Option<Job> {
+    /// The next batch of `tp` from its queue, as its consume job (one per group of a split
+    /// batch), or an `eofed` job when the partition's end came with no message; none when
+    /// the queue had nothing.
+    fn take(&mut self, tp: &TopicPartition) -> Vec<Job> {
         let max_messages = self.shared.route.max_messages;
         let started = Instant::now();
-        let slot = self.slots.get(tp)?;
+        let Some(slot) = self.slots.get(tp) else {
+            return Vec::new();
+        };
         // Nothing is allocated for an empty queue (the re-check looks at idle ones).
-        let first = slot.queue.poll(Duration::ZERO)?;
+        let Some(first) = slot.queue.poll(Duration::ZERO) else {
+            return Vec::new();
+        };
         let client: Arc<dyn Send + Sync> = self.consumer.clone();
         let mut buffer = PollBufferBuilder::native(max_messages.min(8192), client);
         let name = self
@@ -545,14 +589,14 @@ impl Flow {
         let eofed = eof && self.eof_enabled;
         if buffer.is_empty() {
             return if eofed {
-                self.pipeline.eof_jobs(vec![tp.clone()]).pop()
+                self.pipeline.eof_jobs(vec![tp.clone()])
             } else {
-                None
+                Vec::new()
             };
         }
         let messages = buffer.len();
         let (buffer, ranges) = buffer.finish(SystemTime::now());
-        let job = self.pipeline.consume_jobs(&buffer, ranges).pop();
+        let jobs = self.pipeline.consume_jobs(&buffer, ranges);
         let shared = &self.shared;
         shared.monitor.emit_with(|| Event::BatchReceived {
             consumer_group: shared.route.consumer_group.clone(),
@@ -561,12 +605,12 @@ impl Flow {
             partitions: 1,
             duration: started.elapsed(),
         });
-        if job.is_some() && eofed {
+        if !jobs.is_empty() && eofed {
             if let Some(slot) = self.slots.get_mut(tp) {
                 slot.eof_after = true;
             }
         }
-        job
+        jobs
     }
 
     /// Runs `job` on the worker runtime; its end comes back as [`Wake::Done`].
@@ -598,7 +642,7 @@ impl Flow {
                 return;
             }
         }
-        self.running.insert(tp.clone(), kind);
+        *self.running.entry(tp.clone()).or_default() += 1;
         let report = Report {
             tx: self.tx.clone(),
             tp: Some(tp),
@@ -610,11 +654,21 @@ impl Flow {
         });
     }
 
+    /// One job of `tp` is no longer running.
+    fn ended(&mut self, tp: &TopicPartition) {
+        if let Some(count) = self.running.get_mut(tp) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                self.running.remove(tp);
+            }
+        }
+    }
+
     /// Settles an ended job and makes its partition ready again.
     fn finished(&mut self, done: Done) {
         let tp = done.tp.clone();
         let kind = done.kind;
-        self.running.remove(&tp);
+        self.ended(&tp);
         if kind == JobKind::Consume {
             self.costs.entry(tp.clone()).or_default().add(done.took);
         }
@@ -628,10 +682,14 @@ impl Flow {
             return;
         }
         self.pipeline.after(done, &self.partitions);
-        let eof_after = self
-            .slots
-            .get_mut(&tp)
-            .is_some_and(|s| std::mem::take(&mut s.eof_after));
+        // After the last group of a split batch: `eofed` runs on the partition's instance.
+        let batch_done =
+            !self.running.contains_key(&tp) && !self.groups.iter().any(|j| j.input.tp == tp);
+        let eof_after = batch_done
+            && self
+                .slots
+                .get_mut(&tp)
+                .is_some_and(|s| std::mem::take(&mut s.eof_after));
         if kind == JobKind::Consume && eof_after {
             for job in self.pipeline.eof_jobs(vec![tp.clone()]) {
                 self.hooks.push_back(job);
@@ -752,7 +810,7 @@ impl Flow {
                 self.on(wake);
             }
             self.dispatch_hooks_only();
-            if self.running.is_empty() && self.hooks.is_empty() {
+            if self.running.is_empty() && self.hooks.is_empty() && self.groups.is_empty() {
                 return;
             }
             match self.rx.recv_timeout(Duration::from_millis(100)) {

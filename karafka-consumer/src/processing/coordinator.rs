@@ -34,6 +34,15 @@ impl Intents {
     }
 }
 
+/// A collapse in force (virtual partitions): batches that start below `until` run as one
+/// group, in order, skipping the messages at `skip` (already processed in a split batch).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Collapse {
+    pub(crate) until: i64,
+    /// Ascending.
+    pub(crate) skip: Vec<i64>,
+}
+
 #[derive(Debug)]
 struct State {
     /// The attempt the current batch is on (1 = first try).
@@ -42,6 +51,7 @@ struct State {
     stored: i64,
     pause: Option<Pause>,
     intents: Intents,
+    collapse: Option<Collapse>,
 }
 
 #[derive(Debug)]
@@ -61,6 +71,7 @@ impl Coordinator {
                 stored: -1,
                 pause: None,
                 intents: Intents::default(),
+                collapse: None,
             }),
         }
     }
@@ -113,6 +124,11 @@ impl Coordinator {
         self.state().intents.resume = true;
     }
 
+    /// The consumer's requests so far (kept).
+    pub(crate) fn peek_intents(&self) -> Intents {
+        self.state().intents
+    }
+
     /// The consumer's requests from the job that just ended (cleared).
     pub(crate) fn take_intents(&self) -> Intents {
         std::mem::take(&mut self.state().intents)
@@ -129,6 +145,37 @@ impl Coordinator {
     pub(crate) fn is_paused(&self) -> bool {
         self.state().pause.is_some()
     }
+
+    /// The collapse in force, if any.
+    pub(crate) fn collapse(&self) -> Option<Collapse> {
+        self.state().collapse.clone()
+    }
+
+    /// Collapses batches until `until` (merged with a collapse in force: the later end
+    /// wins), skipping `skip` (already processed). Skips below the stored offset are
+    /// dropped: nothing before it is fetched again.
+    pub(crate) fn collapse_until(&self, until: i64, skip: &[i64]) {
+        let mut state = self.state();
+        let stored = state.stored;
+        let collapse = state.collapse.get_or_insert_with(Collapse::default);
+        collapse.until = collapse.until.max(until);
+        collapse.skip.extend_from_slice(skip);
+        collapse.skip.retain(|&o| o >= stored);
+        collapse.skip.sort_unstable();
+        collapse.skip.dedup();
+    }
+
+    /// Ends the collapse once processing reached `next_offset` at or past its end.
+    pub(crate) fn uncollapse_at(&self, next_offset: i64) {
+        let mut state = self.state();
+        if state
+            .collapse
+            .as_ref()
+            .is_some_and(|c| next_offset >= c.until)
+        {
+            state.collapse = None;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -144,6 +191,25 @@ mod tests {
         assert!(!c.mark(3));
         assert!(c.mark(9));
         assert_eq!(c.stored(), Some(9));
+    }
+
+    #[test]
+    fn collapses_merge_and_end_past_their_end() {
+        let c = Coordinator::new(TopicPartition::new("t", 0));
+        assert!(c.mark(10));
+        c.collapse_until(20, &[15, 12, 8]);
+        c.collapse_until(18, &[13, 12]);
+        assert_eq!(
+            c.collapse(),
+            Some(Collapse {
+                until: 20,
+                skip: vec![12, 13, 15]
+            })
+        );
+        c.uncollapse_at(19);
+        assert!(c.collapse().is_some());
+        c.uncollapse_at(20);
+        assert_eq!(c.collapse(), None);
     }
 
     #[test]

@@ -16,6 +16,7 @@ use crate::context::JobInput;
 use crate::message::BatchView;
 use crate::payload::BoxError;
 use crate::processing::coordinator::Coordinator;
+use crate::processing::split::Group;
 use crate::routing::TopicRoute;
 use crate::status::{Control, InFlight};
 
@@ -87,6 +88,8 @@ pub(crate) struct Done {
     pub(crate) stored_before: Option<i64>,
     /// How long the consumer's code ran.
     pub(crate) took: std::time::Duration,
+    /// The job's group of a split batch (virtual partitions).
+    pub(crate) group: Option<Group>,
 }
 
 fn error_kind(job: JobKind) -> ErrorKind {
@@ -99,7 +102,7 @@ fn error_kind(job: JobKind) -> ErrorKind {
     }
 }
 
-fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
     payload
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())
@@ -123,6 +126,7 @@ pub(crate) async fn run(
     let tp = input.tp.clone();
     let batch = input.batch.clone();
     let coordinator = input.coordinator.clone();
+    let group = input.group.clone();
     let stored_before = coordinator.stored();
     let consumer_group = input.consumer_group.clone();
     let (first, last) = batch.offsets();
@@ -161,6 +165,9 @@ pub(crate) async fn run(
         Err(panic) => Err(Failure::Panic(panic_message(panic))),
     };
     let took = started.elapsed();
+    if let (Err(_), Some(group)) = (&outcome, &group) {
+        group.tracker.fail();
+    }
     control
         .in_flight
         .lock()
@@ -226,6 +233,7 @@ pub(crate) async fn run(
         outcome,
         stored_before,
         took,
+        group,
     }
 }
 

@@ -7,4 +7,5 @@ pub(crate) mod executor;
 pub(crate) mod group;
 pub(crate) mod outcome;
 pub(crate) mod pipeline;
+pub mod split;
 pub(crate) mod strategy;

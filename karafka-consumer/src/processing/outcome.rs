@@ -37,7 +37,9 @@ pub(crate) struct Outcomes<'a> {
 }
 
 impl Outcomes<'_> {
-    /// Acts on a finished consume job of `tp` (not revoked meanwhile).
+    /// Acts on a finished consume job of `tp` (not revoked meanwhile), or on a split batch
+    /// once all its groups ended (`split`: it ran split, not collapsed).
+    #[allow(clippy::too_many_arguments)] // the batch, its partition state and its outcome
     pub(crate) fn settle(
         &self,
         tp: &TopicPartition,
@@ -46,6 +48,7 @@ impl Outcomes<'_> {
         coordinator: &Arc<Coordinator>,
         outcome: &Result<(), Failure>,
         stored_before: Option<i64>,
+        split: bool,
     ) {
         let intents = coordinator.take_intents();
         if batch.is_empty() {
@@ -63,6 +66,7 @@ impl Outcomes<'_> {
             manual: topic.manual_offset_management,
             took_control: intents.took_control(),
             dlq: topic.dead_letter_queue.as_ref(),
+            split,
             pause_timeout: settings.pause_timeout,
             pause_max_timeout: settings.pause_max_timeout,
             exponential: settings.pause_exponential,

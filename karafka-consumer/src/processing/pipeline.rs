@@ -14,20 +14,34 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use karafka_core::TopicPartition;
-use karafka_core::instrumentation::JobKind;
+use karafka_core::instrumentation::{ErrorKind, JobKind};
 
 use crate::consumer::ErasedConsumer;
 use crate::context::{ClientOps, JobInput};
 use crate::message::{BatchView, PollBuffer};
 use crate::processing::coordinator::Coordinator;
-use crate::processing::executor::{Done, Job};
+use crate::processing::executor::{Done, Failure, Job};
 use crate::processing::group::GroupShared;
 use crate::processing::outcome::{Outcomes, PartitionControl};
+use crate::processing::split::{BatchSplitter, Group, SplitBatch, Tracker, valid_groups};
 use crate::routing::TopicRoute;
 
 /// A partition's consumer instance with the last batch it got (the `revoked` hook gets it,
 /// as in Karafka).
 type Instance = (Box<dyn ErasedConsumer>, BatchView);
+
+/// Which instance: its partition and virtual partition (0 without virtual partitions).
+type InstanceKey = (TopicPartition, usize);
+
+/// A split batch whose groups still run.
+struct SplitRun {
+    batch: BatchView,
+    tracker: Arc<Tracker>,
+    left: usize,
+    collapsed: bool,
+    failure: Option<Failure>,
+    stored_before: Option<i64>,
+}
 
 /// One subscription group's jobs and outcomes. Lives on the thread that drives it (the
 /// listener's, or the test's task).
@@ -35,8 +49,10 @@ pub(crate) struct Pipeline {
     shared: Arc<GroupShared>,
     ops: Arc<dyn ClientOps>,
     topics: HashMap<Arc<str>, Arc<TopicRoute>>,
-    /// Consumer instances, one per partition that has had a job.
-    instances: HashMap<TopicPartition, Instance>,
+    /// Consumer instances, one per partition (and virtual partition) that has had a job.
+    instances: HashMap<InstanceKey, Instance>,
+    /// Split batches (virtual partitions) whose groups still run, by partition.
+    splits: HashMap<TopicPartition, SplitRun>,
 }
 
 impl Pipeline {
@@ -53,6 +69,7 @@ impl Pipeline {
             ops,
             topics,
             instances: HashMap::new(),
+            splits: HashMap::new(),
         }
     }
 
@@ -73,6 +90,7 @@ impl Pipeline {
         tp: TopicPartition,
         batch: BatchView,
         coordinator: Arc<Coordinator>,
+        group: Option<Group>,
     ) -> JobInput {
         JobInput {
             tp,
@@ -82,19 +100,38 @@ impl Pipeline {
             producer: self.shared.producer.clone(),
             monitor: self.shared.monitor.clone(),
             consumer_group: self.shared.route.consumer_group.clone(),
+            group,
         }
     }
 
-    /// The partition's instance: the held one, else a new one from the topic's factory.
+    /// The instance of `tp` (virtual partition `id`): the held one, else a new one from the
+    /// topic's factory.
     fn instance(
         &mut self,
         tp: &TopicPartition,
+        id: usize,
         topic: &TopicRoute,
     ) -> Option<Box<dyn ErasedConsumer>> {
         self.instances
-            .remove(tp)
+            .remove(&(tp.clone(), id))
             .map(|(consumer, _)| consumer)
             .or_else(|| topic.factory.as_ref().map(|make| make()))
+    }
+
+    /// The held instances of `tp`, taken out.
+    fn take_instances(&mut self, tp: &TopicPartition) -> Vec<(usize, Instance)> {
+        let keys: Vec<InstanceKey> = self
+            .instances
+            .keys()
+            .filter(|(t, _)| t == tp)
+            .cloned()
+            .collect();
+        let mut taken: Vec<(usize, Instance)> = keys
+            .into_iter()
+            .filter_map(|key| self.instances.remove(&key).map(|i| (key.1, i)))
+            .collect();
+        taken.sort_unstable_by_key(|(id, _)| *id);
+        taken
     }
 
     /// `revoked` jobs for the partitions taken away since the last call
@@ -109,10 +146,8 @@ impl Pipeline {
         );
         let mut jobs = Vec::new();
         for (tp, _lost) in revoked {
-            let Some((consumer, last_batch)) = self.instances.remove(&tp) else {
-                continue;
-            };
-            if self.shared.closing.load(Ordering::Acquire) {
+            let instances = self.take_instances(&tp);
+            if instances.is_empty() || self.shared.closing.load(Ordering::Acquire) {
                 continue;
             }
             let Some(topic) = self.topics.get(&tp.topic).cloned() else {
@@ -120,12 +155,14 @@ impl Pipeline {
             };
             let coordinator = Arc::new(Coordinator::new(tp.clone()));
             coordinator.revoke();
-            jobs.push(Job {
-                kind: JobKind::Revoked,
-                topic,
-                consumer,
-                input: self.input(tp, last_batch, coordinator),
-            });
+            for (_, (consumer, last_batch)) in instances {
+                jobs.push(Job {
+                    kind: JobKind::Revoked,
+                    topic: topic.clone(),
+                    consumer,
+                    input: self.input(tp.clone(), last_batch, coordinator.clone(), None),
+                });
+            }
         }
         jobs
     }
@@ -142,6 +179,7 @@ impl Pipeline {
     ) -> Vec<Job> {
         let mut jobs = Vec::with_capacity(partitions.len());
         for range in partitions {
+            let base = range.start;
             let batch = BatchView::new(buffer.clone(), range);
             let Some(first) = batch.first() else {
                 continue;
@@ -154,17 +192,135 @@ impl Pipeline {
             if coordinator.is_paused() || coordinator.is_revoked() {
                 continue;
             }
-            let Some(consumer) = self.instance(&tp, &topic) else {
+            if let Some(splitter) = topic.splitter.clone() {
+                self.split_jobs(&mut jobs, tp, topic, batch, base, coordinator, &*splitter);
+                continue;
+            }
+            let Some(consumer) = self.instance(&tp, 0, &topic) else {
                 continue;
             };
             jobs.push(Job {
                 kind: JobKind::Consume,
                 topic,
                 consumer,
-                input: self.input(tp, batch, coordinator),
+                input: self.input(tp, batch, coordinator, None),
             });
         }
         jobs
+    }
+
+    /// The jobs of one partition's batch on a topic with a splitter (virtual partitions):
+    /// one per group, or one collapsed job (in order, without what was already processed)
+    /// while a collapse is in force.
+    #[allow(clippy::too_many_arguments)] // one partition's batch and where it goes
+    fn split_jobs(
+        &mut self,
+        jobs: &mut Vec<Job>,
+        tp: TopicPartition,
+        topic: Arc<TopicRoute>,
+        batch: BatchView,
+        base: usize,
+        coordinator: Arc<Coordinator>,
+        splitter: &dyn BatchSplitter,
+    ) {
+        let offsets: Vec<i64> = batch.iter().map(|r| r.offset()).collect();
+        let (Some(&first), Some(&last)) = (offsets.first(), offsets.last()) else {
+            return;
+        };
+        let tracker = Arc::new(Tracker::new(offsets.clone(), base));
+        let collapse = coordinator.collapse().filter(|c| first < c.until);
+        let collapsed = collapse.is_some();
+        let groups = match collapse {
+            Some(collapse) => {
+                // Already processed in a split batch: marked now, not processed again.
+                let (skipped, rest): (Vec<usize>, Vec<usize>) = (0..offsets.len())
+                    .partition(|&p| collapse.skip.binary_search(&offsets[p]).is_ok());
+                if let Some(next) = tracker.mark(skipped) {
+                    if coordinator.mark(next) {
+                        self.ops.store_offset(&tp, next);
+                    }
+                }
+                if rest.is_empty() {
+                    coordinator.uncollapse_at(last + 1);
+                    return;
+                }
+                vec![(
+                    0,
+                    rest.into_iter()
+                        .filter_map(|p| u32::try_from(p).ok())
+                        .collect(),
+                )]
+            }
+            None => self.split(&tp, &batch, splitter),
+        };
+        let count = groups.len();
+        self.splits.insert(
+            tp.clone(),
+            SplitRun {
+                batch: batch.clone(),
+                tracker: tracker.clone(),
+                left: count,
+                collapsed,
+                failure: None,
+                stored_before: coordinator.stored(),
+            },
+        );
+        for (id, positions) in groups {
+            let Some(consumer) = self.instance(&tp, id, &topic) else {
+                self.splits.remove(&tp);
+                return;
+            };
+            let view = batch.subset(&positions);
+            let group = Group {
+                id,
+                groups: count,
+                collapsed,
+                positions: positions.into(),
+                tracker: tracker.clone(),
+            };
+            jobs.push(Job {
+                kind: JobKind::Consume,
+                topic: topic.clone(),
+                consumer,
+                input: self.input(tp.clone(), view, coordinator.clone(), Some(group)),
+            });
+        }
+    }
+
+    /// The groups `splitter` makes of `batch`, or the whole batch as group 0 (and an error
+    /// event) when it panics or its groups are not a partition of the batch.
+    fn split(
+        &self,
+        tp: &TopicPartition,
+        batch: &BatchView,
+        splitter: &dyn BatchSplitter,
+    ) -> Vec<(usize, Vec<u32>)> {
+        let len = batch.len();
+        let max_groups = splitter.max_groups(self.shared.settings.concurrency).max(1);
+        let split = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            splitter.split(&SplitBatch::new(batch), max_groups)
+        }));
+        let problem = match split {
+            Ok(Ok(groups)) => match valid_groups(groups, len, max_groups) {
+                Ok(groups) => return groups,
+                Err(problem) => problem,
+            },
+            Ok(Err(e)) => format!("it failed: {e}"),
+            Err(panic) => format!(
+                "it panicked: {}",
+                crate::processing::executor::panic_message(panic)
+            ),
+        };
+        self.shared.error(
+            ErrorKind::VirtualPartitionsPartitioner,
+            std::io::Error::other(format!(
+                "{} could not split a batch of {tp} ({problem}); it is processed as one group",
+                splitter.name()
+            )),
+            Some(tp),
+        );
+        let all: Vec<u32> = (0..len).filter_map(|p| u32::try_from(p).ok()).collect();
+        vec![(0, all)]
     }
 
     /// `eofed` jobs for partitions whose end was reached.
@@ -175,14 +331,14 @@ impl Pipeline {
                 continue;
             };
             let coordinator = self.shared.coordinator(&tp);
-            let Some(consumer) = self.instance(&tp, &topic) else {
+            let Some(consumer) = self.instance(&tp, 0, &topic) else {
                 continue;
             };
             jobs.push(Job {
                 kind: JobKind::Eofed,
                 topic,
                 consumer,
-                input: self.input(tp, BatchView::empty(), coordinator),
+                input: self.input(tp, BatchView::empty(), coordinator, None),
             });
         }
         jobs
@@ -190,9 +346,10 @@ impl Pipeline {
 
     /// `shutdown` jobs, one per held instance (the instances go with them).
     pub(crate) fn shutdown_jobs(&mut self) -> Vec<Job> {
-        let instances: Vec<(TopicPartition, Instance)> = self.instances.drain().collect();
+        let mut instances: Vec<(InstanceKey, Instance)> = self.instances.drain().collect();
+        instances.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         let mut jobs = Vec::new();
-        for (tp, (consumer, _)) in instances {
+        for ((tp, _), (consumer, _)) in instances {
             let Some(topic) = self.topics.get(&tp.topic).cloned() else {
                 continue;
             };
@@ -201,7 +358,7 @@ impl Pipeline {
                 kind: JobKind::Shutdown,
                 topic,
                 consumer,
-                input: self.input(tp, BatchView::empty(), coordinator),
+                input: self.input(tp, BatchView::empty(), coordinator, None),
             });
         }
         jobs
@@ -216,14 +373,60 @@ impl Pipeline {
         {
             return None;
         }
+        self.forget_split(&done);
         let coordinator = Arc::new(Coordinator::new(done.tp.clone()));
         coordinator.revoke();
         Some(Job {
             kind: JobKind::Revoked,
             topic: done.topic,
             consumer: done.consumer,
-            input: self.input(done.tp, done.batch, coordinator),
+            input: self.input(done.tp, done.batch, coordinator, None),
         })
+    }
+
+    /// The `revoked` hook of a group of a split batch that never started because its
+    /// partition was revoked first (partition scheduling): it runs on that group's instance.
+    pub(crate) fn revoked_unstarted(&mut self, job: Job) -> Option<Job> {
+        let Job {
+            kind,
+            topic,
+            consumer,
+            input,
+        } = job;
+        if let Some(group) = &input.group {
+            self.forget_group(&input.tp, group);
+        }
+        if kind != JobKind::Consume || self.shared.closing.load(Ordering::Acquire) {
+            return None;
+        }
+        let coordinator = Arc::new(Coordinator::new(input.tp.clone()));
+        coordinator.revoke();
+        Some(Job {
+            kind: JobKind::Revoked,
+            topic,
+            consumer,
+            input: self.input(input.tp, input.batch, coordinator, None),
+        })
+    }
+
+    /// One group of a split batch of `tp` will not be settled (its partition was revoked):
+    /// the batch's run goes once its last group ended.
+    fn forget_group(&mut self, tp: &TopicPartition, group: &Group) {
+        if let Some(run) = self.splits.get_mut(tp) {
+            if Arc::ptr_eq(&run.tracker, &group.tracker) {
+                run.left = run.left.saturating_sub(1);
+                if run.left == 0 {
+                    self.splits.remove(tp);
+                }
+            }
+        }
+    }
+
+    /// Drops the split run of a revoked job's batch once its last group ended.
+    fn forget_split(&mut self, done: &Done) {
+        if let Some(group) = &done.group {
+            self.forget_group(&done.tp, group);
+        }
     }
 
     /// After a job: its instance is kept for the partition's next job (unless the partition
@@ -241,23 +444,108 @@ impl Pipeline {
             outcome,
             stored_before,
             took: _,
+            group,
         } = done;
         match kind {
             JobKind::Consume if !coordinator.is_revoked() => {
-                self.instances.insert(tp.clone(), (consumer, batch.clone()));
-                self.outcomes(partitions).settle(
-                    &tp,
-                    &topic,
-                    &batch,
-                    &coordinator,
-                    &outcome,
-                    stored_before,
-                );
+                let id = group.as_ref().map_or(0, |g| g.id);
+                self.instances
+                    .insert((tp.clone(), id), (consumer, batch.clone()));
+                match group {
+                    Some(group) => self.group_ended(
+                        &tp,
+                        &topic,
+                        &coordinator,
+                        group,
+                        outcome,
+                        stored_before,
+                        partitions,
+                    ),
+                    None => self.outcomes(partitions).settle(
+                        &tp,
+                        &topic,
+                        &batch,
+                        &coordinator,
+                        &outcome,
+                        stored_before,
+                        false,
+                    ),
+                }
             }
             JobKind::Eofed if !coordinator.is_revoked() => {
-                self.instances.insert(tp, (consumer, batch));
+                self.instances.insert((tp, 0), (consumer, batch));
+            }
+            JobKind::Consume => {
+                if let Some(group) = &group {
+                    self.forget_group(&tp, group);
+                }
             }
             _ => {}
+        }
+    }
+
+    /// A group of a split batch ended: its messages are marked if it succeeded (with
+    /// automatic offsets, unless the consumer seeked or paused); once every group ended, the
+    /// batch is settled as one (retried collapsed if any group failed).
+    #[allow(clippy::too_many_arguments)] // one group's end and where it goes
+    fn group_ended(
+        &mut self,
+        tp: &TopicPartition,
+        topic: &TopicRoute,
+        coordinator: &Arc<Coordinator>,
+        group: Group,
+        outcome: Result<(), Failure>,
+        stored_before: Option<i64>,
+        partitions: &dyn PartitionControl,
+    ) {
+        let Some(run) = self
+            .splits
+            .get_mut(tp)
+            .filter(|run| Arc::ptr_eq(&run.tracker, &group.tracker))
+        else {
+            return;
+        };
+        if outcome.is_ok()
+            && !topic.manual_offset_management
+            && !coordinator.peek_intents().took_control()
+        {
+            if let Some(next) = group.mark_all() {
+                if coordinator.mark(next) {
+                    self.ops.store_offset(tp, next);
+                }
+            }
+        }
+        run.left = run.left.saturating_sub(1);
+        run.stored_before = match (run.stored_before, stored_before) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Err(failure) = outcome {
+            run.failure.get_or_insert(failure);
+        }
+        if run.left > 0 {
+            return;
+        }
+        let Some(run) = self.splits.remove(tp) else {
+            return;
+        };
+        let (_, last) = run.batch.offsets();
+        let failed = run.failure.is_some();
+        let outcome = run.failure.map_or(Ok(()), Err);
+        self.outcomes(partitions).settle(
+            tp,
+            topic,
+            &run.batch,
+            coordinator,
+            &outcome,
+            run.stored_before,
+            !run.collapsed,
+        );
+        if failed {
+            // Retried collapsed from the first unmarked message, skipping what was marked.
+            coordinator.collapse_until(last + 1, &run.tracker.marked_beyond());
+        } else {
+            coordinator.uncollapse_at(last + 1);
         }
     }
 

@@ -24,6 +24,9 @@ pub(crate) struct Facts<'a> {
     /// The consumer seeked or paused during the job.
     pub(crate) took_control: bool,
     pub(crate) dlq: Option<&'a DeadLetterQueue>,
+    /// The batch ran split into virtual partitions (not collapsed): a failure is always
+    /// retried (collapsed), never dead-lettered from there.
+    pub(crate) split: bool,
     pub(crate) pause_timeout: Duration,
     pub(crate) pause_max_timeout: Duration,
     pub(crate) exponential: bool,
@@ -68,7 +71,7 @@ pub(crate) fn decide(f: &Facts<'_>) -> Decision {
         Some(dlq) if dlq.is_independent() && progressed => 1,
         _ => f.attempt,
     };
-    if let Some(dlq) = f.dlq {
+    if let Some(dlq) = f.dlq.filter(|_| !f.split) {
         if failures > dlq.retries() {
             return Decision::DeadLetter {
                 offset: resume_from,
@@ -103,6 +106,7 @@ mod tests {
             manual: false,
             took_control: false,
             dlq: None,
+            split: false,
             pause_timeout: Duration::from_millis(100),
             pause_max_timeout: Duration::from_millis(1000),
             exponential: true,
@@ -184,6 +188,32 @@ mod tests {
                 attempts: 1
             }
         );
+    }
+
+    #[test]
+    fn a_split_batch_is_retried_collapsed_never_dead_lettered() {
+        let dlq = DeadLetterQueue::new("dlq").max_retries(1);
+        let split = |attempt| Facts {
+            dlq: Some(&dlq),
+            split: true,
+            ..facts(false, attempt)
+        };
+        assert!(matches!(
+            decide(&split(1)),
+            Decision::Retry { attempt: 2, .. }
+        ));
+        // Even past the budget: the dead letter goes out from the collapsed retry.
+        assert!(matches!(
+            decide(&split(5)),
+            Decision::Retry { attempt: 6, .. }
+        ));
+        assert!(matches!(
+            decide(&Facts {
+                split: false,
+                ..split(2)
+            }),
+            Decision::DeadLetter { offset: 10, .. }
+        ));
     }
 
     #[test]

@@ -21,6 +21,8 @@ use std::time::Duration;
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor};
 use karafka_core::{KafkaSettings, Violations};
 
+use crate::processing::split::BatchSplitter;
+
 pub use topic::{DeadLetterQueue, Declaratives, InitialOffset, TopicBuilder};
 pub(crate) use topic::{TopicDraft, TopicSettings};
 
@@ -185,6 +187,8 @@ pub struct TopicRoute {
     pub(crate) declaratives: Declaratives,
     pub(crate) factory: Option<Factory>,
     pub(crate) consumer_type: Option<&'static str>,
+    /// Splits batches into virtual partitions (`karafka-pro`).
+    pub(crate) splitter: Option<Arc<dyn BatchSplitter>>,
 }
 
 impl TopicRoute {
@@ -211,6 +215,10 @@ impl TopicRoute {
     /// Whether the consumer marks offsets itself.
     pub fn manual_offset_management(&self) -> bool {
         self.manual_offset_management
+    }
+    /// The batch splitter (virtual partitions), if any.
+    pub fn splitter(&self) -> Option<&Arc<dyn BatchSplitter>> {
+        self.splitter.as_ref()
     }
     /// The dead-letter queue, if any.
     pub fn dead_letter_queue(&self) -> Option<&DeadLetterQueue> {
@@ -247,6 +255,7 @@ impl fmt::Debug for TopicRoute {
             .field("kafka", &self.kafka)
             .field("active", &self.active)
             .field("declaratives", &self.declaratives)
+            .field("splitter", &self.splitter.as_ref().map(|s| s.name()))
             .finish()
     }
 }
@@ -476,7 +485,11 @@ pub(crate) fn resolve(
                 declaratives,
                 factory: draft.spec.as_ref().map(|s| s.factory(reporter.clone())),
                 consumer_type: draft.spec.as_ref().map(|s| s.consumer_type()),
+                splitter: draft.splitter.clone(),
             };
+            if let Some(splitter) = &route.splitter {
+                splitter.check(&route, &path, v);
+            }
             topics.push((explicit, Arc::new(route)));
         }
 

@@ -11,6 +11,7 @@ use karafka_core::KafkaSettings;
 use crate::consumer::{Consumer, Erased, ErasedConsumer, Factory, NoConsumer};
 use crate::message::{Decoder, RecordRef};
 use crate::payload::{BoxError, Payload};
+use crate::processing::split::BatchSplitter;
 use crate::routing::DecodeReporter;
 
 /// Where a consumer group starts in a partition it has no committed offset for.
@@ -263,6 +264,7 @@ pub struct TopicBuilder<C: Consumer = NoConsumer> {
     pub(crate) settings: TopicSettings,
     make: Option<Make<C>>,
     deserializer: Option<Deserializer<C::Payload>>,
+    splitter: Option<Arc<dyn BatchSplitter>>,
 }
 
 impl TopicBuilder<NoConsumer> {
@@ -272,6 +274,7 @@ impl TopicBuilder<NoConsumer> {
             settings: TopicSettings::default(),
             make: None,
             deserializer: None,
+            splitter: None,
         }
     }
 }
@@ -288,7 +291,17 @@ impl<C: Consumer> TopicBuilder<C> {
             settings: self.settings,
             make: Some(Arc::new(make)),
             deserializer: None,
+            splitter: self.splitter,
         }
+    }
+
+    /// Splits each batch of a partition into groups processed in parallel, each by its own
+    /// consumer instance: the extension point of virtual partitions (see
+    /// [`crate::split`]). Applications set it through `karafka-pro`'s
+    /// `.virtual_partitions(...)`.
+    pub fn splitter(mut self, splitter: Arc<dyn BatchSplitter>) -> Self {
+        self.splitter = Some(splitter);
+        self
     }
 
     /// Decodes payloads with `deserializer` instead of the consumer's
@@ -365,6 +378,7 @@ impl<C: Consumer> TopicBuilder<C> {
             name: self.name,
             settings: self.settings,
             spec,
+            splitter: self.splitter,
         }
     }
 }
@@ -375,6 +389,7 @@ impl<C: Consumer> fmt::Debug for TopicBuilder<C> {
             .field("name", &self.name)
             .field("settings", &self.settings)
             .field("consumer", &self.make.is_some())
+            .field("splitter", &self.splitter.as_ref().map(|s| s.name()))
             .finish()
     }
 }
@@ -384,4 +399,5 @@ pub(crate) struct TopicDraft {
     pub(crate) name: String,
     pub(crate) settings: TopicSettings,
     pub(crate) spec: Option<Arc<dyn ConsumerSpec>>,
+    pub(crate) splitter: Option<Arc<dyn BatchSplitter>>,
 }

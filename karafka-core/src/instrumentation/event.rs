@@ -769,6 +769,10 @@ pub enum ErrorKind {
     WorkerProcess,
     /// `app.error`: the app's lifecycle (start, stop) failed.
     App,
+    /// `virtual_partitions.partitioner.error`: a batch could not be split into virtual
+    /// partitions (the partitioner panicked, or its groups did not cover the batch); it was
+    /// processed as one group.
+    VirtualPartitionsPartitioner,
 }
 
 impl ErrorKind {
@@ -796,6 +800,7 @@ impl ErrorKind {
             ErrorKind::ConnectionListener => "connection.listener.error",
             ErrorKind::WorkerProcess => "worker.process.error",
             ErrorKind::App => "app.error",
+            ErrorKind::VirtualPartitionsPartitioner => "virtual_partitions.partitioner.error",
         }
     }
 }
@@ -939,6 +944,7 @@ mod tests {
             ErrorKind::ConnectionListener,
             ErrorKind::WorkerProcess,
             ErrorKind::App,
+            ErrorKind::VirtualPartitionsPartitioner,
         ];
         let names: HashSet<_> = kinds.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), kinds.len());

@@ -1,0 +1,3 @@
+//! Processing features (mirrors `karafka-consumer`'s `processing`).
+
+pub mod virtual_partitions;

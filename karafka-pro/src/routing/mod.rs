@@ -1,0 +1,3 @@
+//! Routing features: the builder methods of the Pro features.
+
+pub mod features;
