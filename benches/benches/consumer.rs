@@ -21,11 +21,13 @@
 //!   concurrency 10) through a backlog on 100 partitions, 15 s: poll scheduling, partition
 //!   scheduling with its prefetch budget, and partition scheduling with librdkafka's
 //!   per-partition defaults instead (what the budget replaces);
+//! - vp: one partition with a backlog (1,000 keys), 1 ms of IO a message, concurrency 10,
+//!   without virtual partitions and with 10 (`karafka-pro`), both distributions;
 //! - every karafka-rs scenario runs with partition scheduling (the default) and with poll
 //!   scheduling (Karafka's rule), side by side;
 //! - `BENCH_ONLY=raw` / `BENCH_ONLY=karafka` run only one side's pass-through (for profiling;
 //!   `BENCH_SCHEDULING=poll|partition` picks karafka-rs's), `BENCH_SCENARIOS` a
-//!   comma-separated list of `pass-through`, `io` (IO-bound and lag), `idle`, `memory` (all
+//!   comma-separated list of `pass-through`, `io` (IO-bound and lag), `idle`, `memory`, `vp` (all
 //!   when unset), `BENCH_MAX_MESSAGES` sets `max_messages` (default 100) for both sides,
 //!   `BENCH_KAFKA="key=value,..."` adds librdkafka settings to every karafka-rs run.
 //!
@@ -46,6 +48,7 @@ use karafka_benches::{Summary, process_cpu, rate, rss_bytes};
 use karafka_consumer::payload::Raw;
 use karafka_consumer::{App, ConsumeResult, Consumer, Context, Scheduling};
 use karafka_core::KafkaSettings;
+use karafka_pro::{Distribution, VirtualPartitions, VirtualPartitionsTopic};
 use karafka_producer::{Message, Producer};
 use karafka_testing::{EmbeddedCluster, TestBroker, client_config};
 use rdkafka::Message as _;
@@ -252,6 +255,7 @@ fn framework(
     tune: &[(&str, &str)],
     max_messages: usize,
     scheduling: Scheduling,
+    split: Option<(usize, Distribution)>,
 ) -> Run {
     let group = format!("bench-fw-{}", rand_suffix());
     let progress = Arc::new(Progress::new(n));
@@ -277,11 +281,20 @@ fn framework(
     }
     let app = builder
         .topic(topic, move |t| {
-            t.consumer(move || Counter {
-                progress: p.clone(),
-                io_ms,
-            })
-            .max_messages(max_messages)
+            let t = t
+                .consumer(move || Counter {
+                    progress: p.clone(),
+                    io_ms,
+                })
+                .max_messages(max_messages);
+            match split {
+                Some((max, distribution)) => t.virtual_partitions(
+                    VirtualPartitions::new(|m| m.key().map(<[u8]>::to_vec))
+                        .max_partitions(max)
+                        .distribution(distribution),
+                ),
+                None => t,
+            }
         })
         .build()
         .unwrap();
@@ -377,7 +390,7 @@ fn main() {
     if std::env::var("BENCH_ONLY").as_deref() == Ok("karafka") {
         for round in 0..rounds {
             let mode = only_mode.unwrap_or_default();
-            let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages, mode);
+            let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages, mode, None);
             println!(
                 "  round {round}: karafka-rs ({mode}) {:>12} msg/s  cpu {:.2} s",
                 rate(run.rate),
@@ -422,7 +435,7 @@ fn main() {
             (Scheduling::Partition, &mut fw, &mut fw_cpu),
             (Scheduling::Poll, &mut poll, &mut poll_cpu),
         ] {
-            let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages, mode);
+            let run = framework(&brokers, &topic, n, 0, 5, &[], max_messages, mode, None);
             println!(
                 "  round {round}: karafka-rs ({mode:<9}) {:>12} msg/s  cpu {:.2} s",
                 rate(run.rate),
@@ -437,6 +450,9 @@ fn main() {
         .then(|| io_scenarios(&broker, &brokers, cluster.is_some(), rounds, io_messages));
     let idle = wanted("idle").then(|| idle_scenario(&broker, &brokers, rounds));
     let memory = wanted("memory").then(|| memory_scenario(&broker, &brokers));
+    if wanted("vp") {
+        vp_scenario(&broker, &brokers, cluster.is_some(), rounds, io_messages);
+    }
 
     let row = |name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String| {
         let (r, f) = (Summary::of(raw), Summary::of(fw));
@@ -600,7 +616,7 @@ fn io_scenarios(
     let (mut poll_default, mut poll_lag) = (vec![], vec![]);
     let tuned = [("fetch.message.max.bytes", "1024")];
     let mut io = |topic: &str, tune: &[(&str, &str)], mode: Scheduling| {
-        let run = framework(brokers, topic, io_messages, 1, 10, tune, 100, mode);
+        let run = framework(brokers, topic, io_messages, 1, 10, tune, 100, mode, None);
         io_costs.push(run.io_cost.as_secs_f64() * 1e6);
         run.efficiency(10)
     };
@@ -640,6 +656,109 @@ fn io_scenarios(
         poll_lag,
         costs: io_costs,
     }
+}
+
+// ---- virtual partitions ----------------------------------------------------------------------
+
+/// One partition with a backlog (10,000-message record batches, 1,000 keys), 1 ms of IO a
+/// message, concurrency 10: efficiency without virtual partitions (one job at a time) and
+/// with 10 virtual partitions by key, `Consistent` and `Balanced`, with `max_messages` 100
+/// (the default) and 1,000. Prints its table.
+fn vp_scenario(broker: &TestBroker, brokers: &str, mock: bool, rounds: usize, messages: usize) {
+    let topic = format!("bench-vp-{}", rand_suffix());
+    broker.create_topic(&topic, 1).unwrap();
+    let producer = Producer::builder()
+        .kafka("bootstrap.servers", brokers)
+        .kafka("linger.ms", "5")
+        .kafka("batch.num.messages", "10000")
+        .build()
+        .unwrap();
+    let name: Arc<str> = topic.as_str().into();
+    let payload = Bytes::from_static(&PAYLOAD);
+    let all = messages * 2;
+    let batch = (0..all)
+        .map(|i| {
+            Message::new(name.clone(), payload.clone())
+                .key(format!("k{}", i % 1000))
+                .partition(0)
+        })
+        .collect();
+    producer
+        .produce_many_async(batch)
+        .unwrap()
+        .wait(Duration::from_secs(300))
+        .unwrap();
+    producer.close().unwrap();
+    // (label, virtual partitions and distribution, max_messages)
+    type Shape = (&'static str, Option<(usize, Distribution)>, usize);
+    let shapes: [Shape; 5] = [
+        ("no virtual partitions", None, 100),
+        (
+            "10 virtual partitions, Consistent",
+            Some((10, Distribution::Consistent)),
+            100,
+        ),
+        (
+            "10 virtual partitions, Balanced",
+            Some((10, Distribution::Balanced)),
+            100,
+        ),
+        (
+            "10 virtual partitions, Consistent, max_messages 1000",
+            Some((10, Distribution::Consistent)),
+            1000,
+        ),
+        (
+            "10 virtual partitions, Balanced, max_messages 1000",
+            Some((10, Distribution::Balanced)),
+            1000,
+        ),
+    ];
+    let mut results: Vec<Vec<f64>> = vec![Vec::new(); shapes.len()];
+    for round in 0..rounds {
+        let mut line = format!("  round {round}: virtual partitions efficiency");
+        for (i, (label, split, max_messages)) in shapes.iter().enumerate() {
+            // Without virtual partitions a run takes 1 ms a message: a tenth of the messages.
+            let n = if split.is_some() {
+                messages
+            } else {
+                messages / 10
+            };
+            let run = framework(
+                brokers,
+                &topic,
+                n,
+                1,
+                10,
+                &[],
+                *max_messages,
+                Scheduling::Partition,
+                *split,
+            );
+            let e = run.efficiency(10);
+            results[i].push(e);
+            line.push_str(&format!(", {label} {e:.3}"));
+        }
+        println!("{line}");
+    }
+    println!();
+    println!(
+        "| one partition, backlog in 10,000-message record batches, 1,000 keys, 1 ms IO/message, concurrency 10 ({}) | efficiency min / median / max |",
+        if mock {
+            "embedded mock"
+        } else {
+            "external broker"
+        }
+    );
+    println!("|---|---|");
+    for ((label, _, _), values) in shapes.iter().zip(&results) {
+        let v = Summary::of(values);
+        println!(
+            "| {label} | {:.3} / {:.3} / {:.3} |",
+            v.min, v.median, v.max
+        );
+    }
+    println!();
 }
 
 // ---- idle CPU ------------------------------------------------------------------------------

@@ -10,7 +10,7 @@ use karafka_producer::{ConsumerGroupMetadata, Producer};
 
 use crate::message::{BatchMetadata, BatchView, Decoder, Message, Messages};
 use crate::processing::coordinator::Coordinator;
-use crate::processing::split::{Group, VirtualPartition};
+use crate::split::{Group, VirtualPartition};
 
 /// What the engine does for a context, behind a seam: librdkafka in production, an in-memory
 /// recorder in the consumer harness (`harness`, feature `testing`).

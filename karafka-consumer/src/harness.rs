@@ -98,8 +98,8 @@ use crate::processing::executor::{self, Job};
 use crate::processing::group::GroupShared;
 use crate::processing::outcome::{Outcomes, PartitionControl};
 use crate::processing::pipeline::Pipeline;
-use crate::processing::split::VirtualPartition;
 use crate::routing::{SubscriptionGroupRoute, TopicRoute};
+use crate::split::VirtualPartition;
 use crate::status::Control;
 
 /// Why the harness cannot do what was asked.

@@ -90,6 +90,7 @@ pub(crate) mod processing;
 pub mod routing;
 mod server;
 mod settings;
+pub mod split;
 mod status;
 #[cfg(feature = "web")]
 pub mod web;
@@ -100,7 +101,7 @@ pub use context::{ClientOps, Context};
 pub use error::{Error, Result};
 pub use karafka_core::instrumentation::AppStatus;
 pub use message::{BatchMetadata, DeserializationError, Message, Messages};
-pub use processing::split;
+
 pub use server::{Exit, Selection};
 pub use settings::{
     DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_PREFETCH_BUDGET,

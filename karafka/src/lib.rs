@@ -47,8 +47,8 @@
 //! The quick start, on an embedded cluster: `cargo run --example quickstart`.
 //!
 //! **Status:** the shared core, the producer, the consumer framework, running it (server,
-//! signals, CLI, admin, health and metrics) and the test fixtures are ready; the Pro features
-//! are not implemented yet.
+//! signals, CLI, admin, health and metrics) and the test fixtures are ready; of the Pro
+//! features (`pro`), virtual partitions are ready, the others not implemented yet.
 //!
 //! ```no_run
 //! use karafka::{App, Consumer, ConsumeResult, Context};

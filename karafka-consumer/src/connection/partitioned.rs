@@ -762,8 +762,14 @@ impl Flow {
         }
         let timeout = self.shared.settings.revocation_timeout;
         let deadline = Instant::now() + timeout;
+        let unfinished = |flow: &Flow, tp: &TopicPartition| {
+            flow.running.contains_key(tp) || flow.groups.iter().any(|j| &j.input.tp == tp)
+        };
         loop {
-            if !partitions.iter().any(|tp| self.running.contains_key(tp)) {
+            // The groups of a split batch not started yet start now, so the whole batch
+            // ends (and is committed) before the partition goes.
+            self.start_groups_of(partitions);
+            if !partitions.iter().any(|tp| unfinished(self, tp)) {
                 return;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -772,13 +778,14 @@ impl Flow {
             }
             match self.rx.recv_timeout(left) {
                 Ok(Wake::Done(done)) if partitions.contains(&done.tp) => self.finished(*done),
+                Ok(Wake::Permit(permit)) => self.on(Wake::Permit(permit)),
                 Ok(other) => self.deferred.push(other),
                 Err(_) => {}
             }
         }
         let still: Vec<String> = partitions
             .iter()
-            .filter(|tp| self.running.contains_key(*tp))
+            .filter(|tp| unfinished(self, tp))
             .map(ToString::to_string)
             .collect();
         tracing::warn!(
@@ -788,6 +795,20 @@ impl Flow {
             "revoked partitions' jobs still run after revocation_timeout ({timeout:?}): they can no \
              longer mark; their revoked hooks run when they end"
         );
+    }
+
+    /// Starts the waiting groups of `partitions`' split batches while permits last.
+    fn start_groups_of(&mut self, partitions: &[TopicPartition]) {
+        while let Some(i) = self
+            .groups
+            .iter()
+            .position(|j| partitions.contains(&j.input.tp))
+        {
+            let Some(permit) = self.permit() else { return };
+            if let Some(job) = self.groups.remove(i) {
+                self.spawn(job, permit);
+            }
+        }
     }
 
     /// A message that came through the consumer queue: its partition was not split when it

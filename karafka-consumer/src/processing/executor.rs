@@ -16,8 +16,8 @@ use crate::context::JobInput;
 use crate::message::BatchView;
 use crate::payload::BoxError;
 use crate::processing::coordinator::Coordinator;
-use crate::processing::split::Group;
 use crate::routing::TopicRoute;
+use crate::split::Group;
 use crate::status::{Control, InFlight};
 
 /// A topic's consume jobs' recent duration (an exponential moving average over about the

@@ -7,5 +7,4 @@ pub(crate) mod executor;
 pub(crate) mod group;
 pub(crate) mod outcome;
 pub(crate) mod pipeline;
-pub mod split;
 pub(crate) mod strategy;

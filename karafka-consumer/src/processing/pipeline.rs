@@ -23,8 +23,8 @@ use crate::processing::coordinator::Coordinator;
 use crate::processing::executor::{Done, Failure, Job};
 use crate::processing::group::GroupShared;
 use crate::processing::outcome::{Outcomes, PartitionControl};
-use crate::processing::split::{BatchSplitter, Group, SplitBatch, Tracker, valid_groups};
 use crate::routing::TopicRoute;
+use crate::split::{BatchSplitter, Group, SplitBatch, Tracker, valid_groups};
 
 /// A partition's consumer instance with the last batch it got (the `revoked` hook gets it,
 /// as in Karafka).

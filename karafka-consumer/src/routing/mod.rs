@@ -21,7 +21,7 @@ use std::time::Duration;
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor};
 use karafka_core::{KafkaSettings, Violations};
 
-use crate::processing::split::BatchSplitter;
+use crate::split::{BatchSplitter, TopicFacts};
 
 pub use topic::{DeadLetterQueue, Declaratives, InitialOffset, TopicBuilder};
 pub(crate) use topic::{TopicDraft, TopicSettings};
@@ -488,7 +488,12 @@ pub(crate) fn resolve(
                 splitter: draft.splitter.clone(),
             };
             if let Some(splitter) = &route.splitter {
-                splitter.check(&route, &path, v);
+                let facts = TopicFacts {
+                    name: &route.name,
+                    dead_letter_retries: route.dead_letter_queue.as_ref().map(|d| d.retries()),
+                    manual_offset_management: route.manual_offset_management,
+                };
+                splitter.check(&facts, &path, v);
             }
             topics.push((explicit, Arc::new(route)));
         }

@@ -11,8 +11,8 @@ use karafka_core::KafkaSettings;
 use crate::consumer::{Consumer, Erased, ErasedConsumer, Factory, NoConsumer};
 use crate::message::{Decoder, RecordRef};
 use crate::payload::{BoxError, Payload};
-use crate::processing::split::BatchSplitter;
 use crate::routing::DecodeReporter;
+use crate::split::BatchSplitter;
 
 /// Where a consumer group starts in a partition it has no committed offset for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

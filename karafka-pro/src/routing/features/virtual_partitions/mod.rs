@@ -5,7 +5,8 @@ use std::hash::Hash;
 use std::sync::Arc;
 
 use karafka_consumer::Consumer;
-use karafka_consumer::routing::{TopicBuilder, TopicRoute};
+use karafka_consumer::routing::TopicBuilder;
+use karafka_consumer::split::TopicFacts;
 use karafka_core::Violations;
 
 use crate::processing::virtual_partitions::VirtualPartitions;
@@ -32,7 +33,7 @@ impl<C: Consumer> VirtualPartitionsTopic for TopicBuilder<C> {
 /// The contract of virtual partitions on `topic` (at `build()`).
 pub(crate) fn check<K: Hash + Eq + Send + 'static>(
     config: &VirtualPartitions<K>,
-    topic: &TopicRoute,
+    topic: &TopicFacts<'_>,
     path: &str,
     v: &mut Violations,
 ) {
@@ -43,9 +44,9 @@ pub(crate) fn check<K: Hash + Eq + Send + 'static>(
             || format!("is {max}: it must be at least 1 (or unset, for the app's concurrency)"),
         );
     }
-    if let Some(dlq) = topic.dead_letter_queue() {
+    if let Some(retries) = topic.dead_letter_retries {
         v.check(
-            dlq.retries() >= 1,
+            retries >= 1,
             format!("{path}.dead_letter_queue.max_retries"),
             || {
                 "is 0 with virtual partitions: a dead letter is dispatched only from the \

@@ -34,8 +34,6 @@ use karafka_core::{Headers, Partition, Timestamp, Violations};
 use crate::message::{BatchView, RecordRef};
 use crate::payload::BoxError;
 
-use crate::routing::TopicRoute;
-
 /// Splits a partition's batch into groups processed in parallel (the seam of virtual
 /// partitions). Implemented by `karafka-pro`'s `VirtualPartitions`; set on a topic with
 /// [`TopicBuilder::splitter`](crate::routing::TopicBuilder::splitter).
@@ -57,7 +55,7 @@ pub trait BatchSplitter: Send + Sync + 'static {
 
     /// Violations of the topic's settings with this splitter, checked at `build()`; `path`
     /// is the topic's path in the violation list (`consumer_groups.<cg>.topics.<topic>`).
-    fn check(&self, topic: &TopicRoute, path: &str, violations: &mut Violations) {
+    fn check(&self, topic: &TopicFacts<'_>, path: &str, violations: &mut Violations) {
         let _ = (topic, path, violations);
     }
 
@@ -65,6 +63,18 @@ pub trait BatchSplitter: Send + Sync + 'static {
     fn name(&self) -> &'static str {
         "virtual_partitions"
     }
+}
+
+/// What a [`BatchSplitter`]'s contract sees of its topic's resolved settings.
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct TopicFacts<'a> {
+    /// The topic.
+    pub name: &'a str,
+    /// The dead-letter queue's `max_retries`, when the topic has one.
+    pub dead_letter_retries: Option<u32>,
+    /// Whether the consumer marks offsets itself.
+    pub manual_offset_management: bool,
 }
 
 /// The batch a [`BatchSplitter`] groups: one partition's messages, in offset order.
