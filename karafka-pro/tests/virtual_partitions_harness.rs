@@ -434,3 +434,123 @@ fn contracts_refuse_zero_max_partitions_and_a_dlq_without_a_collapsed_retry() {
         "{err}"
     );
 }
+
+/// Each virtual partition pauses at its first offset; records what it processed and whether
+/// a sibling had failed.
+struct Pauser {
+    seen: Arc<Mutex<Vec<i64>>>,
+    shutdowns: Arc<Mutex<Vec<usize>>>,
+    failing_seen: Arc<Mutex<Vec<(usize, bool)>>>,
+    fail: bool,
+    id: Option<usize>,
+}
+
+impl Consumer for Pauser {
+    type Payload = Raw;
+    async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
+        let vp = ctx.virtual_partition().unwrap();
+        self.id = Some(vp.id);
+        self.failing_seen
+            .lock()
+            .unwrap()
+            .push((vp.id, ctx.is_failing()));
+        if self.fail && !vp.collapsed && vp.id == 0 {
+            return Err("group 0 fails".into());
+        }
+        for m in ctx.messages() {
+            self.seen.lock().unwrap().push(m.offset());
+        }
+        if !self.fail && !vp.collapsed {
+            let first = ctx.messages().first().unwrap().offset();
+            ctx.pause(first, std::time::Duration::from_secs(60));
+        }
+        Ok(())
+    }
+
+    async fn shutdown(&mut self, _ctx: &Context<Raw>) -> ConsumeResult {
+        self.shutdowns
+            .lock()
+            .unwrap()
+            .push(self.id.unwrap_or(usize::MAX));
+        Ok(())
+    }
+}
+
+type PauserLogs = (
+    Arc<Mutex<Vec<i64>>>,
+    Arc<Mutex<Vec<usize>>>,
+    Arc<Mutex<Vec<(usize, bool)>>>,
+);
+
+fn pauser_app(fail: bool) -> (App, PauserLogs) {
+    let logs: PauserLogs = (Arc::default(), Arc::default(), Arc::default());
+    let (seen, shutdowns, failing) = logs.clone();
+    let app = App::builder()
+        .kafka("bootstrap.servers", "unused:9092")
+        .topic("orders", move |t| {
+            t.consumer(move || Pauser {
+                seen: seen.clone(),
+                shutdowns: shutdowns.clone(),
+                failing_seen: failing.clone(),
+                fail,
+                id: None,
+            })
+            .max_messages(100)
+            .virtual_partitions(by_key_number(3))
+        })
+        .build()
+        .unwrap();
+    (app, logs)
+}
+
+#[tokio::test]
+async fn several_virtual_partitions_pausing_at_once_the_last_pause_wins() {
+    let (app, (seen, _, _)) = pauser_app(false);
+    let harness = Harness::new(&app);
+    let mut orders = harness.consumer_for("orders").unwrap();
+    // k0: 0, 3, 6; k1: 1, 4, 7; k2: 2, 5, 8. The groups run 0, 1, 2 (in the harness, one
+    // after the other): they pause at 0, then 1, then 2.
+    let keys: Vec<&str> = (0..9).map(|i| ["k0", "k1", "k2"][i % 3]).collect();
+    produce(&mut orders, &keys);
+    orders.consume().await;
+    let pause = orders.paused(0).expect("paused");
+    assert_eq!(pause.resume_from, 2, "the last pause wins");
+    assert!(!pause.retry);
+    assert_eq!(
+        orders.marked(0),
+        None,
+        "a consumer that pauses marks itself"
+    );
+    // Nothing below the pause's offset is processed again after it.
+    seen.lock().unwrap().clear();
+    orders.resume(0);
+    orders.consume().await;
+    let again = seen.lock().unwrap().clone();
+    assert!(again.iter().all(|&o| o >= 2), "{again:?}");
+}
+
+#[tokio::test]
+async fn siblings_see_the_batch_failing_and_shutdown_during_a_collapse_runs_once_per_instance() {
+    let (app, (_, shutdowns, failing)) = pauser_app(true);
+    let harness = Harness::new(&app);
+    let mut orders = harness.consumer_for("orders").unwrap();
+    let keys: Vec<&str> = (0..9).map(|i| ["k0", "k1", "k2"][i % 3]).collect();
+    produce(&mut orders, &keys);
+    orders.consume().await;
+    // Group 0 failed first (the harness runs groups in id order): its siblings saw it.
+    assert_eq!(
+        *failing.lock().unwrap(),
+        vec![(0, false), (1, true), (2, true)]
+    );
+    assert!(orders.paused(0).is_some_and(|p| p.retry));
+    // Shut down while the batch waits for its collapsed retry.
+    let errors = orders.shutdown().await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let mut ran = shutdowns.lock().unwrap().clone();
+    ran.sort_unstable();
+    assert_eq!(
+        ran,
+        vec![0, 1, 2],
+        "shutdown once on each instance that consumed"
+    );
+}
