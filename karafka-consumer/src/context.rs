@@ -35,12 +35,15 @@ pub(crate) struct JobInput {
     pub(crate) consumer_group: Arc<str>,
     /// The job's group of a split batch (virtual partitions).
     pub(crate) group: Option<Group>,
+    /// Which of the partition's consumer instances the job runs on: 0, or its virtual
+    /// partition's.
+    pub(crate) instance: usize,
 }
 
 impl JobInput {
     /// The consumer instance the job runs on: its partition's, or its virtual partition's.
     pub(crate) fn instance(&self) -> usize {
-        self.group.as_ref().map_or(0, |g| g.id)
+        self.instance
     }
 }
 
@@ -139,10 +142,14 @@ impl<P> Context<P> {
             return false;
         }
         match group.mark_through(message.index()) {
-            Some(next) if coordinator.mark(next) => {
-                self.input.ops.store_offset(&self.input.tp, next)
-            }
-            _ => true,
+            // Marked and stored under the coordinator's lock: groups racing cannot store a
+            // lower offset after a higher one.
+            Some(next) => coordinator
+                .mark_and_store(next, |next| {
+                    self.input.ops.store_offset(&self.input.tp, next)
+                })
+                .unwrap_or(true),
+            None => true,
         }
     }
 
@@ -185,7 +192,8 @@ impl<P> Context<P> {
     }
 
     /// Whether another virtual partition of this batch already failed (the batch will be
-    /// retried collapsed): a long job may stop early. Always false without virtual
+    /// retried collapsed): a long job may stop early; then only the messages it marked count
+    /// as processed (the collapsed retry processes the rest). Always false without virtual
     /// partitions.
     pub fn is_failing(&self) -> bool {
         self.input

@@ -12,15 +12,20 @@
 //! - **Virtual offsets.** `mark_as_consumed(m)` in a group marks `m` and that group's
 //!   earlier messages; what is stored for commit is the offset after the longest run of
 //!   marked messages from the batch's start (in Kafka order), so a commit never passes a
-//!   message not processed. A group that succeeds has all its messages marked (unless
-//!   offsets are managed manually, or the consumer seeked or paused); when every group
-//!   succeeded, the whole batch is marked.
+//!   message not processed. A group that succeeds has all its messages marked, unless
+//!   offsets are managed manually, a group of the batch seeked or paused (the partition's
+//!   position is then the consumer's), or another group had already failed (the group may
+//!   have stopped early, see [`Context::is_failing`](crate::Context::is_failing): only its
+//!   own marks count); when every group succeeded, the whole batch is marked.
 //! - **Collapse.** When any group fails, the batch is retried after the back-off from its
 //!   first unmarked message, *collapsed*: as one group (id 0), in Kafka order, skipping the
 //!   messages already marked, until past the failed batch; then splitting resumes. A dead
 //!   letter is dispatched only from a collapsed batch, never from one group alone.
 //!   [`Context::collapse_until`](crate::Context::collapse_until) collapses on purpose.
-//! - **Bounded state.** The marks of a batch live as long as the batch: one bit per message.
+//! - **Bounded state.** The marks of a batch live as long as the batch: a flag and an offset
+//!   per message; a collapse keeps at most the offsets of one batch to skip.
+//! - **Pauses.** A pause asked for in a group pauses the whole partition; when several
+//!   groups ask, the last request wins (it resumes from that offset).
 //! - **Bad splits.** A splitter that panics, or returns groups that do not cover the batch
 //!   exactly once, gets the whole batch processed as one group, and an
 //!   `error.occurred` event (`virtual_partitions.partitioner.error`) says so.

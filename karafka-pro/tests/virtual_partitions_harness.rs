@@ -554,3 +554,58 @@ async fn siblings_see_the_batch_failing_and_shutdown_during_a_collapse_runs_once
         "shutdown once on each instance that consumed"
     );
 }
+
+/// Group 0 fails; group 1 sees the batch failing and stops at once, returning `Ok`.
+struct Quitter {
+    seen: Arc<Mutex<Vec<i64>>>,
+}
+
+impl Consumer for Quitter {
+    type Payload = Raw;
+    async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
+        let vp = ctx.virtual_partition().unwrap();
+        if !vp.collapsed && vp.id == 0 {
+            return Err("group 0 fails".into());
+        }
+        if ctx.is_failing() {
+            return Ok(()); // stops early: nothing processed, nothing marked
+        }
+        for m in ctx.messages() {
+            self.seen.lock().unwrap().push(m.offset());
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn a_group_stopping_early_on_a_failing_batch_leaves_its_messages_to_the_retry() {
+    let seen: Arc<Mutex<Vec<i64>>> = Arc::default();
+    let s = seen.clone();
+    let app = App::builder()
+        .kafka("bootstrap.servers", "unused:9092")
+        .topic("orders", move |t| {
+            t.consumer(move || Quitter { seen: s.clone() })
+                .virtual_partitions(by_key_number(2))
+        })
+        .build()
+        .unwrap();
+    let harness = Harness::new(&app);
+    let mut orders = harness.consumer_for("orders").unwrap();
+    let keys: Vec<&str> = (0..6)
+        .map(|i| if i % 2 == 0 { "k0" } else { "k1" })
+        .collect();
+    produce(&mut orders, &keys);
+    orders.consume().await;
+    assert_eq!(
+        orders.marked(0),
+        None,
+        "group 1 stopped early: nothing is processed"
+    );
+    orders.consume().await;
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec![0, 1, 2, 3, 4, 5],
+        "all of it, collapsed"
+    );
+    assert_eq!(orders.marked(0), Some(6));
+}

@@ -597,6 +597,14 @@ impl Flow {
         let messages = buffer.len();
         let (buffer, ranges) = buffer.finish(SystemTime::now());
         let jobs = self.pipeline.consume_jobs(&buffer, ranges);
+        if jobs.is_empty() {
+            // Nothing to run (a collapsed batch whose messages were all processed before):
+            // the partition takes its next batch at once, and its end is still announced.
+            self.mark_ready(tp.clone());
+            if eofed {
+                return self.pipeline.eof_jobs(vec![tp.clone()]);
+            }
+        }
         let shared = &self.shared;
         shared.monitor.emit_with(|| Event::BatchReceived {
             consumer_group: shared.route.consumer_group.clone(),
@@ -630,6 +638,9 @@ impl Flow {
             self.shared.control.clone(),
             self.name.clone(),
         ));
+        // Counted before it runs: a job that ends inline is uncounted by `finished`, like
+        // any other (the groups of a split batch count together).
+        *self.running.entry(tp.clone()).or_default() += 1;
         if cheap {
             // Inside the runtime's context, so timers and IO register with its drivers; the
             // no-op waker is never needed: a job that returns Pending is spawned, and a new
@@ -642,7 +653,6 @@ impl Flow {
                 return;
             }
         }
-        *self.running.entry(tp.clone()).or_default() += 1;
         let report = Report {
             tx: self.tx.clone(),
             tp: Some(tp),
@@ -752,10 +762,14 @@ impl Flow {
         if lost {
             return;
         }
-        // Jobs that ended before the poll that brought this revocation.
+        // Jobs that ended before the poll that brought this revocation, and a permit freed
+        // meanwhile (the waiting groups below need it).
         let (ended, others): (Vec<Wake>, Vec<Wake>) = std::mem::take(&mut self.deferred)
             .into_iter()
-            .partition(|w| matches!(w, Wake::Done(d) if partitions.contains(&d.tp)));
+            .partition(|w| {
+                matches!(w, Wake::Done(d) if partitions.contains(&d.tp))
+                    || matches!(w, Wake::Permit(_))
+            });
         self.deferred = others;
         for wake in ended {
             self.on(wake);

@@ -98,6 +98,22 @@ impl Coordinator {
         true
     }
 
+    /// Records `next_offset` as stored and runs `store` with it, under the lock (so
+    /// concurrent callers store in increasing order); None when an equal or later one
+    /// already is (nothing runs).
+    pub(crate) fn mark_and_store(
+        &self,
+        next_offset: i64,
+        store: impl FnOnce(i64) -> bool,
+    ) -> Option<bool> {
+        let mut state = self.state();
+        if next_offset <= state.stored {
+            return None;
+        }
+        state.stored = next_offset;
+        Some(store(next_offset))
+    }
+
     /// The highest next-offset stored, if any.
     pub(crate) fn stored(&self) -> Option<i64> {
         let stored = self.state().stored;

@@ -90,6 +90,8 @@ pub(crate) struct Done {
     pub(crate) took: std::time::Duration,
     /// The job's group of a split batch (virtual partitions).
     pub(crate) group: Option<Group>,
+    /// Which of the partition's instances it ran on ([`JobInput::instance`](crate::context::JobInput::instance)).
+    pub(crate) instance: usize,
 }
 
 fn error_kind(job: JobKind) -> ErrorKind {
@@ -127,6 +129,7 @@ pub(crate) async fn run(
     let batch = input.batch.clone();
     let coordinator = input.coordinator.clone();
     let group = input.group.clone();
+    let instance = input.instance;
     let stored_before = coordinator.stored();
     let consumer_group = input.consumer_group.clone();
     let (first, last) = batch.offsets();
@@ -234,6 +237,7 @@ pub(crate) async fn run(
         stored_before,
         took,
         group,
+        instance,
     }
 }
 

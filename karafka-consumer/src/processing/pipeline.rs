@@ -100,6 +100,7 @@ impl Pipeline {
             producer: self.shared.producer.clone(),
             monitor: self.shared.monitor.clone(),
             consumer_group: self.shared.route.consumer_group.clone(),
+            instance: group.as_ref().map_or(0, |g| g.id),
             group,
         }
     }
@@ -331,14 +332,25 @@ impl Pipeline {
                 continue;
             };
             let coordinator = self.shared.coordinator(&tp);
-            let Some(consumer) = self.instance(&tp, 0, &topic) else {
+            // A held instance of the partition (with virtual partitions, the lowest id),
+            // else a new one.
+            let id = self
+                .instances
+                .keys()
+                .filter(|(t, _)| *t == tp)
+                .map(|(_, id)| *id)
+                .min()
+                .unwrap_or(0);
+            let Some(consumer) = self.instance(&tp, id, &topic) else {
                 continue;
             };
+            let mut input = self.input(tp, BatchView::empty(), coordinator, None);
+            input.instance = id;
             jobs.push(Job {
                 kind: JobKind::Eofed,
                 topic,
                 consumer,
-                input: self.input(tp, BatchView::empty(), coordinator, None),
+                input,
             });
         }
         jobs
@@ -445,12 +457,12 @@ impl Pipeline {
             stored_before,
             took: _,
             group,
+            instance,
         } = done;
         match kind {
             JobKind::Consume if !coordinator.is_revoked() => {
-                let id = group.as_ref().map_or(0, |g| g.id);
                 self.instances
-                    .insert((tp.clone(), id), (consumer, batch.clone()));
+                    .insert((tp.clone(), instance), (consumer, batch.clone()));
                 match group {
                     Some(group) => self.group_ended(
                         &tp,
@@ -473,7 +485,7 @@ impl Pipeline {
                 }
             }
             JobKind::Eofed if !coordinator.is_revoked() => {
-                self.instances.insert((tp, 0), (consumer, batch));
+                self.instances.insert((tp, instance), (consumer, batch));
             }
             JobKind::Consume => {
                 if let Some(group) = &group {
@@ -505,14 +517,16 @@ impl Pipeline {
         else {
             return;
         };
+        // A group that succeeded processed its messages, unless the batch was failing by
+        // then: it may have stopped early (`Context::is_failing`), so only its own marks
+        // count.
         if outcome.is_ok()
+            && !group.tracker.is_failing()
             && !topic.manual_offset_management
             && !coordinator.peek_intents().took_control()
         {
             if let Some(next) = group.mark_all() {
-                if coordinator.mark(next) {
-                    self.ops.store_offset(tp, next);
-                }
+                coordinator.mark_and_store(next, |next| self.ops.store_offset(tp, next));
             }
         }
         run.left = run.left.saturating_sub(1);

@@ -189,35 +189,40 @@ impl<K: Hash + Eq + Send + 'static> BatchSplitter for VirtualPartitions<K> {
     ) -> Result<Vec<(usize, Vec<u32>)>, BoxError> {
         let max = max_groups.max(1);
         let keys = self.key_groups(batch)?;
-        let mut groups: Vec<Vec<u32>> = vec![Vec::new(); max];
+        // At most one group per key: a huge `max_partitions` costs nothing per batch.
+        let mut groups: HashMap<usize, Vec<u32>> = HashMap::new();
         match self.distribution {
             Distribution::Consistent => {
                 for (key, positions) in keys {
-                    groups[self.reduce(&key, max)].extend(positions);
+                    groups
+                        .entry(self.reduce(&key, max))
+                        .or_default()
+                        .extend(positions);
                 }
             }
             Distribution::Balanced => {
                 let mut keys = keys;
                 // Largest key groups first (ties by first appearance: a stable sort), each to
-                // the least-loaded virtual partition (ties: the lowest id).
+                // the least-loaded virtual partition (ties: the lowest id). Only the first
+                // `keys` ids can ever be least loaded.
                 keys.sort_by_key(|k| std::cmp::Reverse(k.1.len()));
-                let mut load = vec![0usize; max];
+                let mut load = vec![0usize; max.min(keys.len())];
                 for (_, positions) in keys {
-                    let target = (0..max).min_by_key(|&i| (load[i], i)).unwrap_or(0);
+                    let target = (0..load.len()).min_by_key(|&i| (load[i], i)).unwrap_or(0);
                     load[target] += positions.len();
-                    groups[target].extend(positions);
+                    groups.entry(target).or_default().extend(positions);
                 }
             }
         }
-        Ok(groups
+        let mut groups: Vec<(usize, Vec<u32>)> = groups
             .into_iter()
-            .enumerate()
-            .filter(|(_, positions)| !positions.is_empty())
             .map(|(id, mut positions)| {
                 positions.sort_unstable();
                 (id, positions)
             })
-            .collect())
+            .collect();
+        groups.sort_unstable_by_key(|(id, _)| *id);
+        Ok(groups)
     }
 
     fn max_groups(&self, concurrency: usize) -> usize {
