@@ -3,7 +3,7 @@
 //! dead-letter queue from the collapsed retry, and a revocation while virtual partitions
 //! run.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -13,8 +13,7 @@ use karafka_consumer::routing::DeadLetterQueue;
 use karafka_consumer::{App, AppBuilder, ConsumeResult, Consumer, Context, Scheduling};
 use karafka_pro::{VirtualPartitions, VirtualPartitionsTopic};
 use karafka_producer::{Message, Producer};
-use karafka_testing::{TestBroker, client_config, unique_group, unique_topic, wait_until};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use karafka_testing::{TestBroker, unique_group, unique_topic, wait_until};
 
 fn app(broker: &TestBroker, group: &str) -> AppBuilder {
     let mut builder = App::builder()
@@ -49,25 +48,6 @@ fn produce(broker: &TestBroker, topic: &str, count: usize, keys: usize, partitio
         producer.produce_many_sync(messages).unwrap();
     }
     producer.close().unwrap();
-}
-
-/// The group's committed offsets (next offset to read) per partition of `topic`.
-fn committed(consumer: &BaseConsumer, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
-    let mut list = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition(topic, p);
-    }
-    let Ok(committed) = consumer.committed_offsets(list, Duration::from_secs(10)) else {
-        return BTreeMap::new();
-    };
-    committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect()
 }
 
 fn key_of(m: &karafka_consumer::Message<Raw>) -> String {
@@ -350,15 +330,13 @@ fn failing_run(poison: Option<i64>) -> Option<FailRun> {
     });
     let running = app.start().unwrap();
     // Every commit seen: nothing below it may be unprocessed.
-    let watcher: BaseConsumer = client_config(&broker.consumer_settings(&group))
-        .create()
-        .unwrap();
+    let watcher = broker.committed_offsets(&group).unwrap();
     let mut violations = Vec::new();
     let mut checks = 0;
     let deadline = Instant::now() + Duration::from_secs(90);
     let mut final_committed = None;
     while Instant::now() < deadline {
-        let at = committed(&watcher, &topic, 1).get(&0).copied();
+        let at = watcher.of(&topic, 1).get(&0).copied();
         let processed: HashSet<i64> = log.processed.lock().unwrap().keys().copied().collect();
         checks += 1;
         if let Some(next) = at {

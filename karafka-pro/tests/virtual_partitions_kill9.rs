@@ -9,10 +9,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::process::{Child, Command};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use karafka_producer::{Message, Producer};
-use karafka_testing::{TestBroker, unique_group, unique_topic, wait_until};
+use karafka_testing::{
+    TestBroker, Xorshift, kill_at_random_moments, unique_group, unique_topic, wait_until,
+};
 
 const MESSAGES: usize = 100_000;
 const PARTITIONS: i32 = 4;
@@ -33,18 +35,6 @@ fn lines(path: &std::path::Path) -> Vec<(u32, i32, i64, String)> {
             ))
         })
         .collect()
-}
-
-struct Random(u64);
-
-impl Random {
-    fn below(&mut self, n: u64) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n
-    }
 }
 
 #[test]
@@ -90,28 +80,17 @@ fn virtual_partitions_lose_nothing_across_three_kills() {
             .spawn()
             .expect("start the example")
     };
-    let seed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_nanos() as u64
-        | 1;
-    let mut random = Random(seed);
-    eprintln!("virtual partitions kill -9 test: seed {seed}");
-    for run in 0..3u32 {
-        let before = lines(&output).len();
-        let mut child = spawn(run);
-        let target = before + 5_000 + random.below(20_000) as usize;
-        wait_until(broker.join_deadline() + Duration::from_secs(60), || {
-            lines(&output).len() >= target
-        })
-        .unwrap_or_else(|_| panic!("run {run} made no progress"));
-        child.kill().expect("SIGKILL");
-        child.wait().unwrap();
-        eprintln!(
-            "run {run}: killed after {} new records",
-            lines(&output).len() - before
-        );
-    }
+    let mut random = Xorshift::from_clock();
+    eprintln!("virtual partitions kill -9 test: seed {}", random.seed());
+    kill_at_random_moments(
+        3,
+        spawn,
+        || lines(&output).len(),
+        5_000,
+        20_000,
+        broker.join_deadline() + Duration::from_secs(60),
+        &mut random,
+    );
     let mut last = spawn(3);
     let started = Instant::now();
     wait_until(Duration::from_secs(180), || {

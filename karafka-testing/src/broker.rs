@@ -1,6 +1,7 @@
 //! The broker a test runs against: the embedded cluster, or an external one from the
 //! environment, with the capabilities each kind has.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::Write as _;
 use std::path::PathBuf;
@@ -503,6 +504,15 @@ impl TestBroker {
             .with("log_level", "4")
     }
 
+    /// A client that reads `group`'s committed offsets (it never joins the group): keep it
+    /// to ask often ([`CommittedOffsets::of`]).
+    pub fn committed_offsets(&self, group: &str) -> Result<CommittedOffsets, FixtureError> {
+        let consumer: BaseConsumer = crate::client_config(&self.consumer_settings(group))
+            .create()
+            .map_err(|e| FixtureError::Env(format!("cannot create an offsets client: {e}")))?;
+        Ok(CommittedOffsets { consumer })
+    }
+
     /// Settings for a consumer in `group` on this broker: earliest offsets, the test session
     /// timeout ([`TEST_SESSION_TIMEOUT_MS`]) and fetch settings that do not stall
     /// (`fetch.wait.max.ms=10`, `fetch.queue.backoff.ms=10`).
@@ -605,6 +615,42 @@ fn record(line: &str) {
             std::io::stderr(),
             "could not append to {REPORT_ENV} file {path:?}: {e}"
         );
+    }
+}
+
+/// Reads a group's committed offsets ([`TestBroker::committed_offsets`]).
+pub struct CommittedOffsets {
+    consumer: BaseConsumer,
+}
+
+impl CommittedOffsets {
+    /// The committed offset (the next to read) of each partition of `topic` in
+    /// `0..partitions` that has one; empty when the broker does not answer in 10 s.
+    pub fn of(&self, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+        let mut list = rdkafka::TopicPartitionList::new();
+        for p in 0..partitions {
+            list.add_partition(topic, p);
+        }
+        let Ok(committed) = self
+            .consumer
+            .committed_offsets(list, Duration::from_secs(10))
+        else {
+            return BTreeMap::new();
+        };
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| match e.offset() {
+                rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+impl std::fmt::Debug for CommittedOffsets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CommittedOffsets").finish_non_exhaustive()
     }
 }
 

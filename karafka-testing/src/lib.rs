@@ -66,10 +66,10 @@ mod process;
 mod wait;
 
 pub use broker::{
-    BROKERS_ENV, BrokerKind, Capability, KIND_ENV, OAUTH_TOKEN_ENV, REPORT_ENV, SASL_PASSWORD_ENV,
-    SASL_SSL_BROKERS_ENV, SASL_USER_ENV, SecureListeners, TEST_INITIAL_REBALANCE_DELAY,
-    TEST_SESSION_TIMEOUT_MS, TLS_BROKERS_ENV, TLS_CA_ENV, TLS_OTHER_CA_ENV, TestBroker,
-    client_config,
+    BROKERS_ENV, BrokerKind, Capability, CommittedOffsets, KIND_ENV, OAUTH_TOKEN_ENV, REPORT_ENV,
+    SASL_PASSWORD_ENV, SASL_SSL_BROKERS_ENV, SASL_USER_ENV, SecureListeners,
+    TEST_INITIAL_REBALANCE_DELAY, TEST_SESSION_TIMEOUT_MS, TLS_BROKERS_ENV, TLS_CA_ENV,
+    TLS_OTHER_CA_ENV, TestBroker, client_config,
 };
 pub use buffered::{BufferedClient, Fault, Produced};
 pub use embedded::{
@@ -77,7 +77,7 @@ pub use embedded::{
 };
 pub use logs::{CapturedEvent, LogCapture};
 pub use names::{unique_group, unique_name, unique_topic};
-pub use process::example_binary;
+pub use process::{Xorshift, example_binary, kill_at_random_moments};
 pub use wait::{WaitTimeout, wait_for, wait_until, wait_until_async};
 
 /// A test fixture could not be set up.

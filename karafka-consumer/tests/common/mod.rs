@@ -8,8 +8,7 @@ use std::time::Duration;
 use karafka_consumer::{AppBuilder, Scheduling};
 use karafka_core::instrumentation::{Event, Monitor};
 use karafka_producer::{Message, Producer};
-use karafka_testing::{TestBroker, client_config};
-use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use karafka_testing::TestBroker;
 
 /// An app builder on `broker`, with the test session timeout and quick retries.
 pub fn app(broker: &TestBroker, group: &str) -> AppBuilder {
@@ -64,24 +63,10 @@ pub fn committed(
     topic: &str,
     partitions: i32,
 ) -> BTreeMap<i32, i64> {
-    let consumer: BaseConsumer = client_config(&broker.consumer_settings(group))
-        .create()
-        .unwrap();
-    let mut list = rdkafka::TopicPartitionList::new();
-    for p in 0..partitions {
-        list.add_partition(topic, p);
-    }
-    let committed = consumer
-        .committed_offsets(list, Duration::from_secs(10))
-        .unwrap();
-    committed
-        .elements()
-        .iter()
-        .filter_map(|e| match e.offset() {
-            rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
-            _ => None,
-        })
-        .collect()
+    broker
+        .committed_offsets(group)
+        .unwrap()
+        .of(topic, partitions)
 }
 
 /// Records events by name.
