@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, mpsc};
+use std::sync::{Arc, Mutex, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -12,10 +12,11 @@ use karafka_core::{ConfigError, KafkaSettings, Violation, Violations};
 use karafka_producer::Producer;
 
 use crate::connection::client::REVOKE_COMMIT_TIMEOUT;
-use crate::connection::listener::{Listener, ListenerSetup};
+use crate::connection::listener::ListenerSetup;
+use crate::connection::manager::{self, Connections, ListenerThread};
 use crate::consumer::Consumer;
 use crate::error::{Error, Result};
-use crate::processing::group::{self, GroupShared};
+use crate::processing::group::{self, ActiveGroups};
 use crate::routing::{self, ConsumerGroupBuilder, Routes, TopicBuilder, TopicSettings};
 use crate::settings::{
     DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_PREFETCH_BUDGET,
@@ -546,46 +547,45 @@ impl App {
             semaphore: Arc::new(tokio::sync::Semaphore::new(inner.settings.concurrency)),
         };
         let (done_tx, done_rx) = mpsc::channel();
-        let mut listeners = Vec::new();
-        let mut shared = Vec::new();
-        for group in &inner.routes.consumer_groups {
-            for sg in &group.subscription_groups {
-                let listener = Listener::new(sg.clone(), &setup);
-                let listener = match listener {
-                    Ok(l) => l,
-                    Err(e) => {
-                        control.stop.store(true, Ordering::Release);
-                        for (_, t) in listeners {
-                            let _ = JoinHandle::join(t);
-                        }
-                        return Err(e);
-                    }
-                };
-                shared.push(listener.shared());
-                let name = format!("karafka.listener#{}.{}", group.name, sg.name);
-                let done = done_tx.clone();
-                let label = name.clone();
-                let thread = std::thread::Builder::new()
-                    .name(name.clone())
-                    .spawn(move || {
-                        listener.run();
-                        let _ = done.send(label);
-                    })
-                    .map_err(|e| karafka_core::Error::Io {
-                        operation: "start a listener thread".into(),
-                        source: e,
-                    })?;
-                listeners.push((name, thread));
+        let (connections, started) = Connections::start(&inner.routes, setup, done_tx);
+        if let Err(e) = started {
+            control.stop.store(true, Ordering::Release);
+            for thread in connections.threads {
+                let _ = thread.handle.join();
             }
+            return Err(e);
         }
-        control.listeners.store(listeners.len(), Ordering::Release);
+        let groups = connections.active.clone();
+        let dynamic = connections.dynamic();
+        let connections = Arc::new(Mutex::new(connections));
+        let manager = if dynamic {
+            let (wake_tx, wake_rx) = mpsc::channel();
+            let (c, ctl) = (connections.clone(), control.clone());
+            let thread = std::thread::Builder::new()
+                .name("karafka.connections".into())
+                .spawn(move || manager::run(c, ctl, wake_rx));
+            match thread {
+                Ok(thread) => Some((wake_tx, thread)),
+                Err(e) => {
+                    control.stop.store(true, Ordering::Release);
+                    return Err(Error::Core(karafka_core::Error::Io {
+                        operation: "start the connection manager thread".into(),
+                        source: e,
+                    }));
+                }
+            }
+        } else {
+            None
+        };
         #[allow(unused_mut)]
         let mut running = Running {
             app: self.clone(),
             control: control.clone(),
-            listeners,
-            groups: shared,
+            connections,
+            manager,
+            groups,
             done: done_rx,
+            stopped: false,
             runtime,
             #[cfg(feature = "web")]
             web: None,
@@ -616,9 +616,14 @@ impl fmt::Debug for App {
 pub struct Running {
     app: App,
     control: Arc<Control>,
-    listeners: Vec<(String, JoinHandle<()>)>,
-    groups: Vec<Arc<GroupShared>>,
-    done: mpsc::Receiver<String>,
+    /// Every listener thread and family of connections.
+    connections: Arc<Mutex<Connections>>,
+    /// The thread carrying out dynamic plans (dropping the sender stops it).
+    manager: Option<(mpsc::Sender<()>, JoinHandle<()>)>,
+    groups: ActiveGroups,
+    done: mpsc::Receiver<u64>,
+    /// Whether stopping ran (dropping the handle stops otherwise).
+    stopped: bool,
     runtime: Option<tokio::runtime::Runtime>,
     #[cfg(feature = "web")]
     web: Option<crate::web::WebServer>,
@@ -629,7 +634,8 @@ impl Running {
     /// instances). Revoked partitions leave both. For tests of that.
     #[doc(hidden)]
     pub fn partition_state(&self) -> (usize, usize) {
-        self.groups.iter().fold((0, 0), |(c, i), g| {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        groups.iter().fold((0, 0), |(c, i), g| {
             (
                 c + g
                     .coordinators
@@ -643,7 +649,12 @@ impl Running {
 
     /// Whether every listener is still running.
     pub fn is_running(&self) -> bool {
-        !self.control.stopping() && self.listeners.iter().all(|(_, t)| !t.is_finished())
+        !self.control.stopping()
+            && !self
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .any_ended()
     }
 
     /// Where the app is.
@@ -684,7 +695,8 @@ impl Running {
     /// drop it from its group) or a job running longer than `job_timeout` makes the app
     /// unhealthy; the reasons say which.
     pub fn health(&self, job_timeout: Duration) -> Health {
-        group::health(&self.control, &self.groups, job_timeout)
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        group::health(&self.control, &groups, job_timeout)
     }
 
     /// The address the health and metrics server listens on (feature `web`, when configured
@@ -694,29 +706,51 @@ impl Running {
         self.web.as_ref().map(|w| w.addr())
     }
 
+    /// The listener threads not joined yet (taken: this handle waits for them once).
+    fn take_threads(&mut self) -> Vec<ListenerThread> {
+        if let Some((wake, thread)) = self.manager.take() {
+            // No change is started once the manager has ended.
+            drop(wake);
+            let _ = thread.join();
+        }
+        std::mem::take(
+            &mut self
+                .connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .threads,
+        )
+    }
+
     fn stop_inner(&mut self) -> Result<()> {
+        self.stopped = true;
         self.control.set_status(AppStatus::Stopping);
         self.control.stop.store(true, Ordering::Release);
         let timeout = self.app.inner.settings.shutdown_timeout;
         let deadline = Instant::now() + timeout;
-        let mut remaining: Vec<String> = self.listeners.iter().map(|(n, _)| n.clone()).collect();
+        let mut threads = self.take_threads();
+        let mut remaining: Vec<u64> = threads.iter().map(|t| t.id).collect();
         while !remaining.is_empty() {
             let now = Instant::now();
             if now >= deadline {
-                let report = self.report(&remaining);
+                let names: Vec<String> = threads
+                    .iter()
+                    .filter(|t| remaining.contains(&t.id))
+                    .map(|t| t.name.clone())
+                    .collect();
+                let report = self.report(&names);
                 // Give up on the stuck listeners (their threads are left to the process's
                 // exit): dropping this handle must not wait for them a second time.
-                self.listeners.clear();
                 return Err(Error::ShutdownTimeout { timeout, report });
             }
             match self.done.recv_timeout(deadline - now) {
-                Ok(name) => remaining.retain(|n| *n != name),
+                Ok(id) => remaining.retain(|n| *n != id),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
         }
-        for (_, thread) in self.listeners.drain(..) {
-            let _ = thread.join();
+        for thread in threads.drain(..) {
+            let _ = thread.handle.join();
         }
         if let Some(runtime) = self.runtime.take() {
             runtime.shutdown_timeout(Duration::from_secs(1));
@@ -733,8 +767,18 @@ impl Running {
     /// What would be reported if stopping timed out now (for the forced stop of `run`).
     pub(crate) fn reporter(&self) -> impl Fn() -> String + Send + 'static {
         let control = self.control.clone();
-        let names: Vec<String> = self.listeners.iter().map(|(n, _)| n.clone()).collect();
-        move || report(&control, &names)
+        let connections = self.connections.clone();
+        move || {
+            let names: Vec<String> = connections
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .threads
+                .iter()
+                .filter(|t| !t.handle.is_finished())
+                .map(|t| t.name.clone())
+                .collect();
+            report(&control, &names)
+        }
     }
 
     pub(crate) fn report(&self, listeners: &[String]) -> String {
@@ -783,7 +827,7 @@ fn report(control: &Control, listeners: &[String]) -> String {
 
 impl Drop for Running {
     fn drop(&mut self) {
-        if !self.listeners.is_empty() {
+        if !self.stopped {
             let _ = self.stop_inner();
         }
         // A runtime must not be dropped inside another one's context: shut it down in the
@@ -800,7 +844,14 @@ impl fmt::Debug for Running {
             .field("app", &self.app.inner.name)
             .field(
                 "listeners",
-                &self.listeners.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+                &self
+                    .connections
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .threads
+                    .iter()
+                    .map(|t| t.name.clone())
+                    .collect::<Vec<_>>(),
             )
             .finish()
     }

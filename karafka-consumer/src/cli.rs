@@ -234,6 +234,35 @@ pub fn info(app: &App) -> String {
         settings.pause_max_timeout,
         settings.pause_exponential
     );
+    // The most each connection may prefetch: the budget with per-partition scheduling,
+    // librdkafka's queue limit (default 64 MiB) with poll scheduling.
+    let prefetch = |sg: &crate::routing::SubscriptionGroupRoute| -> u64 {
+        match sg.scheduling() {
+            Scheduling::Partition => settings.prefetch_budget,
+            _ => sg
+                .kafka()
+                .get("queued.max.messages.kbytes")
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(65_536)
+                .saturating_mul(1024),
+        }
+    };
+    let (connections, total): (usize, u64) = inner
+        .routes
+        .consumer_groups()
+        .flat_map(|g| g.subscription_groups())
+        .fold((0, 0), |(c, t), sg| {
+            let n = sg.connection_plan().max();
+            (
+                c + n,
+                t.saturating_add(prefetch(sg).saturating_mul(n as u64)),
+            )
+        });
+    let _ = writeln!(
+        s,
+        "  prefetch: at most {total} bytes over {connections} connection(s) (each connection's \
+         budget or queued.max.messages.kbytes × connections)"
+    );
     for group in inner.routes.consumer_groups() {
         let _ = writeln!(s, "consumer group {}", group.name());
         for sg in group.subscription_groups() {
@@ -261,6 +290,13 @@ pub fn info(app: &App) -> String {
                         "    scheduling poll: the next poll after every job of the last one ended"
                     );
                 }
+            }
+            let facts = sg.family_facts();
+            for line in sg.connection_plan().describe(&facts) {
+                let _ = writeln!(s, "    {line}");
+            }
+            for warning in sg.connection_plan().warnings(&facts) {
+                let _ = writeln!(s, "    warning: {warning}");
             }
             let _ = writeln!(s, "    kafka:");
             for (k, v) in sg.kafka().iter_redacted() {

@@ -256,6 +256,8 @@ impl Harness {
             closing: AtomicBool::new(false),
             instances: AtomicUsize::new(0),
             last_poll_ms: AtomicU64::new(0),
+            retired: Default::default(),
+            observed: Default::default(),
         });
         let offsets = Arc::new(Recorder::default());
         TestConsumer {

@@ -79,6 +79,7 @@ mod app;
 #[cfg(feature = "cli")]
 pub mod cli;
 pub(crate) mod connection;
+pub mod connections;
 mod consumer;
 mod context;
 mod error;

@@ -131,6 +131,9 @@ impl App {
                     max_messages: sg.max_messages,
                     max_wait_time: sg.max_wait_time,
                     scheduling: sg.scheduling,
+                    plan: sg.plan.clone(),
+                    family: sg.family.clone(),
+                    named: sg.named,
                 }));
             }
             if !subscription_groups.is_empty() {

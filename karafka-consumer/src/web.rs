@@ -60,7 +60,7 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
 use crate::error::{Error, Result};
-use crate::processing::group::{self, GroupShared};
+use crate::processing::group::{self, ActiveGroups};
 use crate::status::Control;
 
 /// Where and how to serve `/healthz` and `/metrics` (see [`AppBuilder::web`](crate::AppBuilder::web)).
@@ -321,7 +321,7 @@ impl Listener for Metrics {
 struct WebState {
     metrics: Arc<Metrics>,
     control: Arc<Control>,
-    groups: Vec<Arc<GroupShared>>,
+    groups: ActiveGroups,
     job_timeout: Duration,
 }
 
@@ -387,7 +387,7 @@ impl Bound {
         self,
         metrics: Arc<Metrics>,
         control: Arc<Control>,
-        groups: Vec<Arc<GroupShared>>,
+        groups: ActiveGroups,
     ) -> Result<WebServer> {
         let Bound {
             listener,
@@ -472,7 +472,10 @@ impl Drop for WebServer {
 }
 
 async fn serve_healthz(State(state): State<Arc<WebState>>) -> impl IntoResponse {
-    let health = group::health(&state.control, &state.groups, state.job_timeout);
+    let health = {
+        let groups = state.groups.lock().unwrap_or_else(|p| p.into_inner());
+        group::health(&state.control, &groups, state.job_timeout)
+    };
     let mut body = String::new();
     if health.healthy {
         let _ = writeln!(body, "ok\nstatus {}", health.status);

@@ -50,8 +50,11 @@
 //!
 //! See [`VirtualPartitions`] for the semantics (virtual offsets, collapse on errors, DLQ).
 
+pub mod connection;
 pub mod processing;
 pub mod routing;
 
+pub use connection::multiplexing::Multiplexing;
 pub use processing::virtual_partitions::{Distribution, VirtualPartitions};
+pub use routing::features::multiplexing::MultiplexingSubscriptionGroup;
 pub use routing::features::virtual_partitions::VirtualPartitionsTopic;

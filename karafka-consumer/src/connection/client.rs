@@ -63,11 +63,25 @@ impl ClientContext for GroupContext {
     fn stats_raw(&self, statistics: &[u8]) {
         let shared = &self.shared;
         match Statistics::from_json(statistics) {
-            Ok(stats) => shared.monitor.emit(Event::StatisticsEmitted {
-                source_id: shared.route.name.clone(),
-                consumer_group: Some(shared.route.consumer_group.clone()),
-                statistics: Arc::new(stats),
-            }),
+            Ok(stats) => {
+                if let Some(cgrp) = &stats.cgrp {
+                    let observed = crate::connections::Observed::new(
+                        std::time::Instant::now(),
+                        cgrp.state.as_str(),
+                        cgrp.join_state.as_str(),
+                        std::time::Duration::from_millis(
+                            u64::try_from(cgrp.rebalance_age).unwrap_or(0),
+                        ),
+                        usize::try_from(cgrp.assignment_size).unwrap_or(0),
+                    );
+                    *shared.observed.lock().unwrap_or_else(|p| p.into_inner()) = Some(observed);
+                }
+                shared.monitor.emit(Event::StatisticsEmitted {
+                    source_id: shared.route.name.clone(),
+                    consumer_group: Some(shared.route.consumer_group.clone()),
+                    statistics: Arc::new(stats),
+                })
+            }
             Err(e) => shared.error(ErrorKind::StatisticsDecode, e, None),
         }
     }

@@ -69,6 +69,7 @@ pub(crate) struct Listener {
 /// What every listener of an app shares: the app's monitor, producer, processing settings
 /// and OAuth token provider, the lifecycle state, the runtime jobs run on and the bound on
 /// jobs at once.
+#[derive(Clone)]
 pub(crate) struct ListenerSetup {
     pub(crate) monitor: Monitor,
     pub(crate) producer: Producer,
@@ -95,6 +96,8 @@ impl Listener {
             closing: Default::default(),
             instances: Default::default(),
             last_poll_ms: Default::default(),
+            retired: Default::default(),
+            observed: Default::default(),
         });
         let create = |kafka: &KafkaSettings| -> Result<BaseConsumer<GroupContext>> {
             native::client_config(kafka)
@@ -199,7 +202,7 @@ impl Listener {
             return;
         }
         let mut quiet = false;
-        while !self.shared.control.stopping() {
+        while !self.shared.should_stop() {
             self.heartbeat();
             if self.shared.control.quieting() {
                 if !quiet {
@@ -281,7 +284,7 @@ impl Listener {
         // the committed offsets.
         while let Some(polled) = self.consumer.poll(Duration::from_millis(100)) {
             drop(polled);
-            if self.shared.control.stopping() {
+            if self.shared.should_stop() {
                 break;
             }
         }
@@ -356,7 +359,7 @@ impl Listener {
                         .lock()
                         .unwrap_or_else(|p| p.into_inner())
                         .is_empty();
-                    if rebalanced || Instant::now() >= wake_at || self.shared.control.stopping() {
+                    if rebalanced || Instant::now() >= wake_at || self.shared.should_stop() {
                         break;
                     }
                 }

@@ -3,5 +3,6 @@
 
 pub(crate) mod client;
 pub(crate) mod listener;
+pub(crate) mod manager;
 pub(crate) mod partitioned;
 pub(crate) mod prefetch;

@@ -194,7 +194,7 @@ pub(crate) fn run(cell: Arc<FlowCell>, setup: Setup) {
     let queue = QueueLength::consumer(&consumer);
     let mut next_sweep = Instant::now() + max_wait;
     let mut announced_quiet = false;
-    while !shared.control.stopping() {
+    while !shared.should_stop() {
         shared
             .last_poll_ms
             .store(shared.control.now_ms(), Ordering::Release);

@@ -17,6 +17,9 @@ use crate::status::{Control, Health};
 
 /// State of one subscription group shared by its listener, the rebalance callbacks (which run
 /// on the listener thread, inside `poll`) and its jobs.
+/// The shared state of the app's active connections (retired ones leave it).
+pub(crate) type ActiveGroups = Arc<Mutex<Vec<Arc<GroupShared>>>>;
+
 pub(crate) struct GroupShared {
     pub(crate) route: Arc<SubscriptionGroupRoute>,
     pub(crate) monitor: Monitor,
@@ -33,9 +36,18 @@ pub(crate) struct GroupShared {
     pub(crate) instances: std::sync::atomic::AtomicUsize,
     /// When the listener last polled (ms since the app started).
     pub(crate) last_poll_ms: std::sync::atomic::AtomicU64,
+    /// Set when the connection is stopped on its own (its family scaled down).
+    pub(crate) retired: AtomicBool,
+    /// What its latest statistics said of its group membership.
+    pub(crate) observed: Mutex<Option<crate::connections::Observed>>,
 }
 
 impl GroupShared {
+    /// Whether its listener should stop: the app stops, or this connection was retired.
+    pub(crate) fn should_stop(&self) -> bool {
+        self.control.stopping() || self.retired.load(Ordering::Acquire)
+    }
+
     /// Forgets the state of `revoked` partitions (their coordinators are marked revoked, so
     /// a job still holding one cannot mark) and queues them for their `revoked` hooks
     /// ([`Pipeline::revocation_jobs`](crate::processing::pipeline::Pipeline::revocation_jobs)).

@@ -21,6 +21,7 @@ use std::time::Duration;
 use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor};
 use karafka_core::{KafkaSettings, Violations};
 
+use crate::connections::{ConnectionPlan, FamilyFacts, SingleConnection};
 use crate::split::{BatchSplitter, TopicFacts};
 
 pub use topic::{DeadLetterQueue, Declaratives, InitialOffset, TopicBuilder};
@@ -42,6 +43,7 @@ pub struct ConsumerGroupBuilder {
     pub(crate) drafts: Vec<(Option<String>, TopicDraft)>,
     pub(crate) subscription_kafka: BTreeMap<String, KafkaSettings>,
     pub(crate) subscription_scheduling: BTreeMap<String, Scheduling>,
+    pub(crate) subscription_plans: BTreeMap<String, Arc<dyn ConnectionPlan>>,
 }
 
 impl ConsumerGroupBuilder {
@@ -51,6 +53,7 @@ impl ConsumerGroupBuilder {
             drafts: Vec::new(),
             subscription_kafka: BTreeMap::new(),
             subscription_scheduling: BTreeMap::new(),
+            subscription_plans: BTreeMap::new(),
         }
     }
 
@@ -75,10 +78,14 @@ impl ConsumerGroupBuilder {
             drafts: Vec::new(),
             kafka: KafkaSettings::new(),
             scheduling: None,
+            plan: None,
         });
         if let Some(scheduling) = group.scheduling {
             self.subscription_scheduling
                 .insert(name.to_owned(), scheduling);
+        }
+        if let Some(plan) = group.plan {
+            self.subscription_plans.insert(name.to_owned(), plan);
         }
         for draft in group.drafts {
             self.drafts.push((Some(name.to_owned()), draft));
@@ -110,6 +117,7 @@ pub struct SubscriptionGroupBuilder {
     drafts: Vec<TopicDraft>,
     kafka: KafkaSettings,
     scheduling: Option<Scheduling>,
+    plan: Option<Arc<dyn ConnectionPlan>>,
 }
 
 impl SubscriptionGroupBuilder {
@@ -135,6 +143,14 @@ impl SubscriptionGroupBuilder {
         self.scheduling = Some(scheduling);
         self
     }
+
+    /// How many connections run this subscription group, and when that changes: the
+    /// extension point of multiplexing (see [`crate::connections`]). Applications set it
+    /// through `karafka-pro`'s `.multiplexing(...)`. Default: one connection.
+    pub fn connections(mut self, plan: Arc<dyn ConnectionPlan>) -> Self {
+        self.plan = Some(plan);
+        self
+    }
 }
 
 impl fmt::Debug for SubscriptionGroupBuilder {
@@ -143,6 +159,7 @@ impl fmt::Debug for SubscriptionGroupBuilder {
             .field("topics", &self.drafts.len())
             .field("kafka", &self.kafka)
             .field("scheduling", &self.scheduling)
+            .field("connections", &self.plan)
             .finish()
     }
 }
@@ -270,6 +287,13 @@ pub struct SubscriptionGroupRoute {
     pub(crate) max_messages: usize,
     pub(crate) max_wait_time: Duration,
     pub(crate) scheduling: Scheduling,
+    /// How many connections run it.
+    pub(crate) plan: Arc<dyn ConnectionPlan>,
+    /// The family's name when this is one connection of several (`name` is then
+    /// `{family}#{index}`).
+    pub(crate) family: Option<(Arc<str>, usize)>,
+    /// Whether it was named explicitly (`subscription_group(...)`).
+    pub(crate) named: bool,
 }
 
 impl SubscriptionGroupRoute {
@@ -301,6 +325,48 @@ impl SubscriptionGroupRoute {
     /// How it hands messages to jobs.
     pub fn scheduling(&self) -> Scheduling {
         self.scheduling
+    }
+    /// How many connections run it ([`SingleConnection`] unless set).
+    pub fn connection_plan(&self) -> &Arc<dyn ConnectionPlan> {
+        &self.plan
+    }
+
+    /// The route of connection `index` of a family of several: named `{name}#{index}`,
+    /// with `-{name}-{index}` appended to its `client.id` (default `karafka`) and to a
+    /// configured `group.instance.id`. A single connection keeps the route as it is.
+    pub(crate) fn connection(self: &Arc<Self>, index: usize) -> Arc<SubscriptionGroupRoute> {
+        if self.plan.max() <= 1 {
+            return self.clone();
+        }
+        let mut kafka = self.kafka.clone();
+        let suffix = format!("-{}-{index}", self.name);
+        let client = kafka.get("client.id").unwrap_or("karafka").to_owned();
+        kafka.set("client.id", format!("{client}{suffix}"));
+        if let Some(member) = kafka.get("group.instance.id").map(str::to_owned) {
+            kafka.set("group.instance.id", format!("{member}{suffix}"));
+        }
+        Arc::new(SubscriptionGroupRoute {
+            name: format!("{}#{index}", self.name).into(),
+            consumer_group: self.consumer_group.clone(),
+            topics: self.topics.clone(),
+            kafka,
+            max_messages: self.max_messages,
+            max_wait_time: self.max_wait_time,
+            scheduling: self.scheduling,
+            plan: self.plan.clone(),
+            family: Some((self.name.clone(), index)),
+            named: self.named,
+        })
+    }
+
+    /// The facts its plan is checked and described with.
+    pub fn family_facts(&self) -> FamilyFacts<'_> {
+        FamilyFacts {
+            consumer_group: &self.consumer_group,
+            subscription_group: &self.name,
+            kafka: &self.kafka,
+            named: self.named,
+        }
     }
 }
 
@@ -495,6 +561,9 @@ pub(crate) fn resolve(
                 };
                 splitter.check(&facts, &path, v);
             }
+            for (setting, message) in &draft.misplaced {
+                v.push(format!("{path}.{setting}"), message.clone());
+            }
             topics.push((explicit, Arc::new(route)));
         }
 
@@ -549,14 +618,22 @@ pub(crate) fn resolve(
                 .get(&name)
                 .copied()
                 .unwrap_or(scheduling);
-            subscription_groups.push(connection(
+            let plan = group
+                .subscription_plans
+                .get(&name)
+                .cloned()
+                .unwrap_or_else(|| Arc::new(SingleConnection));
+            let sg = connection(
                 &cg,
                 name.as_str(),
                 members,
                 app_kafka,
                 &extra,
                 own,
-            ));
+                (plan, true),
+            );
+            sg.plan.check(&sg.family_facts(), &path, v);
+            subscription_groups.push(sg);
         }
 
         for (i, key) in implicit_order.into_iter().enumerate() {
@@ -569,6 +646,7 @@ pub(crate) fn resolve(
                     app_kafka,
                     &KafkaSettings::new(),
                     scheduling,
+                    (Arc::new(SingleConnection), false),
                 ));
             }
         }
@@ -664,6 +742,7 @@ fn connection(
     app_kafka: &KafkaSettings,
     extra: &KafkaSettings,
     scheduling: Scheduling,
+    (plan, named): (Arc<dyn ConnectionPlan>, bool),
 ) -> Arc<SubscriptionGroupRoute> {
     let first = topics.first().cloned();
     let mut kafka = app_kafka.merged(extra);
@@ -687,5 +766,8 @@ fn connection(
         topics,
         kafka,
         scheduling,
+        plan,
+        family: None,
+        named,
     })
 }

@@ -265,6 +265,7 @@ pub struct TopicBuilder<C: Consumer = NoConsumer> {
     make: Option<Make<C>>,
     deserializer: Option<Deserializer<C::Payload>>,
     splitter: Option<Arc<dyn BatchSplitter>>,
+    misplaced: Vec<(String, String)>,
 }
 
 impl TopicBuilder<NoConsumer> {
@@ -275,6 +276,7 @@ impl TopicBuilder<NoConsumer> {
             make: None,
             deserializer: None,
             splitter: None,
+            misplaced: Vec::new(),
         }
     }
 }
@@ -292,7 +294,17 @@ impl<C: Consumer> TopicBuilder<C> {
             make: Some(Arc::new(make)),
             deserializer: None,
             splitter: self.splitter,
+            misplaced: self.misplaced,
         }
+    }
+
+    /// Records a setting made at the wrong level, reported by `build()` at
+    /// `{topic's path}.{setting}` with `message` (say where it belongs). For extension traits
+    /// (`karafka-pro`) whose setting is not a topic's.
+    #[doc(hidden)]
+    pub fn misplaced(mut self, setting: &str, message: impl Into<String>) -> Self {
+        self.misplaced.push((setting.to_owned(), message.into()));
+        self
     }
 
     /// Splits each batch of a partition into groups processed in parallel, each by its own
@@ -379,6 +391,7 @@ impl<C: Consumer> TopicBuilder<C> {
             settings: self.settings,
             spec,
             splitter: self.splitter,
+            misplaced: self.misplaced,
         }
     }
 }
@@ -400,4 +413,5 @@ pub(crate) struct TopicDraft {
     pub(crate) settings: TopicSettings,
     pub(crate) spec: Option<Arc<dyn ConsumerSpec>>,
     pub(crate) splitter: Option<Arc<dyn BatchSplitter>>,
+    pub(crate) misplaced: Vec<(String, String)>,
 }

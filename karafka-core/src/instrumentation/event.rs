@@ -256,8 +256,45 @@ pub enum Event {
         /// The new status.
         status: AppStatus,
     },
+    /// `connection.multiplexing.scaled_up`, `connection.multiplexing.scaled_down`: a
+    /// subscription group with several connections (multiplexing) started or stopped one.
+    ConnectionScaled {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// The subscription group (the family of connections).
+        subscription_group: Arc<str>,
+        /// The connection started or stopped (`events#1`: the subscription group and the
+        /// connection's index).
+        connection: Arc<str>,
+        /// Up (started) or down (stopped).
+        direction: ScaleDirection,
+        /// Connections of the subscription group running after the change.
+        active: usize,
+        /// Why, in words (the observations that led to it).
+        reason: Arc<str>,
+    },
+    /// `connection.multiplexing.warning`: a subscription group's connections run in a way
+    /// that works but costs (e.g. dynamic multiplexing without incremental rebalancing).
+    ConnectionWarning {
+        /// Consumer group.
+        consumer_group: Arc<str>,
+        /// The subscription group.
+        subscription_group: Arc<str>,
+        /// What, why it matters and how to change it.
+        warning: Arc<str>,
+    },
     /// An application-defined event (name chosen by the application).
     Custom(CustomEvent),
+}
+
+/// Which way a subscription group's connections changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ScaleDirection {
+    /// A connection was started.
+    Up,
+    /// A connection was stopped (it committed and left the group).
+    Down,
 }
 
 /// Where a running app is.
@@ -392,6 +429,9 @@ impl Event {
         "app.quiet",
         "app.stopping",
         "app.stopped",
+        "connection.multiplexing.scaled_up",
+        "connection.multiplexing.scaled_down",
+        "connection.multiplexing.warning",
     ];
 
     /// The event's stable dotted name.
@@ -460,6 +500,11 @@ impl Event {
                 AppStatus::Stopping => "app.stopping",
                 AppStatus::Stopped => "app.stopped",
             },
+            Event::ConnectionScaled { direction, .. } => match direction {
+                ScaleDirection::Up => "connection.multiplexing.scaled_up",
+                ScaleDirection::Down => "connection.multiplexing.scaled_down",
+            },
+            Event::ConnectionWarning { .. } => "connection.multiplexing.warning",
             Event::Custom(e) => &e.name,
         }
     }
@@ -614,6 +659,21 @@ impl fmt::Display for Event {
                 }
                 Ok(())
             }
+            Event::ConnectionScaled {
+                consumer_group,
+                connection,
+                active,
+                reason,
+                ..
+            } => write!(
+                f,
+                "{name} {consumer_group}.{connection}: {active} connection(s) now ({reason})"
+            ),
+            Event::ConnectionWarning {
+                consumer_group,
+                subscription_group,
+                warning,
+            } => write!(f, "{name} {consumer_group}.{subscription_group}: {warning}"),
             Event::Paused {
                 topic,
                 partition,

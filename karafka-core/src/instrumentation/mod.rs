@@ -35,7 +35,7 @@ mod tracing_listener;
 
 pub use event::{
     AppStatus, AssignmentChange, CustomEvent, Dispatch, ErrorKind, ErrorOccurred, Event, JobKind,
-    PauseReason, ProducerStage, TransactionStage,
+    PauseReason, ProducerStage, ScaleDirection, TransactionStage,
 };
 pub use monitor::{FnListener, Listener, Monitor, SubscriptionId};
 pub use statistics::Statistics;

@@ -30,10 +30,13 @@ impl TracingListener {
     pub fn level(event: &Event) -> Level {
         match event {
             Event::ErrorOccurred(_) => Level::ERROR,
-            Event::ProducerLifecycle { .. } | Event::Rebalance { .. } | Event::AppStatus { .. } => {
-                Level::INFO
+            Event::ProducerLifecycle { .. }
+            | Event::Rebalance { .. }
+            | Event::AppStatus { .. }
+            | Event::ConnectionScaled { .. } => Level::INFO,
+            Event::Retry { .. } | Event::DlqDispatched { .. } | Event::ConnectionWarning { .. } => {
+                Level::WARN
             }
-            Event::Retry { .. } | Event::DlqDispatched { .. } => Level::WARN,
             Event::Paused { .. } | Event::Resumed { .. } | Event::ConsumerHook { .. } => {
                 Level::DEBUG
             }

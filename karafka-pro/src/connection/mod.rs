@@ -1,0 +1,3 @@
+//! Connection features (mirrors `karafka-consumer`'s `connection`).
+
+pub mod multiplexing;
