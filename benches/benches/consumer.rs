@@ -44,7 +44,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use karafka_benches::{Summary, process_cpu, rate, rss_bytes};
+use karafka_benches::{Summary, child_result, env_usize, process_cpu, rate, rss_bytes};
 use karafka_consumer::payload::Raw;
 use karafka_consumer::{App, ConsumeResult, Consumer, Context, Scheduling};
 use karafka_core::KafkaSettings;
@@ -56,13 +56,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::{Offset, TopicPartitionList};
 
 const PAYLOAD: [u8; 100] = [b'x'; 100];
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn consumer_settings(brokers: &str, group: &str) -> KafkaSettings {
     KafkaSettings::new()
@@ -933,20 +926,17 @@ fn memory_scenario(broker: &TestBroker, brokers: &str) -> Vec<(String, f64)> {
             "peak RSS growth under lag, partition scheduling, librdkafka's per-partition defaults instead of a budget",
         ),
     ] {
-        let output = std::process::Command::new(std::env::current_exe().unwrap())
-            .env("BENCH_RSS_CHILD", mode)
-            .env("BENCH_RSS_BROKERS", brokers)
-            .env("BENCH_RSS_TOPIC", &topic)
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&output.stdout);
-        assert!(output.status.success(), "rss child {mode}: {output:?}");
-        let line = stdout
-            .lines()
-            .find(|l| l.starts_with("rss "))
-            .unwrap_or_else(|| panic!("rss child {mode} printed no result: {stdout}"));
+        let line = child_result(
+            &[
+                ("BENCH_RSS_CHILD", mode),
+                ("BENCH_RSS_BROKERS", brokers),
+                ("BENCH_RSS_TOPIC", &topic),
+            ],
+            "rss",
+            &format!("rss child {mode}"),
+        );
         // rss <baseline bytes> <peak bytes> <consumed>
-        let fields: Vec<u64> = line[4..]
+        let fields: Vec<u64> = line
             .split_whitespace()
             .map(|f| f.parse().unwrap())
             .collect();

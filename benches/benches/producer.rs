@@ -20,7 +20,7 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use karafka_benches::{Summary, process_cpu, quantile, rate};
+use karafka_benches::{Summary, env_usize, process_cpu, quantile, rate};
 use karafka_core::KafkaSettings;
 use karafka_producer::{Message, Producer};
 use karafka_testing::{EmbeddedCluster, client_config};
@@ -29,13 +29,6 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 
 const PAYLOAD: [u8; 100] = [b'x'; 100];
-
-fn env_usize(key: &str, default: usize) -> usize {
-    std::env::var(key)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 fn throughput_settings(brokers: &str) -> KafkaSettings {
     KafkaSettings::new()

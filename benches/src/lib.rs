@@ -79,6 +79,34 @@ pub fn rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// `key` from the environment as a number, or `default`.
+pub fn env_usize(key: &str, default: usize) -> usize {
+    std::env::var(key)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// Runs this bench binary again as a child process with `envs`, and returns what follows
+/// `"{tag} "` on the line of its output that starts so (panics, naming `what`, if it fails or
+/// prints none). Measurements of a process's own memory run in children, so nothing of the
+/// parent's producer or earlier runs counts.
+pub fn child_result(envs: &[(&str, &str)], tag: &str, what: &str) -> String {
+    let mut command = std::process::Command::new(std::env::current_exe().unwrap());
+    for (k, v) in envs {
+        command.env(k, v);
+    }
+    let output = command.output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{what}: {output:?}");
+    let prefix = format!("{tag} ");
+    stdout
+        .lines()
+        .find_map(|l| l.strip_prefix(prefix.as_str()))
+        .unwrap_or_else(|| panic!("{what} printed no `{tag}` line: {stdout}"))
+        .to_owned()
+}
+
 /// Formats a rate in msg/s with thousands separators.
 pub fn rate(per_second: f64) -> String {
     let n = per_second.round() as u64;

@@ -545,6 +545,7 @@ impl App {
             control: control.clone(),
             runtime: handle.clone(),
             semaphore: Arc::new(tokio::sync::Semaphore::new(inner.settings.concurrency)),
+            client_token: client_token().into(),
         };
         let (done_tx, done_rx) = mpsc::channel();
         let (connections, started) = Connections::start(&inner.routes, setup, done_tx);
@@ -568,6 +569,15 @@ impl App {
                 Ok(thread) => Some((wake_tx, thread)),
                 Err(e) => {
                     control.stop.store(true, Ordering::Release);
+                    let threads = std::mem::take(
+                        &mut connections
+                            .lock()
+                            .unwrap_or_else(|p| p.into_inner())
+                            .threads,
+                    );
+                    for thread in threads {
+                        let _ = thread.handle.join();
+                    }
                     return Err(Error::Core(karafka_core::Error::Io {
                         operation: "start the connection manager thread".into(),
                         source: e,
@@ -586,6 +596,7 @@ impl App {
             groups,
             done: done_rx,
             stopped: false,
+            stopping: Arc::new(Mutex::new(Vec::new())),
             runtime,
             #[cfg(feature = "web")]
             web: None,
@@ -624,6 +635,8 @@ pub struct Running {
     done: mpsc::Receiver<u64>,
     /// Whether stopping ran (dropping the handle stops otherwise).
     stopped: bool,
+    /// While stopping: the listeners not ended yet (id, name), for the report.
+    stopping: Arc<Mutex<Vec<(u64, String)>>>,
     runtime: Option<tokio::runtime::Runtime>,
     #[cfg(feature = "web")]
     web: Option<crate::web::WebServer>,
@@ -729,6 +742,8 @@ impl Running {
         let timeout = self.app.inner.settings.shutdown_timeout;
         let deadline = Instant::now() + timeout;
         let mut threads = self.take_threads();
+        *self.stopping.lock().unwrap_or_else(|p| p.into_inner()) =
+            threads.iter().map(|t| (t.id, t.name.clone())).collect();
         let mut remaining: Vec<u64> = threads.iter().map(|t| t.id).collect();
         while !remaining.is_empty() {
             let now = Instant::now();
@@ -744,7 +759,13 @@ impl Running {
                 return Err(Error::ShutdownTimeout { timeout, report });
             }
             match self.done.recv_timeout(deadline - now) {
-                Ok(id) => remaining.retain(|n| *n != id),
+                Ok(id) => {
+                    remaining.retain(|n| *n != id);
+                    self.stopping
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .retain(|(n, _)| *n != id);
+                }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
             }
@@ -768,22 +789,47 @@ impl Running {
     pub(crate) fn reporter(&self) -> impl Fn() -> String + Send + 'static {
         let control = self.control.clone();
         let connections = self.connections.clone();
-        move || {
-            let names: Vec<String> = connections
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .threads
-                .iter()
-                .filter(|t| !t.handle.is_finished())
-                .map(|t| t.name.clone())
-                .collect();
-            report(&control, &names)
-        }
+        let stopping = self.stopping.clone();
+        move || report(&control, &listener_names(&connections, &stopping))
     }
 
     pub(crate) fn report(&self, listeners: &[String]) -> String {
         report(&self.control, listeners)
     }
+}
+
+/// A token unique to this start of an app (process id, time, and a counter of starts in the
+/// process) that default `client.id`s end with.
+fn client_token() -> String {
+    static STARTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{:x}{:05x}{:x}",
+        std::process::id(),
+        nanos & 0xfffff,
+        STARTS.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// The listeners not ended: those the connections hold, and those a stop took from them.
+fn listener_names(
+    connections: &Mutex<Connections>,
+    stopping: &Mutex<Vec<(u64, String)>>,
+) -> Vec<String> {
+    let mut names = connections
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .running_names();
+    names.extend(
+        stopping
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .map(|(_, n)| n.clone()),
+    );
+    names
 }
 
 /// The runtime jobs run on when the app is not started inside one: a worker per core.
@@ -844,14 +890,7 @@ impl fmt::Debug for Running {
             .field("app", &self.app.inner.name)
             .field(
                 "listeners",
-                &self
-                    .connections
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .threads
-                    .iter()
-                    .map(|t| t.name.clone())
-                    .collect::<Vec<_>>(),
+                &listener_names(&self.connections, &self.stopping),
             )
             .finish()
     }

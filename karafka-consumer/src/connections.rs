@@ -7,11 +7,14 @@
 //! it is a *family* of up to [`max`](ConnectionPlan::max) connections: each its own client in
 //! the same consumer group (same `group.id`), with its own listener, prefetch and flow, all
 //! sharing the app's workers. Connection `i` is named `{subscription group}#{i}` in events,
-//! statistics (`source_id`) and thread names; its `client.id` gets the suffix
-//! `-{subscription group}-{i}` (librdkafka's cooperative-sticky assignor can spin on identical
-//! ids of one group, librdkafka #4783) and so does a configured `group.instance.id` (static
-//! membership needs it unique in the group). Names are stable across restarts: a connection
-//! started again takes the lowest free index.
+//! statistics (`source_id`) and thread names. A configured `client.id` and
+//! `group.instance.id` get the suffix `-{subscription group}-{i}` (static membership needs
+//! the latter unique in the group). Every connection whose settings set no `client.id`
+//! (multiplexed or not) gets `karafka-{subscription group}-{i}-{token}` (`{token}`: process
+//! id, time and a count of app starts, unique to one start of the app), unique in the group
+//! across processes: members with identical ids can make librdkafka's
+//! cooperative-sticky assignor loop at 100% CPU (librdkafka #4783). Names are stable across
+//! restarts: a connection started again takes the lowest free index.
 //!
 //! [`boot`](ConnectionPlan::boot) connections start with the app. A plan that is
 //! [`dynamic`](ConnectionPlan::dynamic) is asked every quarter of a second, with what each
@@ -116,8 +119,6 @@ pub struct FamilyFacts<'a> {
     pub subscription_group: &'a str,
     /// Its effective librdkafka settings (app, subscription group and topics merged).
     pub kafka: &'a KafkaSettings,
-    /// Whether the subscription group was named explicitly (plans are only accepted there).
-    pub named: bool,
 }
 
 impl FamilyFacts<'_> {
@@ -247,7 +248,10 @@ impl Observed {
     }
 }
 
-/// A dynamic plan's decision.
+/// A dynamic plan's decision. The app carries out one at a time: an `Up` starts the lowest
+/// index neither active nor still leaving, never beyond `max`; a `Down` never stops the last
+/// connection. Until a stopped connection has left the group, no family of its consumer
+/// group is asked again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Scale {

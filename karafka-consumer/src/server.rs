@@ -132,8 +132,6 @@ impl App {
                     max_wait_time: sg.max_wait_time,
                     scheduling: sg.scheduling,
                     plan: sg.plan.clone(),
-                    family: sg.family.clone(),
-                    named: sg.named,
                 }));
             }
             if !subscription_groups.is_empty() {

@@ -7,11 +7,14 @@
 //! | feature | status | routing |
 //! |---|---|---|
 //! | virtual partitions: one partition processed in parallel by key, with offsets that never skip unprocessed work | available | [`VirtualPartitionsTopic::virtual_partitions`] |
-//! | multiplexing, long-running jobs, the cleaner, periodic jobs, swarm | not implemented yet | — |
+//! | multiplexing: several connections for one subscription group, static or scaled from librdkafka statistics | available | [`MultiplexingSubscriptionGroup::multiplexing`] |
+//! | long-running jobs, the cleaner, periodic jobs, swarm | not implemented yet | — |
 //!
 //! Each feature has the same anatomy: a config with documented defaults, a contract
 //! (violations listed at `build()`), a routing method from an extension trait on the topic
-//! builder, its behaviour, and events with stable dotted names.
+//! or subscription-group builder, its behaviour, and events with stable dotted names. The
+//! modules mirror `karafka-consumer`'s: `processing/virtual_partitions/`,
+//! `connection/multiplexing/`, `routing/features/<feature>/`.
 //!
 //! ## Virtual partitions
 //!
@@ -49,6 +52,41 @@
 //! ```
 //!
 //! See [`VirtualPartitions`] for the semantics (virtual offsets, collapse on errors, DLQ).
+//!
+//! ## Multiplexing
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use karafka_consumer::{App, ConsumeResult, Consumer, Context, payload::Raw};
+//! use karafka_pro::{Multiplexing, MultiplexingSubscriptionGroup};
+//!
+//! struct Events;
+//!
+//! impl Consumer for Events {
+//!     type Payload = Raw;
+//!     async fn consume(&mut self, _ctx: &Context<Raw>) -> ConsumeResult {
+//!         Ok(())
+//!     }
+//! }
+//!
+//! let app = App::builder()
+//!     .kafka("bootstrap.servers", "localhost:9092")
+//!     // Dynamic multiplexing decides from librdkafka statistics, and wants incremental
+//!     // rebalancing (each change then moves only the partitions concerned).
+//!     .kafka("statistics.interval.ms", "5000")
+//!     .kafka("partition.assignment.strategy", "cooperative-sticky")
+//!     .consumer_group("shop", |cg| {
+//!         cg.subscription_group("events", |sg| {
+//!             // Between 1 and 4 connections, 2 at start, at most one change a minute.
+//!             sg.multiplexing(Multiplexing::new(4).min(1).scale_delay(Duration::from_secs(60)))
+//!                 .topic("events", |t| t.consumer(|| Events))
+//!         })
+//!     })
+//!     .build()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! See [`Multiplexing`] for the semantics (static and dynamic modes, names, events).
 
 pub mod connection;
 pub mod processing;

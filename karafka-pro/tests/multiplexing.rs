@@ -272,6 +272,20 @@ fn boot_starts_boot_connections() {
             s.lock().unwrap().push(connection.to_string());
         }
     });
+    let clients = Arc::new(Mutex::new(BTreeMap::new()));
+    let c = clients.clone();
+    app.monitor().subscribe_fn(move |e| {
+        if let Event::StatisticsEmitted {
+            source_id,
+            statistics,
+            ..
+        } = e
+        {
+            c.lock()
+                .unwrap()
+                .insert(source_id.to_string(), statistics.client_id.clone());
+        }
+    });
     let running = app.start().unwrap();
     let split = wait_until(Duration::from_secs(60), || {
         assignments.get().values().map(BTreeSet::len).sum::<usize>() == 8
@@ -444,8 +458,7 @@ fn dynamic_multiplexing_scales_up_and_down_one_change_at_a_time() {
         let l = log.clone();
         let mut builder = app(&broker, &group)
             .kafka("statistics.interval.ms", "250")
-            .kafka("partition.assignment.strategy", strategy)
-            .kafka("client.id", app_name);
+            .kafka("partition.assignment.strategy", strategy);
         let families: Vec<(String, String, Multiplexing)> = families
             .iter()
             .map(|(f, t, m)| (f.to_string(), t.to_string(), *m))
@@ -582,6 +595,18 @@ fn dynamic_multiplexing_scales_up_and_down_one_change_at_a_time() {
             .iter()
             .map(|c| format!("{}:{}{}", c.app, c.connection, if c.up { "+" } else { "-" }))
             .collect::<Vec<_>>()
+    );
+
+    // Stopped connections are neither failures of health nor ended listeners.
+    assert!(
+        c_run.is_running(),
+        "app c reports a stopped connection as an ended listener"
+    );
+    let health = c_run.health(Duration::from_secs(60));
+    assert!(
+        health.healthy,
+        "app c unhealthy after scaling down: {:?}",
+        health.reasons
     );
 
     // Phase 3: the third app leaves; the others scale up again.

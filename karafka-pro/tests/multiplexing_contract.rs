@@ -77,6 +77,11 @@ fn max_below_two_is_refused() {
 fn min_boot_and_max_must_be_ordered() {
     let v = violations(with(Multiplexing::new(2).min(3)).kafka("statistics.interval.ms", "1000"));
     assert!(v.iter().any(|(p, _)| *p == format!("{PATH}.min")), "{v:?}");
+    // The default boot follows min and max: not reported when they are the problem.
+    assert!(
+        !v.iter().any(|(p, _)| *p == format!("{PATH}.boot")),
+        "{v:?}"
+    );
     let v = violations(
         with(Multiplexing::new(4).min(2).boot(1)).kafka("statistics.interval.ms", "1000"),
     );
@@ -161,6 +166,31 @@ fn info_shows_the_plan_the_warning_and_the_total_prefetch() {
         .build()
         .unwrap();
     assert!(!cli::info(&cooperative).contains("warning:"));
+}
+
+#[test]
+fn dynamic_multiplexing_with_static_membership_warns() {
+    let app = with(Multiplexing::new(4).min(1))
+        .kafka("statistics.interval.ms", "1000")
+        .kafka("partition.assignment.strategy", "cooperative-sticky")
+        .kafka("group.instance.id", "shop-1")
+        .build()
+        .unwrap();
+    let info = cli::info(&app);
+    assert!(
+        info.contains("warning: dynamic multiplexing with static membership"),
+        "{info}"
+    );
+    // Each connection gets its own member id.
+    let sg = app
+        .routes()
+        .consumer_groups()
+        .next()
+        .unwrap()
+        .subscription_groups()
+        .next()
+        .unwrap();
+    assert_eq!(sg.kafka().get("group.instance.id"), Some("shop-1"));
 }
 
 // ---- decisions ----------------------------------------------------------------------------

@@ -48,7 +48,8 @@
 //!
 //! **Status:** the shared core, the producer, the consumer framework, running it (server,
 //! signals, CLI, admin, health and metrics) and the test fixtures are ready; of the Pro
-//! features (`pro`), virtual partitions are ready, the others not implemented yet.
+//! features (`pro`), virtual partitions and multiplexing are ready, the others not
+//! implemented yet.
 //!
 //! ```no_run
 //! use karafka::{App, Consumer, ConsumeResult, Context};

@@ -528,8 +528,9 @@ fn a_second_stop_signal_forces_exit_2_and_names_the_job() {
     );
     assert!(
         stderr.contains("forced by a second stop signal")
-            && stderr.contains(&format!("job consume {topic}/0")),
-        "{stderr}"
+            && stderr.contains(&format!("job consume {topic}/0"))
+            && stderr.contains("listener karafka.listener#"),
+        "the report names the job and the listener still running:\n{stderr}"
     );
 }
 

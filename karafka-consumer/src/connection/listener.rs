@@ -78,6 +78,8 @@ pub(crate) struct ListenerSetup {
     pub(crate) control: Arc<Control>,
     pub(crate) runtime: Handle,
     pub(crate) semaphore: Arc<Semaphore>,
+    /// What default `client.id`s end with: unique to this start of the app.
+    pub(crate) client_token: Arc<str>,
 }
 
 impl Listener {
@@ -95,7 +97,8 @@ impl Listener {
             revocations: Mutex::new(Vec::new()),
             closing: Default::default(),
             instances: Default::default(),
-            last_poll_ms: Default::default(),
+            // A new connection counts as just polled (health checks the time since).
+            last_poll_ms: setup.control.now_ms().into(),
             retired: Default::default(),
             observed: Default::default(),
         });
@@ -117,6 +120,18 @@ impl Listener {
         };
         let names: Vec<&str> = route.topics.iter().map(|t| &*t.name).collect();
         let mut kafka = route.kafka.clone();
+        if !kafka.contains_key("client.id") {
+            // Unique in the group, across processes too: members with identical ids can make
+            // librdkafka's cooperative-sticky assignor loop at 100% CPU (librdkafka #4783).
+            kafka.set(
+                "client.id",
+                format!(
+                    "karafka-{}-{}",
+                    route.name.replace('#', "-"),
+                    setup.client_token
+                ),
+            );
+        }
         if route.scheduling == Scheduling::Partition {
             // The prefetch budget over the partitions of the group's topics: asked through
             // a client of the same settings that never joins the group.

@@ -15,11 +15,11 @@ use crate::routing::SubscriptionGroupRoute;
 use crate::settings::ProcessingSettings;
 use crate::status::{Control, Health};
 
-/// State of one subscription group shared by its listener, the rebalance callbacks (which run
-/// on the listener thread, inside `poll`) and its jobs.
 /// The shared state of the app's active connections (retired ones leave it).
 pub(crate) type ActiveGroups = Arc<Mutex<Vec<Arc<GroupShared>>>>;
 
+/// State of one connection of a subscription group shared by its listener, the rebalance
+/// callbacks (which run on the listener thread, inside `poll`) and its jobs.
 pub(crate) struct GroupShared {
     pub(crate) route: Arc<SubscriptionGroupRoute>,
     pub(crate) monitor: Monitor,

@@ -5,7 +5,10 @@
 //! - A **subscription group** is one librdkafka connection (and one listener thread) of a
 //!   consumer group. Topics whose connection settings differ (kafka overrides,
 //!   `max_messages`, `max_wait_time`, `initial_offset`) get separate subscription groups
-//!   automatically; [`ConsumerGroupBuilder::subscription_group`] names one explicitly.
+//!   automatically; [`ConsumerGroupBuilder::subscription_group`] names one explicitly. A
+//!   named one can run several connections
+//!   ([`SubscriptionGroupBuilder::connections`], `karafka-pro`'s multiplexing; see
+//!   [`crate::connections`]).
 //! - A **topic** routes to a [consumer](crate::Consumer) type.
 //!
 //! Routes are declared on the [`AppBuilder`](crate::AppBuilder) and validated by its
@@ -289,11 +292,6 @@ pub struct SubscriptionGroupRoute {
     pub(crate) scheduling: Scheduling,
     /// How many connections run it.
     pub(crate) plan: Arc<dyn ConnectionPlan>,
-    /// The family's name when this is one connection of several (`name` is then
-    /// `{family}#{index}`).
-    pub(crate) family: Option<(Arc<str>, usize)>,
-    /// Whether it was named explicitly (`subscription_group(...)`).
-    pub(crate) named: bool,
 }
 
 impl SubscriptionGroupRoute {
@@ -332,18 +330,19 @@ impl SubscriptionGroupRoute {
     }
 
     /// The route of connection `index` of a family of several: named `{name}#{index}`,
-    /// with `-{name}-{index}` appended to its `client.id` (default `karafka`) and to a
-    /// configured `group.instance.id`. A single connection keeps the route as it is.
+    /// with `-{name}-{index}` appended to a configured `client.id` and `group.instance.id`
+    /// (an unset `client.id` is made unique for the whole group when the client is
+    /// created, see [`crate::connections`]). A single connection keeps the route as it is.
     pub(crate) fn connection(self: &Arc<Self>, index: usize) -> Arc<SubscriptionGroupRoute> {
         if self.plan.max() <= 1 {
             return self.clone();
         }
         let mut kafka = self.kafka.clone();
         let suffix = format!("-{}-{index}", self.name);
-        let client = kafka.get("client.id").unwrap_or("karafka").to_owned();
-        kafka.set("client.id", format!("{client}{suffix}"));
-        if let Some(member) = kafka.get("group.instance.id").map(str::to_owned) {
-            kafka.set("group.instance.id", format!("{member}{suffix}"));
+        for key in ["client.id", "group.instance.id"] {
+            if let Some(value) = kafka.get(key).map(str::to_owned) {
+                kafka.set(key, format!("{value}{suffix}"));
+            }
         }
         Arc::new(SubscriptionGroupRoute {
             name: format!("{}#{index}", self.name).into(),
@@ -354,8 +353,6 @@ impl SubscriptionGroupRoute {
             max_wait_time: self.max_wait_time,
             scheduling: self.scheduling,
             plan: self.plan.clone(),
-            family: Some((self.name.clone(), index)),
-            named: self.named,
         })
     }
 
@@ -365,7 +362,6 @@ impl SubscriptionGroupRoute {
             consumer_group: &self.consumer_group,
             subscription_group: &self.name,
             kafka: &self.kafka,
-            named: self.named,
         }
     }
 }
@@ -623,15 +619,7 @@ pub(crate) fn resolve(
                 .get(&name)
                 .cloned()
                 .unwrap_or_else(|| Arc::new(SingleConnection));
-            let sg = connection(
-                &cg,
-                name.as_str(),
-                members,
-                app_kafka,
-                &extra,
-                own,
-                (plan, true),
-            );
+            let sg = connection(&cg, name.as_str(), members, app_kafka, &extra, own, plan);
             sg.plan.check(&sg.family_facts(), &path, v);
             subscription_groups.push(sg);
         }
@@ -646,7 +634,7 @@ pub(crate) fn resolve(
                     app_kafka,
                     &KafkaSettings::new(),
                     scheduling,
-                    (Arc::new(SingleConnection), false),
+                    Arc::new(SingleConnection),
                 ));
             }
         }
@@ -742,7 +730,7 @@ fn connection(
     app_kafka: &KafkaSettings,
     extra: &KafkaSettings,
     scheduling: Scheduling,
-    (plan, named): (Arc<dyn ConnectionPlan>, bool),
+    plan: Arc<dyn ConnectionPlan>,
 ) -> Arc<SubscriptionGroupRoute> {
     let first = topics.first().cloned();
     let mut kafka = app_kafka.merged(extra);
@@ -767,7 +755,5 @@ fn connection(
         kafka,
         scheduling,
         plan,
-        family: None,
-        named,
     })
 }

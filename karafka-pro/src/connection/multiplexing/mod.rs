@@ -45,6 +45,14 @@ use karafka_core::Violations;
 /// reassigns every partition of the group; the app emits `connection.multiplexing.warning`
 /// and `info` says so.
 ///
+/// Names: connection `i` is `{subscription group}#{i}` in events, statistics and thread
+/// names; its `client.id` gets `-{subscription group}-{i}` appended (unique ids: identical
+/// ones can make librdkafka's cooperative-sticky assignor spin, librdkafka #4783), and so
+/// does a configured `group.instance.id` (static membership). A connection started again
+/// takes the lowest free index, so names stay stable. With static membership, librdkafka
+/// sends no LeaveGroup when a member closes (KIP-345): a stopped connection (which held no
+/// partition) stays a member until `session.timeout.ms` passes.
+///
 /// Each connection prefetches on its own: with per-partition scheduling each has the app's
 /// `prefetch_budget`, with poll scheduling librdkafka's `queued.max.messages.kbytes`; `info`
 /// prints the total. Virtual partitions work inside each connection.
@@ -118,6 +126,11 @@ impl Multiplexing {
     pub fn boot_connections(&self) -> usize {
         self.boot
             .unwrap_or_else(|| (self.max / 2).max(self.min_connections()))
+    }
+
+    /// Whether `boot` was set (else it follows `min` and `max`).
+    pub fn boot_is_set(&self) -> bool {
+        self.boot.is_some()
     }
 
     /// The delay between changes.
@@ -203,6 +216,16 @@ impl ConnectionPlan for Multiplexing {
                  started or stopped revokes and reassigns all partitions of the consumer group; \
                  set partition.assignment.strategy=cooperative-sticky (or \
                  group.protocol=consumer where the cluster supports KIP-848)"
+                    .to_owned(),
+            );
+        }
+        if self.is_dynamic() && facts.kafka.contains_key("group.instance.id") {
+            warnings.push(
+                "dynamic multiplexing with static membership (group.instance.id): librdkafka \
+                 sends no LeaveGroup when a static member closes (KIP-345), so a stopped \
+                 connection stays a member, and can be given partitions by a later rebalance, \
+                 until session.timeout.ms passes; use static multiplexing (min = max) or no \
+                 group.instance.id"
                     .to_owned(),
             );
         }

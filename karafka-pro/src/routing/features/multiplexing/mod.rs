@@ -54,11 +54,6 @@ pub(crate) fn check(
         config.max_connections(),
         config.boot_connections(),
     );
-    v.check(facts.named, &path, || {
-        "is set on a subscription group that is not named; put the topics in \
-         `.subscription_group(\"name\", |sg| sg.multiplexing(...).topic(...))`"
-            .into()
-    });
     v.check(max >= 2, format!("{path}.max"), || {
         format!(
             "is {max}: multiplexing needs at least 2 connections (1 is a plain subscription \
@@ -71,9 +66,12 @@ pub(crate) fn check(
     v.check(min <= max, format!("{path}.min"), || {
         format!("is {min}, above max ({max}); min ≤ boot ≤ max")
     });
-    v.check(min <= boot && boot <= max, format!("{path}.boot"), || {
-        format!("is {boot}; it must be between min ({min}) and max ({max})")
-    });
+    // A boot left to its default follows min and max: only checked when they are valid.
+    if config.boot_is_set() || (min <= max && min >= 1) {
+        v.check(min <= boot && boot <= max, format!("{path}.boot"), || {
+            format!("is {boot}; it must be between min ({min}) and max ({max})")
+        });
+    }
     v.check(
         config.scale_delay_value() >= Duration::from_secs(1),
         format!("{path}.scale_delay"),
