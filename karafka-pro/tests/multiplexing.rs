@@ -710,3 +710,144 @@ fn dynamic_multiplexing_scales_up_and_down_one_change_at_a_time() {
         );
     }
 }
+
+// ---- with virtual partitions ----------------------------------------------------------------
+
+#[derive(Default)]
+struct KeyLog {
+    /// Per partition and key, offsets in processing order.
+    keys: Mutex<HashMap<String, Vec<i64>>>,
+    /// Per partition: jobs running now, and the most at once.
+    running: Mutex<HashMap<i32, (usize, usize)>>,
+    /// Partitions that had messages processed.
+    partitions: Mutex<BTreeSet<i32>>,
+}
+
+struct Keyed {
+    log: Arc<KeyLog>,
+}
+
+impl Consumer for Keyed {
+    type Payload = Raw;
+    async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
+        let partition = ctx.partition();
+        {
+            let mut running = self.log.running.lock().unwrap();
+            let (now, most) = running.entry(partition).or_default();
+            *now += 1;
+            *most = (*most).max(*now);
+        }
+        // A little IO, so the virtual partitions of a batch overlap.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+        {
+            let mut keys = self.log.keys.lock().unwrap();
+            for m in ctx.messages() {
+                // A key's order is kept within a partition.
+                let key = format!("{partition}/{}", m.key_str().unwrap_or_default());
+                keys.entry(key).or_default().push(m.offset());
+            }
+        }
+        self.log.partitions.lock().unwrap().insert(partition);
+        if let Some((now, _)) = self.log.running.lock().unwrap().get_mut(&partition) {
+            *now -= 1;
+        }
+        Ok(())
+    }
+}
+
+/// The seed's example: 2 connections × 5 virtual partitions. Both connections process their
+/// partitions, each partition's batches run as several virtual partitions at once, every
+/// key's messages come in offset order, and every message is processed.
+#[test]
+fn multiplexing_with_virtual_partitions_inside_each_connection() {
+    use karafka_pro::{VirtualPartitions, VirtualPartitionsTopic};
+
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
+    let topic = unique_topic("mux-vp");
+    let group = unique_group("mux-vp");
+    broker.create_topic(&topic, 4).unwrap();
+    let log = Arc::new(KeyLog::default());
+    let l = log.clone();
+    let app = app(&broker, &group)
+        .concurrency(10)
+        .consumer_group(&group, |cg| {
+            cg.subscription_group("events", |sg| {
+                sg.multiplexing(Multiplexing::new(2))
+                    .topic(&topic, move |t| {
+                        let l = l.clone();
+                        t.consumer(move || Keyed { log: l.clone() })
+                            .max_messages(200)
+                            .virtual_partitions(
+                                VirtualPartitions::new(|m| m.key().map(<[u8]>::to_vec))
+                                    .max_partitions(5),
+                            )
+                    })
+            })
+        })
+        .build()
+        .unwrap();
+    let assignments = Assignments::watch(app.monitor());
+    let running = app.start().unwrap();
+    // Produced once both connections hold their partitions: no rebalance while it runs.
+    let split = wait_until(Duration::from_secs(60), || {
+        let a = assignments.get();
+        a.len() == 2 && a.values().map(BTreeSet::len).sum::<usize>() == 4
+    });
+    assert!(
+        split.is_ok(),
+        "not split over 2 connections: {:?}",
+        assignments.get()
+    );
+    let producer = Producer::builder()
+        .kafka_settings(&broker.producer_settings())
+        .kafka("linger.ms", "5")
+        .build()
+        .unwrap();
+    let messages = (0..2_000)
+        .map(|i| {
+            Message::new(topic.as_str(), format!("m{i}"))
+                .key(format!("k{}", i % 50))
+                .partition(i % 4)
+        })
+        .collect();
+    producer.produce_many_sync(messages).unwrap();
+    producer.close().unwrap();
+    let all = wait_until(Duration::from_secs(90), || {
+        log.keys
+            .lock()
+            .unwrap()
+            .values()
+            .map(Vec::len)
+            .sum::<usize>()
+            >= 2_000
+    });
+    let processed: usize = log.keys.lock().unwrap().values().map(Vec::len).sum();
+    assert!(all.is_ok(), "{processed} of 2000 processed");
+    running.stop_blocking().unwrap();
+    let keys = log.keys.lock().unwrap();
+    assert_eq!(processed, 2_000, "processed more than once");
+    for (key, offsets) in keys.iter() {
+        let mut sorted = offsets.clone();
+        sorted.sort_unstable();
+        assert_eq!(*offsets, sorted, "key {key} out of order");
+    }
+    let most = log.running.lock().unwrap().clone();
+    println!("multiplexing 2 × virtual partitions 5: most jobs at once per partition {most:?}");
+    assert!(
+        most.values().any(|(_, m)| *m > 1),
+        "no partition ran virtual partitions in parallel: {most:?}"
+    );
+    assert_eq!(log.partitions.lock().unwrap().len(), 4);
+    // Each connection held partitions (their assignment when the app stopped is gone: the
+    // events recorded both).
+    let seen: BTreeSet<String> = assignments.0.lock().unwrap().keys().cloned().collect();
+    assert_eq!(
+        seen,
+        ["events#0".to_owned(), "events#1".to_owned()]
+            .into_iter()
+            .collect(),
+        "assignments seen: {seen:?}"
+    );
+}

@@ -199,6 +199,7 @@ impl Listener {
                 eof_enabled,
                 ..
             } = self;
+            let self_shared = shared.clone();
             drop(partitions);
             let setup = partitioned::Setup {
                 name,
@@ -213,7 +214,7 @@ impl Listener {
             };
             partitioned::run(cell, setup);
             // The last reference: closing the client leaves the group.
-            drop(consumer);
+            client::close(consumer, &self_shared);
             return;
         }
         let mut quiet = false;
@@ -555,11 +556,12 @@ impl Listener {
             consumer,
             pipeline,
             partitions,
+            shared,
             ..
         } = self;
         drop(pipeline);
         drop(partitions);
-        drop(consumer);
+        client::close(consumer, &shared);
     }
 }
 
