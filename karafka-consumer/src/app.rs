@@ -859,7 +859,12 @@ fn report(control: &Control, listeners: &[String]) -> String {
         .iter()
     {
         report.push_str(&format!(
-            "  job {} {} offsets {}..={} of listener {} has been running for {:?}\n",
+            "  {}job {} {} offsets {}..={} of listener {} has been running for {:?}\n",
+            if job.long_running {
+                "long-running "
+            } else {
+                ""
+            },
             job.job.as_str(),
             job.tp,
             job.offsets.0,

@@ -295,7 +295,7 @@ pub fn info(app: &App) -> String {
             for line in sg.connection_plan().describe(&facts) {
                 let _ = writeln!(s, "    {line}");
             }
-            for warning in sg.connection_plan().warnings(&facts) {
+            for warning in sg.connection_warnings() {
                 let _ = writeln!(s, "    warning: {warning}");
             }
             let _ = writeln!(s, "    kafka:");
@@ -319,6 +319,9 @@ pub fn info(app: &App) -> String {
                 }
                 if topic.manual_offset_management() {
                     let _ = write!(s, ", manual offsets");
+                }
+                for policy in topic.job_policies() {
+                    let _ = write!(s, ", {}", policy.describe());
                 }
                 s.push('\n');
             }

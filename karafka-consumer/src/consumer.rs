@@ -85,6 +85,16 @@ pub trait Consumer: Send + 'static {
         async { Ok(()) }
     }
 
+    /// Runs when the partition has had no job for a while: periodic jobs, set per topic
+    /// with `karafka-pro`'s `.periodic_job(...)` (see [`crate::jobs::Periodic`]); never
+    /// called otherwise. It never runs at the same time as another job of the partition,
+    /// and not once the partition was revoked. The batch is empty (no message is marked
+    /// from a tick). The use: flushing work a consumer buffered, on a partition gone quiet.
+    fn tick(&mut self, ctx: &Context<Self::Payload>) -> impl Future<Output = ConsumeResult> + Send {
+        let _ = ctx;
+        async { Ok(()) }
+    }
+
     /// Runs once, before the instance's first batch.
     fn initialized(
         &mut self,
@@ -145,6 +155,7 @@ impl<C: Consumer> ErasedConsumer for Erased<C> {
                 JobKind::Revoked => self.consumer.revoked(&ctx).await,
                 JobKind::Shutdown => self.consumer.shutdown(&ctx).await,
                 JobKind::Eofed => self.consumer.eofed(&ctx).await,
+                JobKind::Tick => self.consumer.tick(&ctx).await,
                 JobKind::Initialized => Ok(()),
                 _ => Ok(()),
             }

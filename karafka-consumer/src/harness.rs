@@ -124,6 +124,15 @@ pub enum HarnessError {
         /// The groups routing it.
         groups: Vec<String>,
     },
+    /// `tick` was asked of a topic without periodic jobs.
+    #[error(
+        "topic `{topic}` has no periodic jobs, so its consumer never ticks; set \
+         `.periodic_job(PeriodicJob::new())` (karafka-pro) on its route"
+    )]
+    NotPeriodic {
+        /// The topic.
+        topic: String,
+    },
 }
 
 /// Test consumers for an app's routes, and what the app produced. See the [module](self).
@@ -552,6 +561,25 @@ impl TestConsumer {
         let restart = self.marked(partition).unwrap_or(0);
         self.fetch.seek(&tp, restart).ok();
         error
+    }
+
+    /// Runs the consumer's `tick` on `partition` now, as a periodic job does on an idle
+    /// partition (on its instance, a new one if it had no batch yet; the interval is the
+    /// test's to simulate). Returns the tick's error, if any; an error when the topic has no
+    /// periodic job (`karafka-pro`'s `.periodic_job(...)`).
+    pub async fn tick(&mut self, partition: i32) -> Result<Option<String>, HarnessError> {
+        if self.route.periodic.is_none() {
+            return Err(HarnessError::NotPeriodic {
+                topic: self.route.name.to_string(),
+            });
+        }
+        let Some(job) = self.pipeline.tick_job(self.tp(partition)) else {
+            return Ok(None);
+        };
+        let done = self.run(job).await;
+        let error = done.outcome.as_ref().err().map(|e| e.to_string());
+        self.pipeline.after(done, &self.fetch);
+        Ok(error)
     }
 
     /// Runs the `shutdown` hook of every consumer instance; returns the errors by partition.

@@ -85,6 +85,7 @@ mod context;
 mod error;
 #[cfg(feature = "testing")]
 pub mod harness;
+pub mod jobs;
 mod message;
 pub mod payload;
 pub(crate) mod processing;

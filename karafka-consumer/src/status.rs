@@ -16,6 +16,8 @@ pub(crate) struct InFlight {
     pub(crate) tp: karafka_core::TopicPartition,
     pub(crate) offsets: (i64, i64),
     pub(crate) started: Instant,
+    /// A job of a long-running topic (health does not hold it to `job_timeout`).
+    pub(crate) long_running: bool,
 }
 
 /// Flags every listener of a running app watches.

@@ -8,7 +8,9 @@
 //! |---|---|---|
 //! | virtual partitions: one partition processed in parallel by key, with offsets that never skip unprocessed work | available | [`VirtualPartitionsTopic::virtual_partitions`] |
 //! | multiplexing: several connections for one subscription group, static or scaled from librdkafka statistics | available | [`MultiplexingSubscriptionGroup::multiplexing`] |
-//! | long-running jobs, the cleaner, periodic jobs, swarm | not implemented yet | — |
+//! | long-running jobs: jobs far longer than `max.poll.interval.ms`, without leaving the group or stalling rebalances | available | [`LongRunningJobTopic::long_running_job`] |
+//! | periodic jobs: a consumer's `tick` on partitions that have been idle for an interval | available | [`PeriodicJobTopic::periodic_job`] |
+//! | the cleaner, swarm | not implemented yet | — |
 //!
 //! Each feature has the same anatomy: a config with documented defaults, a contract
 //! (violations listed at `build()`), a routing method from an extension trait on the topic
@@ -87,12 +89,26 @@
 //! ```
 //!
 //! See [`Multiplexing`] for the semantics (static and dynamic modes, names, events).
+//!
+//! ## Long-running jobs
+//!
+//! `.long_running_job(true)` on a topic; see [`processing::long_running_jobs`] for the
+//! semantics (pauses, revocations that do not wait, shutdown) and an example.
+//!
+//! ## Periodic jobs
+//!
+//! `.periodic_job(PeriodicJob::new().interval(...))` on a topic, and a `tick` in its
+//! consumer; see [`processing::periodic_jobs`] for the semantics and an example.
 
 pub mod connection;
 pub mod processing;
 pub mod routing;
 
 pub use connection::multiplexing::Multiplexing;
+pub use processing::long_running_jobs::LongRunningJob;
+pub use processing::periodic_jobs::PeriodicJob;
 pub use processing::virtual_partitions::{Distribution, VirtualPartitions};
+pub use routing::features::long_running_job::LongRunningJobTopic;
 pub use routing::features::multiplexing::MultiplexingSubscriptionGroup;
+pub use routing::features::periodic_job::PeriodicJobTopic;
 pub use routing::features::virtual_partitions::VirtualPartitionsTopic;

@@ -8,9 +8,11 @@
 //! outcome (mark, retry after a back-off, dead-letter).
 //!
 //! Rebalance callbacks run inside `poll`, on this thread, so a partition is never revoked
-//! while one of its jobs runs.
+//! while one of its jobs runs — except a long-running one (`karafka_consumer::jobs`): its
+//! partition is paused, the job runs detached ([`Detached`]) and the loop goes on polling;
+//! its end is settled at the top of a later turn.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -32,13 +34,14 @@ use tokio::sync::Semaphore;
 
 use crate::connection::client::RebalanceHooks;
 use crate::connection::client::{self, ClientPartitions, GroupContext, KafkaOps};
-use crate::connection::partitioned::{self, FlowCell, Wake};
+use crate::connection::partitioned::{self, FlowCell, Report, Wake};
 use crate::connection::prefetch;
 use crate::context::ClientOps;
 use crate::error::Result;
 use crate::message::{PollBuffer, PollBufferBuilder};
 use crate::processing::executor::{self, Done, Job, JobCost};
 use crate::processing::group::GroupShared;
+use crate::processing::outcome::{PartitionControl as _, Settled};
 use crate::processing::pipeline::Pipeline;
 use crate::routing::SubscriptionGroupRoute;
 use crate::settings::{ProcessingSettings, Scheduling};
@@ -64,6 +67,57 @@ pub(crate) struct Listener {
     /// With partition scheduling: the state the rebalance callbacks share, and the channel
     /// that wakes the listener.
     partitioned: Option<(Arc<FlowCell>, Sender<Wake>, Receiver<Wake>)>,
+    /// With poll scheduling: the long-running jobs running without the loop waiting.
+    detached: Detached,
+    /// With poll scheduling: assigned partitions of topics with periodic jobs, and when their
+    /// last job started or ended (or they were first seen assigned).
+    idle_since: HashMap<TopicPartition, Instant>,
+    periodic: bool,
+}
+
+/// Long-running jobs under poll scheduling: each runs on a worker (its permit taken there)
+/// while the loop goes on polling; its partition is paused in librdkafka meanwhile.
+struct Detached {
+    /// Jobs running per partition (several for the groups of a split batch).
+    running: HashMap<TopicPartition, usize>,
+    tx: Sender<Wake>,
+    rx: Receiver<Wake>,
+    /// Partitions whose messages arrived while a job of theirs ran (assigned back after a
+    /// revocation): dropped, paused, and fetched again from this offset once idle.
+    held: HashMap<TopicPartition, i64>,
+    /// Partitions whose end was reached while a job of theirs ran: `eofed` follows it.
+    eof_after: HashSet<TopicPartition>,
+}
+
+impl Detached {
+    fn new() -> Self {
+        let (tx, rx) = mpsc::channel();
+        Detached {
+            running: HashMap::new(),
+            tx,
+            rx,
+            held: HashMap::new(),
+            eof_after: HashSet::new(),
+        }
+    }
+
+    fn busy(&self, tp: &TopicPartition) -> bool {
+        self.running.contains_key(tp)
+    }
+
+    /// One job of `tp` ended; true when none of it runs any more.
+    fn ended(&mut self, tp: &TopicPartition) -> bool {
+        match self.running.get_mut(tp) {
+            Some(count) if *count > 1 => {
+                *count -= 1;
+                false
+            }
+            _ => {
+                self.running.remove(tp);
+                true
+            }
+        }
+    }
 }
 
 /// What every listener of an app shares: the app's monitor, producer, processing settings
@@ -173,6 +227,9 @@ impl Listener {
             eof_enabled: route.kafka.get("enable.partition.eof") == Some("true"),
             costs: HashMap::new(),
             partitioned,
+            detached: Detached::new(),
+            idle_since: HashMap::new(),
+            periodic: route.topics.iter().any(|t| t.periodic.is_some()),
             pipeline: Pipeline::new(shared.clone(), ops),
             partitions: ClientPartitions(consumer.clone()),
             shared,
@@ -221,36 +278,54 @@ impl Listener {
         while !self.shared.should_stop() {
             self.heartbeat();
             if self.shared.control.quieting() {
-                if !quiet {
+                self.settle_detached();
+                // Quiet once no job of this listener runs any more.
+                if !quiet && self.detached.running.is_empty() {
                     quiet = true;
                     self.shared.control.listener_quiet();
                 }
                 self.stay_quiet();
                 continue;
             }
+            self.settle_detached();
             self.resume_due();
             let (polled, eofs, polled_for) = self.poll_batch();
-            let mut jobs = self.pipeline.revocation_jobs();
+            let revocations = self.pipeline.revocation_jobs();
+            let mut jobs = self.regular(revocations);
             if let Some((buffer, partitions, messages)) = polled {
-                let before = jobs.len();
-                jobs.extend(self.pipeline.consume_jobs(&buffer, partitions));
+                let partitions = self.hold_busy(&buffer, partitions);
+                let consume = self.pipeline.consume_jobs(&buffer, partitions);
+                let made = consume.len();
+                jobs.extend(self.regular(consume));
                 let shared = &self.shared;
                 shared.monitor.emit_with(|| Event::BatchReceived {
                     consumer_group: shared.route.consumer_group.clone(),
                     subscription_group: shared.route.name.clone(),
                     messages,
-                    partitions: jobs.len() - before,
+                    partitions: made,
                     duration: polled_for,
                 });
             }
             // A partition whose last messages and end came in the same poll gets its
             // `eofed` after its consume job, on the same instance: the job is made once the
-            // consume job has handed the instance back.
-            let (ends_later, ends_now): (Vec<TopicPartition>, Vec<TopicPartition>) = self
-                .eof_partitions(&eofs)
+            // consume job has handed the instance back (a long-running one: when it ends).
+            let mut ends = self.eof_partitions(&eofs);
+            ends.retain(|tp| {
+                if self.detached.busy(tp) {
+                    self.detached.eof_after.insert(tp.clone());
+                    false
+                } else {
+                    true
+                }
+            });
+            let (ends_later, ends_now): (Vec<TopicPartition>, Vec<TopicPartition>) = ends
                 .into_iter()
                 .partition(|tp| jobs.iter().any(|j| &j.input.tp == tp));
-            jobs.extend(self.pipeline.eof_jobs(ends_now));
+            let eof_now = self.pipeline.eof_jobs(ends_now);
+            jobs.extend(self.regular(eof_now));
+            let ticks = self.due_ticks(&jobs, &ends_later);
+            jobs.extend(self.regular(ticks));
+            let active: Vec<TopicPartition> = jobs.iter().map(|j| j.input.tp.clone()).collect();
             if jobs.is_empty() && ends_later.is_empty() {
                 continue;
             }
@@ -259,7 +334,11 @@ impl Listener {
             }
             if !ends_later.is_empty() {
                 let jobs = self.pipeline.eof_jobs(ends_later);
+                let jobs = self.regular(jobs);
                 self.run_jobs(jobs);
+            }
+            for tp in &active {
+                self.touch(tp);
             }
             self.pipeline.publish_instances();
         }
@@ -280,6 +359,268 @@ impl Listener {
             }
             self.pipeline.after(done, &self.partitions);
         }
+    }
+
+    // -- long-running jobs ------------------------------------------------------------------
+
+    /// Starts the long-running jobs among `jobs` detached (see [`Detached`]) and returns the
+    /// others.
+    fn regular(&mut self, jobs: Vec<Job>) -> Vec<Job> {
+        let mut regular = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            self.touch(&job.input.tp);
+            if job.topic.long_running && job.kind != JobKind::Shutdown {
+                self.detach(job);
+            } else {
+                regular.push(job);
+            }
+        }
+        regular
+    }
+
+    /// Runs a long-running job on a worker without waiting for it. A consume job's
+    /// partition is paused first, so the loop polls on while it runs (and while it waits
+    /// for a permit).
+    fn detach(&mut self, job: Job) {
+        let tp = job.input.tp.clone();
+        if job.kind == JobKind::Consume {
+            if let Err(e) = self.partitions.pause(&tp) {
+                self.shared
+                    .error(ErrorKind::ConnectionClientPoll, e, Some(&tp));
+            }
+        }
+        *self.detached.running.entry(tp.clone()).or_default() += 1;
+        let report = Report::new(self.detached.tx.clone(), tp);
+        let semaphore = self.semaphore.clone();
+        let monitor = self.shared.monitor.clone();
+        let control = self.shared.control.clone();
+        let name = self.name.clone();
+        self.runtime.spawn(async move {
+            let permit = semaphore.acquire_owned().await.ok();
+            let done = executor::run(job, monitor, control, name).await;
+            drop(permit);
+            report.done(done);
+        });
+    }
+
+    /// Messages of partitions a long-running job of which still runs (assigned back after
+    /// a revocation while it ran) are dropped: the partition is paused and fetched again
+    /// from its first dropped offset once idle, so two instances never process it at once.
+    fn hold_busy(
+        &mut self,
+        buffer: &Arc<PollBuffer>,
+        ranges: Vec<Range<usize>>,
+    ) -> Vec<Range<usize>> {
+        if self.detached.running.is_empty() {
+            return ranges;
+        }
+        let mut kept = Vec::with_capacity(ranges.len());
+        for range in ranges {
+            let view = crate::message::BatchView::new(buffer.clone(), range.clone());
+            let held = view.first().and_then(|first| {
+                let tp = TopicPartition::new(first.topic().clone(), first.partition());
+                self.detached.busy(&tp).then_some((tp, first.offset()))
+            });
+            match held {
+                Some((tp, offset)) => {
+                    if let Err(e) = self.partitions.pause(&tp) {
+                        self.shared
+                            .error(ErrorKind::ConnectionClientPoll, e, Some(&tp));
+                    }
+                    let at = self.detached.held.entry(tp).or_insert(offset);
+                    *at = (*at).min(offset);
+                }
+                None => kept.push(range),
+            }
+        }
+        kept
+    }
+
+    /// Settles the long-running jobs that ended.
+    fn settle_detached(&mut self) {
+        while let Ok(wake) = self.detached.rx.try_recv() {
+            match wake {
+                Wake::Done(done) => self.detached_ended(*done),
+                Wake::Lost(tp) => {
+                    // The runtime shut down under the job (the app is stopping): the batch
+                    // is not settled and the partition stays paused; it is fetched again
+                    // from the committed offset by its next owner.
+                    self.detached.ended(&tp);
+                    self.shared.error(
+                        ErrorKind::WorkerProcess,
+                        std::io::Error::other(
+                            "a long-running job's task was dropped before it ended (the worker \
+                             runtime shut down): its batch was not settled",
+                        ),
+                        Some(&tp),
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A long-running job ended: settled as any other; once its partition has no job
+    /// running, it goes on where it should.
+    fn detached_ended(&mut self, done: Done) {
+        let tp = done.tp.clone();
+        let kind = done.kind;
+        self.detached.ended(&tp);
+        self.touch(&tp);
+        // Where the partition goes on: after a settled consume job, where its outcome says
+        // (a pause's own resume seeks); after a hook, from the messages held meanwhile.
+        let mut resume = None;
+        let mut settled_paused = false;
+        if done.coordinator.is_revoked() {
+            // Revoked while it ran: its `revoked` hook now, on its instance (detached too).
+            if let Some(hook) = self.pipeline.revoked_after(done) {
+                self.detach(hook);
+            }
+        } else {
+            match self.pipeline.after(done, &self.partitions) {
+                _ if kind != JobKind::Consume => {}
+                Some(Settled::Paused) => settled_paused = true,
+                Some(Settled::At(offset) | Settled::After(offset)) => resume = Some(offset),
+                // A group of a split batch whose other groups still run.
+                Some(Settled::Unchanged) | None => {}
+            }
+        }
+        self.pipeline.publish_instances();
+        if self.detached.busy(&tp) {
+            return;
+        }
+        let held = self.detached.held.remove(&tp);
+        if !settled_paused {
+            if let Some(at) = [resume, held].into_iter().flatten().min() {
+                self.resume_at(&tp, at);
+            }
+        }
+        if self.detached.eof_after.remove(&tp) {
+            for job in self.pipeline.eof_jobs(vec![tp]) {
+                self.detach(job);
+            }
+        }
+    }
+
+    /// Seeks `tp` to `offset` and resumes it, if it is still assigned.
+    fn resume_at(&self, tp: &TopicPartition, offset: i64) {
+        let assigned = self.consumer.assignment().is_ok_and(|list| {
+            list.elements()
+                .iter()
+                .any(|e| e.partition() == tp.partition && e.topic() == &*tp.topic)
+        });
+        if !assigned {
+            return;
+        }
+        for result in [self.partitions.seek(tp, offset), self.partitions.resume(tp)] {
+            if let Err(e) = result {
+                self.shared
+                    .error(ErrorKind::ConnectionClientPoll, e, Some(tp));
+            }
+        }
+    }
+
+    /// Waits for the long-running jobs still running (shutdown), settling them; meanwhile
+    /// the assignment stays paused and the client is polled, to stay in the group (what
+    /// is polled is dropped: it is fetched again from the committed offsets).
+    fn drain_detached(&mut self) {
+        loop {
+            self.settle_detached();
+            let hooks = self.pipeline.revocation_jobs();
+            let hooks = self.regular(hooks);
+            if !hooks.is_empty() {
+                drop(self.execute(hooks));
+            }
+            if self.detached.running.is_empty() {
+                return;
+            }
+            self.heartbeat();
+            if let Ok(assignment) = self.consumer.assignment() {
+                if assignment.count() > 0 {
+                    let _ = self.consumer.pause(&assignment);
+                }
+            }
+            if let Some(polled) = self.consumer.poll(Duration::from_millis(100)) {
+                drop(polled);
+            }
+        }
+    }
+
+    // -- periodic jobs ------------------------------------------------------------------------
+
+    /// Records a job of `tp` starting or ending (periodic topics only).
+    fn touch(&mut self, tp: &TopicPartition) {
+        if let Some(since) = self.idle_since.get_mut(tp) {
+            *since = Instant::now();
+        }
+    }
+
+    /// The `tick` jobs of the assigned partitions of periodic topics that have had no job
+    /// for their interval (none of `jobs` or `ends` is theirs, no long-running job of theirs
+    /// runs; paused ones only as `during_pause`/`during_retry` say). Partitions assigned
+    /// since the last turn start counting now.
+    fn due_ticks(&mut self, jobs: &[Job], ends: &[TopicPartition]) -> Vec<Job> {
+        if !self.periodic {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let assigned: Vec<TopicPartition> = self
+            .consumer
+            .assignment()
+            .map(|list| {
+                list.elements()
+                    .iter()
+                    .map(|e| TopicPartition::new(e.topic(), e.partition()))
+                    .filter(|tp| self.topic_periodic(tp).is_some())
+                    .collect()
+            })
+            .unwrap_or_default();
+        self.idle_since.retain(|tp, _| assigned.contains(tp));
+        let mut ticks = Vec::new();
+        for tp in assigned {
+            let since = *self.idle_since.entry(tp.clone()).or_insert(now);
+            let Some(periodic) = self.topic_periodic(&tp) else {
+                continue;
+            };
+            let busy = self.detached.busy(&tp)
+                || ends.contains(&tp)
+                || jobs.iter().any(|j| j.input.tp == tp);
+            if busy || now < since + periodic.interval || !self.may_tick(&tp, &periodic) {
+                continue;
+            }
+            self.idle_since.insert(tp.clone(), now);
+            ticks.extend(self.pipeline.tick_job(tp));
+        }
+        ticks
+    }
+
+    fn topic_periodic(&self, tp: &TopicPartition) -> Option<crate::jobs::Periodic> {
+        self.pipeline.topic(&tp.topic).and_then(|t| t.periodic)
+    }
+
+    /// Whether a paused `tp` ticks (by its kind of pause).
+    fn may_tick(&self, tp: &TopicPartition, periodic: &crate::jobs::Periodic) -> bool {
+        let pause = self
+            .shared
+            .coordinators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tp)
+            .and_then(|c| c.pause());
+        match pause {
+            None => true,
+            Some(pause) if pause.retry => periodic.during_retry,
+            Some(_) => periodic.during_pause.unwrap_or(true),
+        }
+    }
+
+    /// When the next `tick` is due, if any partition is waiting for one.
+    fn next_tick(&self) -> Option<Instant> {
+        self.idle_since
+            .iter()
+            .filter(|(tp, _)| !self.detached.busy(tp))
+            .filter_map(|(tp, since)| Some(*since + self.topic_periodic(tp)?.interval))
+            .min()
     }
 
     fn heartbeat(&self) {
@@ -305,6 +646,7 @@ impl Listener {
             }
         }
         let jobs = self.pipeline.revocation_jobs();
+        let jobs = self.regular(jobs);
         if !jobs.is_empty() {
             drop(self.execute(jobs));
         }
@@ -329,8 +671,8 @@ impl Listener {
         let max_messages = route.max_messages;
         let started = Instant::now();
         let mut wake_at = started + route.max_wait_time;
-        if let Some(next_resume) = self.next_resume() {
-            wake_at = wake_at.min(next_resume);
+        for at in [self.next_resume(), self.next_tick()].into_iter().flatten() {
+            wake_at = wake_at.min(at);
         }
         let client: Arc<dyn Send + Sync> = self.consumer.clone();
         let mut buffer = PollBufferBuilder::native(max_messages.min(8192), client);
@@ -541,6 +883,7 @@ impl Listener {
 
     /// Runs `shutdown` hooks, commits what was processed and leaves the group.
     fn shutdown(mut self) {
+        self.drain_detached();
         let jobs = self.pipeline.shutdown_jobs();
         if !jobs.is_empty() {
             drop(self.execute(jobs));

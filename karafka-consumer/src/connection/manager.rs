@@ -95,7 +95,7 @@ impl Connections {
             connections.group_changed_at.insert(group.name.clone(), now);
             for sg in &group.subscription_groups {
                 let plan = sg.plan.clone();
-                for warning in plan.warnings(&sg.family_facts()) {
+                for warning in sg.connection_warnings() {
                     connections.setup.monitor.emit(Event::ConnectionWarning {
                         consumer_group: sg.consumer_group.clone(),
                         subscription_group: sg.name.clone(),

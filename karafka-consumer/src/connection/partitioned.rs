@@ -160,6 +160,9 @@ struct Flow {
     /// to be cheap start on the listener thread (a hand-off to a worker and back costs more
     /// than they do).
     costs: HashMap<TopicPartition, JobCost>,
+    /// Assigned partitions of topics with periodic jobs: when their last job started or
+    /// ended (or they were assigned).
+    idle_since: HashMap<TopicPartition, Instant>,
 }
 
 /// Runs a partition-scheduling listener until the app stops, then shuts it down: its
@@ -190,6 +193,7 @@ pub(crate) fn run(cell: Arc<FlowCell>, setup: Setup) {
         waiting_for_permit: false,
         quiet: false,
         costs: HashMap::new(),
+        idle_since: HashMap::new(),
     });
     let queue = QueueLength::consumer(&consumer);
     let mut next_sweep = Instant::now() + max_wait;
@@ -224,7 +228,10 @@ pub(crate) fn run(cell: Arc<FlowCell>, setup: Setup) {
         }
         let mut wait = next_sweep.saturating_duration_since(Instant::now());
         if !flow.quiet {
-            if let Some(at) = flow.pipeline.next_resume() {
+            for at in [flow.pipeline.next_resume(), flow.next_tick()]
+                .into_iter()
+                .flatten()
+            {
                 wait = wait.min(at.saturating_duration_since(Instant::now()));
             }
         }
@@ -361,6 +368,7 @@ impl Flow {
                     self.mark_ready(tp);
                 }
             }
+            self.due_ticks(Instant::now());
         }
         self.dispatch();
         // A permit kept for nothing would starve the app's other listeners.
@@ -473,6 +481,15 @@ impl Flow {
             .iter()
             .position(|j| !self.running.contains_key(&j.input.tp))
         {
+            if self.hooks[i].kind == JobKind::Tick && self.hooks[i].input.coordinator.is_revoked() {
+                // Revoked before it ran: no tick; its instance gets its `revoked` hook.
+                if let Some(job) = self.hooks.remove(i) {
+                    if let Some(hook) = self.pipeline.revoked_unstarted(job) {
+                        self.hooks.push_back(hook);
+                    }
+                }
+                continue;
+            }
             let Some(permit) = self.permit() else { return };
             if let Some(job) = self.hooks.remove(i) {
                 self.spawn(job, permit);
@@ -528,6 +545,64 @@ impl Flow {
                 }
                 None => self.spare = Some(permit),
             }
+        }
+    }
+
+    /// Queues the `tick` of every assigned partition of a periodic topic that has had no
+    /// job for its interval (paused ones only as its `during_pause`/`during_retry` say).
+    fn due_ticks(&mut self, now: Instant) {
+        if self.idle_since.is_empty() {
+            return;
+        }
+        let due: Vec<TopicPartition> = self
+            .idle_since
+            .iter()
+            .filter(|(tp, since)| {
+                self.periodic(tp)
+                    .is_some_and(|p| now >= **since + p.interval && self.may_tick(tp, &p))
+            })
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        for tp in due {
+            self.idle_since.insert(tp.clone(), now);
+            if let Some(job) = self.pipeline.tick_job(tp) {
+                self.hooks.push_back(job);
+            }
+        }
+    }
+
+    /// When the next `tick` is due, if any partition is waiting for one.
+    fn next_tick(&self) -> Option<Instant> {
+        self.idle_since
+            .iter()
+            .filter_map(|(tp, since)| {
+                let periodic = self.periodic(tp)?;
+                (!self.busy(tp)).then_some(*since + periodic.interval)
+            })
+            .min()
+    }
+
+    fn periodic(&self, tp: &TopicPartition) -> Option<crate::jobs::Periodic> {
+        self.pipeline.topic(&tp.topic).and_then(|t| t.periodic)
+    }
+
+    /// Whether `tp` may tick now: assigned, no job of it running or waiting, and not paused
+    /// unless the topic ticks during that kind of pause.
+    fn may_tick(&self, tp: &TopicPartition, periodic: &crate::jobs::Periodic) -> bool {
+        if !self.slots.get(tp).is_some_and(|s| s.assigned) || self.busy(tp) {
+            return false;
+        }
+        let pause = self
+            .shared
+            .coordinators
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tp)
+            .and_then(|c| c.pause());
+        match pause {
+            None => true,
+            Some(pause) if pause.retry => periodic.during_retry,
+            Some(_) => periodic.during_pause.unwrap_or(true),
         }
     }
 
@@ -631,6 +706,9 @@ impl Flow {
     fn spawn(&mut self, job: Job, permit: OwnedSemaphorePermit) {
         let tp = job.input.tp.clone();
         let kind = job.kind;
+        if let Some(since) = self.idle_since.get_mut(&tp) {
+            *since = Instant::now();
+        }
         let cheap = kind == JobKind::Consume && self.costs.get(&tp).is_some_and(JobCost::cheap);
         let mut run = Box::pin(executor::run(
             job,
@@ -679,6 +757,9 @@ impl Flow {
         let tp = done.tp.clone();
         let kind = done.kind;
         self.ended(&tp);
+        if let Some(since) = self.idle_since.get_mut(&tp) {
+            *since = Instant::now();
+        }
         if kind == JobKind::Consume {
             self.costs.entry(tp.clone()).or_default().add(done.took);
         }
@@ -745,6 +826,13 @@ impl Flow {
                     }
                 }
             }
+            if self
+                .pipeline
+                .topic(&tp.topic)
+                .is_some_and(|t| t.periodic.is_some())
+            {
+                self.idle_since.insert(tp.clone(), Instant::now());
+            }
             self.mark_ready(tp.clone());
         }
     }
@@ -758,6 +846,7 @@ impl Flow {
                 slot.assigned = false;
                 slot.eof_after = false;
             }
+            self.idle_since.remove(tp);
         }
         if lost {
             return;
@@ -773,6 +862,22 @@ impl Flow {
         self.deferred = others;
         for wake in ended {
             self.on(wake);
+        }
+        // A long-running job is not waited for (a rebalance must not stall for as long as it
+        // runs): it ends with a revoked coordinator, and its `revoked` hook runs then.
+        let waited: Vec<TopicPartition> = partitions
+            .iter()
+            .filter(|tp| {
+                !self
+                    .pipeline
+                    .topic(&tp.topic)
+                    .is_some_and(|t| t.long_running)
+            })
+            .cloned()
+            .collect();
+        let partitions = &waited[..];
+        if partitions.is_empty() {
+            return;
         }
         let timeout = self.shared.settings.revocation_timeout;
         let deadline = Instant::now() + timeout;
@@ -865,13 +970,17 @@ impl Flow {
 
 /// Sends a job's end to its listener; if the job's task is dropped before (its runtime shut
 /// down), says so instead.
-struct Report {
+pub(crate) struct Report {
     tx: Sender<Wake>,
     tp: Option<TopicPartition>,
 }
 
 impl Report {
-    fn done(mut self, done: Done) {
+    pub(crate) fn new(tx: Sender<Wake>, tp: TopicPartition) -> Self {
+        Report { tx, tp: Some(tp) }
+    }
+
+    pub(crate) fn done(mut self, done: Done) {
         self.tp = None;
         let _ = self.tx.send(Wake::Done(Box::new(done)));
     }

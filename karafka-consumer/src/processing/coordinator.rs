@@ -14,7 +14,6 @@ pub(crate) struct Pause {
     pub(crate) resume_from: i64,
     /// A retry back-off (not a pause the consumer asked for); the harness ends these at the
     /// next `consume`.
-    #[cfg_attr(not(feature = "testing"), allow(dead_code))]
     pub(crate) retry: bool,
 }
 

@@ -100,6 +100,7 @@ fn error_kind(job: JobKind) -> ErrorKind {
         JobKind::Shutdown => ErrorKind::ConsumerShutdown,
         JobKind::Eofed => ErrorKind::ConsumerEofed,
         JobKind::Initialized => ErrorKind::ConsumerInitialized,
+        JobKind::Tick => ErrorKind::ConsumerTick,
         _ => ErrorKind::ConsumerConsume,
     }
 }
@@ -160,6 +161,7 @@ pub(crate) async fn run(
             tp: tp.clone(),
             offsets: (first, last),
             started,
+            long_running: topic.long_running,
         });
 
     let outcome = match (CatchUnwind(consumer.run(kind, input))).await {

@@ -118,7 +118,8 @@ pub(crate) fn health(
         .iter()
     {
         let running = job.started.elapsed();
-        if running > job_timeout {
+        // A long-running job may run for as long as it needs (the listener keeps polling).
+        if running > job_timeout && !job.long_running {
             reasons.push(format!(
                 "job {} {} offsets {}..={} has run for {running:?} (limit {job_timeout:?})",
                 job.job.as_str(),

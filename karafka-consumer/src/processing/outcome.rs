@@ -29,6 +29,20 @@ pub(crate) trait PartitionControl {
     fn seek(&self, tp: &TopicPartition, offset: i64) -> Result<(), KafkaError>;
 }
 
+/// Where a settled partition goes on (what a long-running job's partition, paused while the
+/// job ran, is resumed at).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Settled {
+    /// An empty batch: nothing moves.
+    Unchanged,
+    /// From the message after the batch, this offset (it was marked or kept).
+    After(i64),
+    /// From `offset`: a dead letter was skipped, or the consumer sought.
+    At(i64),
+    /// Paused, by a retry's back-off or by the consumer: its resume seeks.
+    Paused,
+}
+
 /// Settles jobs' outcomes for one subscription group.
 pub(crate) struct Outcomes<'a> {
     pub(crate) shared: &'a GroupShared,
@@ -49,10 +63,10 @@ impl Outcomes<'_> {
         outcome: &Result<(), Failure>,
         stored_before: Option<i64>,
         split: bool,
-    ) {
+    ) -> Settled {
         let intents = coordinator.take_intents();
         if batch.is_empty() {
-            return;
+            return Settled::Unchanged;
         }
         let (first_offset, last_offset) = batch.offsets();
         let settings = &self.shared.settings;
@@ -77,12 +91,14 @@ impl Outcomes<'_> {
                 if coordinator.mark(next) {
                     self.ops.store_offset(tp, next);
                 }
-                self.apply(tp, coordinator, intents);
+                self.apply(tp, coordinator, intents, last_offset + 1)
             }
             Decision::Keep => {
                 coordinator.set_attempt(1);
                 if outcome.is_ok() {
-                    self.apply(tp, coordinator, intents);
+                    self.apply(tp, coordinator, intents, last_offset + 1)
+                } else {
+                    Settled::After(last_offset + 1)
                 }
             }
             Decision::Retry {
@@ -101,6 +117,7 @@ impl Outcomes<'_> {
                     backoff,
                 });
                 self.pause(tp, coordinator, resume_from, backoff, PauseReason::Retry);
+                Settled::Paused
             }
             Decision::DeadLetter { offset, attempts } => {
                 match (topic.dead_letter_queue.as_ref(), batch.find(offset)) {
@@ -114,6 +131,7 @@ impl Outcomes<'_> {
                             settings.pause_exponential,
                         );
                         self.pause(tp, coordinator, offset, wait, PauseReason::Retry);
+                        Settled::Paused
                     }
                 }
             }
@@ -121,7 +139,13 @@ impl Outcomes<'_> {
     }
 
     /// Carries out what the consumer asked for during a successful job.
-    fn apply(&self, tp: &TopicPartition, coordinator: &Arc<Coordinator>, intents: Intents) {
+    fn apply(
+        &self,
+        tp: &TopicPartition,
+        coordinator: &Arc<Coordinator>,
+        intents: Intents,
+        after: i64,
+    ) -> Settled {
         if let Some(offset) = intents.seek {
             if let Err(e) = self.partitions.seek(tp, offset) {
                 self.shared
@@ -134,6 +158,11 @@ impl Outcomes<'_> {
         if intents.resume && coordinator.is_paused() {
             self.resume(tp, coordinator);
         }
+        match intents.seek {
+            _ if coordinator.is_paused() => Settled::Paused,
+            Some(offset) => Settled::At(offset),
+            None => Settled::After(after),
+        }
     }
 
     /// Sends the message at `raw` to the dead-letter queue and skips it; if the dispatch fails,
@@ -145,7 +174,7 @@ impl Outcomes<'_> {
         dlq: &DeadLetterQueue,
         raw: RecordRef<'_>,
         attempts: u32,
-    ) {
+    ) -> Settled {
         let shared = self.shared;
         let mut headers: Headers = raw.headers().clone();
         headers
@@ -184,6 +213,7 @@ impl Outcomes<'_> {
                     dlq_topic: dlq.topic().into(),
                     attempts,
                 });
+                Settled::At(next)
             }
             Err(e) => {
                 shared.error(ErrorKind::DlqDispatch, e, Some(tp));
@@ -197,6 +227,7 @@ impl Outcomes<'_> {
                     settings.pause_exponential,
                 );
                 self.pause(tp, coordinator, raw.offset(), wait, PauseReason::Retry);
+                Settled::Paused
             }
         }
     }

@@ -22,7 +22,7 @@ use crate::message::{BatchView, PollBuffer};
 use crate::processing::coordinator::Coordinator;
 use crate::processing::executor::{Done, Failure, Job};
 use crate::processing::group::GroupShared;
-use crate::processing::outcome::{Outcomes, PartitionControl};
+use crate::processing::outcome::{Outcomes, PartitionControl, Settled};
 use crate::routing::TopicRoute;
 use crate::split::{BatchSplitter, Group, SplitBatch, Tracker, valid_groups};
 
@@ -53,6 +53,8 @@ pub(crate) struct Pipeline {
     instances: HashMap<InstanceKey, Instance>,
     /// Split batches (virtual partitions) whose groups still run, by partition.
     splits: HashMap<TopicPartition, SplitRun>,
+    /// The last batches of instances running an `eofed` or `tick` hook (empty batches).
+    parked: HashMap<InstanceKey, BatchView>,
 }
 
 impl Pipeline {
@@ -70,6 +72,7 @@ impl Pipeline {
             topics,
             instances: HashMap::new(),
             splits: HashMap::new(),
+            parked: HashMap::new(),
         }
     }
 
@@ -326,34 +329,44 @@ impl Pipeline {
 
     /// `eofed` jobs for partitions whose end was reached.
     pub(crate) fn eof_jobs(&mut self, ends: Vec<TopicPartition>) -> Vec<Job> {
-        let mut jobs = Vec::new();
-        for tp in ends {
-            let Some(topic) = self.topics.get(&tp.topic).cloned() else {
-                continue;
-            };
-            let coordinator = self.shared.coordinator(&tp);
-            // A held instance of the partition (with virtual partitions, the lowest id),
-            // else a new one.
-            let id = self
-                .instances
-                .keys()
-                .filter(|(t, _)| *t == tp)
-                .map(|(_, id)| *id)
-                .min()
-                .unwrap_or(0);
-            let Some(consumer) = self.instance(&tp, id, &topic) else {
-                continue;
-            };
-            let mut input = self.input(tp, BatchView::empty(), coordinator, None);
-            input.instance = id;
-            jobs.push(Job {
-                kind: JobKind::Eofed,
-                topic,
-                consumer,
-                input,
-            });
-        }
-        jobs
+        ends.into_iter()
+            .filter_map(|tp| self.idle_hook(JobKind::Eofed, tp))
+            .collect()
+    }
+
+    /// The `tick` job of an idle partition (periodic jobs).
+    pub(crate) fn tick_job(&mut self, tp: TopicPartition) -> Option<Job> {
+        self.idle_hook(JobKind::Tick, tp)
+    }
+
+    /// A hook (`eofed`, `tick`) with an empty batch on a held instance of `tp` (with virtual
+    /// partitions, the lowest id), else a new one. The instance's last batch waits in
+    /// `parked` for its return (the `revoked` hook gets it).
+    fn idle_hook(&mut self, kind: JobKind, tp: TopicPartition) -> Option<Job> {
+        let topic = self.topics.get(&tp.topic).cloned()?;
+        let coordinator = self.shared.coordinator(&tp);
+        let id = self
+            .instances
+            .keys()
+            .filter(|(t, _)| *t == tp)
+            .map(|(_, id)| *id)
+            .min()
+            .unwrap_or(0);
+        let consumer = match self.instances.remove(&(tp.clone(), id)) {
+            Some((consumer, last)) => {
+                self.parked.insert((tp.clone(), id), last);
+                consumer
+            }
+            None => topic.factory.as_ref().map(|make| make())?,
+        };
+        let mut input = self.input(tp, BatchView::empty(), coordinator, None);
+        input.instance = id;
+        Some(Job {
+            kind,
+            topic,
+            consumer,
+            input,
+        })
     }
 
     /// `shutdown` jobs, one per held instance (the instances go with them).
@@ -380,7 +393,8 @@ impl Pipeline {
     /// (partition scheduling): it runs on that job's instance, with that job's batch. None
     /// for other jobs, or once the group is closing.
     pub(crate) fn revoked_after(&mut self, done: Done) -> Option<Job> {
-        if !matches!(done.kind, JobKind::Consume | JobKind::Eofed)
+        let parked = self.parked.remove(&(done.tp.clone(), done.instance));
+        if !matches!(done.kind, JobKind::Consume | JobKind::Eofed | JobKind::Tick)
             || self.shared.closing.load(Ordering::Acquire)
         {
             return None;
@@ -388,11 +402,12 @@ impl Pipeline {
         self.forget_split(&done);
         let coordinator = Arc::new(Coordinator::new(done.tp.clone()));
         coordinator.revoke();
+        let batch = parked.unwrap_or(done.batch);
         Some(Job {
             kind: JobKind::Revoked,
             topic: done.topic,
             consumer: done.consumer,
-            input: self.input(done.tp, done.batch, coordinator, None),
+            input: self.input(done.tp, batch, coordinator, None),
         })
     }
 
@@ -408,16 +423,20 @@ impl Pipeline {
         if let Some(group) = &input.group {
             self.forget_group(&input.tp, group);
         }
-        if kind != JobKind::Consume || self.shared.closing.load(Ordering::Acquire) {
+        let parked = self.parked.remove(&(input.tp.clone(), input.instance));
+        if !matches!(kind, JobKind::Consume | JobKind::Tick)
+            || self.shared.closing.load(Ordering::Acquire)
+        {
             return None;
         }
         let coordinator = Arc::new(Coordinator::new(input.tp.clone()));
         coordinator.revoke();
+        let batch = parked.unwrap_or(input.batch);
         Some(Job {
             kind: JobKind::Revoked,
             topic,
             consumer,
-            input: self.input(input.tp, input.batch, coordinator, None),
+            input: self.input(input.tp, batch, coordinator, None),
         })
     }
 
@@ -444,8 +463,13 @@ impl Pipeline {
     /// After a job: its instance is kept for the partition's next job (unless the partition
     /// was revoked meanwhile, or the job was its `revoked` or `shutdown` hook), and a consume
     /// job's outcome is settled (mark / retry / dead letter, then the consumer's seek or
-    /// pause).
-    pub(crate) fn after(&mut self, done: Done, partitions: &dyn PartitionControl) {
+    /// pause). Returns where the partition goes on once a consume job's batch was settled
+    /// (after the last group of a split batch), None otherwise.
+    pub(crate) fn after(
+        &mut self,
+        done: Done,
+        partitions: &dyn PartitionControl,
+    ) -> Option<Settled> {
         let Done {
             kind,
             tp,
@@ -473,7 +497,7 @@ impl Pipeline {
                         stored_before,
                         partitions,
                     ),
-                    None => self.outcomes(partitions).settle(
+                    None => Some(self.outcomes(partitions).settle(
                         &tp,
                         &topic,
                         &batch,
@@ -481,18 +505,23 @@ impl Pipeline {
                         &outcome,
                         stored_before,
                         false,
-                    ),
+                    )),
                 }
             }
-            JobKind::Eofed if !coordinator.is_revoked() => {
-                self.instances.insert((tp, instance), (consumer, batch));
+            JobKind::Eofed | JobKind::Tick => {
+                let last = self.parked.remove(&(tp.clone(), instance)).unwrap_or(batch);
+                if !coordinator.is_revoked() {
+                    self.instances.insert((tp, instance), (consumer, last));
+                }
+                None
             }
             JobKind::Consume => {
                 if let Some(group) = &group {
                     self.forget_group(&tp, group);
                 }
+                None
             }
-            _ => {}
+            _ => None,
         }
     }
 
@@ -509,14 +538,11 @@ impl Pipeline {
         outcome: Result<(), Failure>,
         stored_before: Option<i64>,
         partitions: &dyn PartitionControl,
-    ) {
-        let Some(run) = self
+    ) -> Option<Settled> {
+        let run = self
             .splits
             .get_mut(tp)
-            .filter(|run| Arc::ptr_eq(&run.tracker, &group.tracker))
-        else {
-            return;
-        };
+            .filter(|run| Arc::ptr_eq(&run.tracker, &group.tracker))?;
         // A group that succeeded processed its messages, unless the batch was failing by
         // then: it may have stopped early (`Context::is_failing`), so only its own marks
         // count.
@@ -538,15 +564,13 @@ impl Pipeline {
             run.failure.get_or_insert(failure);
         }
         if run.left > 0 {
-            return;
+            return None;
         }
-        let Some(run) = self.splits.remove(tp) else {
-            return;
-        };
+        let run = self.splits.remove(tp)?;
         let (_, last) = run.batch.offsets();
         let failed = run.failure.is_some();
         let outcome = run.failure.map_or(Ok(()), Err);
-        self.outcomes(partitions).settle(
+        let settled = self.outcomes(partitions).settle(
             tp,
             topic,
             &run.batch,
@@ -561,6 +585,7 @@ impl Pipeline {
         } else {
             coordinator.uncollapse_at(last + 1);
         }
+        Some(settled)
     }
 
     /// What settles outcomes, with `partitions` for pauses and seeks.

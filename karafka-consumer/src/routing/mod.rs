@@ -25,6 +25,7 @@ use karafka_core::instrumentation::{ErrorKind, ErrorOccurred, Event, Monitor};
 use karafka_core::{KafkaSettings, Violations};
 
 use crate::connections::{ConnectionPlan, FamilyFacts, SingleConnection};
+use crate::jobs::{JobPolicy, Periodic};
 use crate::split::{BatchSplitter, TopicFacts};
 
 pub use topic::{DeadLetterQueue, Declaratives, InitialOffset, TopicBuilder};
@@ -209,6 +210,12 @@ pub struct TopicRoute {
     pub(crate) consumer_type: Option<&'static str>,
     /// Splits batches into virtual partitions (`karafka-pro`).
     pub(crate) splitter: Option<Arc<dyn BatchSplitter>>,
+    /// How its jobs are scheduled (`karafka-pro`'s long-running jobs).
+    pub(crate) job_policies: Vec<Arc<dyn JobPolicy>>,
+    /// Some policy makes its jobs long-running.
+    pub(crate) long_running: bool,
+    /// Ticks on idle partitions (periodic jobs), `during_pause` resolved.
+    pub(crate) periodic: Option<Periodic>,
 }
 
 impl TopicRoute {
@@ -239,6 +246,19 @@ impl TopicRoute {
     /// The batch splitter (virtual partitions), if any.
     pub fn splitter(&self) -> Option<&Arc<dyn BatchSplitter>> {
         self.splitter.as_ref()
+    }
+    /// The job policies (long-running jobs), in the order they were set.
+    pub fn job_policies(&self) -> &[Arc<dyn JobPolicy>] {
+        &self.job_policies
+    }
+    /// Whether its jobs are long-running (see [`crate::jobs`]).
+    pub fn is_long_running(&self) -> bool {
+        self.long_running
+    }
+    /// When its consumers tick (periodic jobs), `during_pause` resolved (see
+    /// [`crate::jobs`]).
+    pub fn periodic(&self) -> Option<Periodic> {
+        self.periodic
     }
     /// The dead-letter queue, if any.
     pub fn dead_letter_queue(&self) -> Option<&DeadLetterQueue> {
@@ -276,6 +296,7 @@ impl fmt::Debug for TopicRoute {
             .field("active", &self.active)
             .field("declaratives", &self.declaratives)
             .field("splitter", &self.splitter.as_ref().map(|s| s.name()))
+            .field("job_policies", &self.job_policies)
             .finish()
     }
 }
@@ -363,6 +384,29 @@ impl SubscriptionGroupRoute {
             subscription_group: &self.name,
             kafka: &self.kafka,
         }
+    }
+
+    /// Warnings about how its connections will run: its plan's, and long-running topics
+    /// under a dynamic plan (emitted as `connection.multiplexing.warning` at start and
+    /// printed by `info`).
+    pub fn connection_warnings(&self) -> Vec<String> {
+        let mut warnings = self.plan.warnings(&self.family_facts());
+        let long_running: Vec<&str> = self
+            .topics
+            .iter()
+            .filter(|t| t.long_running)
+            .map(|t| &*t.name)
+            .collect();
+        if self.plan.dynamic() && !long_running.is_empty() {
+            warnings.push(format!(
+                "long-running jobs (topics {long_running:?}) with dynamic multiplexing: every \
+                 scale up or down rebalances the consumer group, and a partition moved away \
+                 from a running long-running job is processed again by its new owner from the \
+                 committed offset (the job can no longer mark). Make the multiplexing static \
+                 (min = max) or put the long-running topics in a subscription group of their own"
+            ));
+        }
+        warnings
     }
 }
 
@@ -548,14 +592,25 @@ pub(crate) fn resolve(
                 factory: draft.spec.as_ref().map(|s| s.factory(reporter.clone())),
                 consumer_type: draft.spec.as_ref().map(|s| s.consumer_type()),
                 splitter: draft.splitter.clone(),
+                long_running: draft.job_policies.iter().any(|p| p.long_running()),
+                periodic: draft.job_policies.iter().find_map(|p| p.periodic()),
+                job_policies: draft.job_policies.clone(),
+            };
+            let facts = TopicFacts {
+                name: &route.name,
+                dead_letter_retries: route.dead_letter_queue.as_ref().map(|d| d.retries()),
+                manual_offset_management: route.manual_offset_management,
             };
             if let Some(splitter) = &route.splitter {
-                let facts = TopicFacts {
-                    name: &route.name,
-                    dead_letter_retries: route.dead_letter_queue.as_ref().map(|d| d.retries()),
-                    manual_offset_management: route.manual_offset_management,
-                };
                 splitter.check(&facts, &path, v);
+            }
+            for policy in &route.job_policies {
+                policy.check(&facts, &path, v);
+            }
+            // A pause ticks for regular topics, not for long-running ones, unless said.
+            let mut route = route;
+            if let Some(periodic) = &mut route.periodic {
+                periodic.during_pause = Some(periodic.during_pause.unwrap_or(!route.long_running));
             }
             for (setting, message) in &draft.misplaced {
                 v.push(format!("{path}.{setting}"), message.clone());

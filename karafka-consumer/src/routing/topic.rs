@@ -9,6 +9,7 @@ use bytes::Bytes;
 use karafka_core::KafkaSettings;
 
 use crate::consumer::{Consumer, Erased, ErasedConsumer, Factory, NoConsumer};
+use crate::jobs::JobPolicy;
 use crate::message::{Decoder, RecordRef};
 use crate::payload::{BoxError, Payload};
 use crate::routing::DecodeReporter;
@@ -265,6 +266,7 @@ pub struct TopicBuilder<C: Consumer = NoConsumer> {
     make: Option<Make<C>>,
     deserializer: Option<Deserializer<C::Payload>>,
     splitter: Option<Arc<dyn BatchSplitter>>,
+    job_policies: Vec<Arc<dyn JobPolicy>>,
     misplaced: Vec<(String, String)>,
 }
 
@@ -276,6 +278,7 @@ impl TopicBuilder<NoConsumer> {
             make: None,
             deserializer: None,
             splitter: None,
+            job_policies: Vec::new(),
             misplaced: Vec::new(),
         }
     }
@@ -294,6 +297,7 @@ impl<C: Consumer> TopicBuilder<C> {
             make: Some(Arc::new(make)),
             deserializer: None,
             splitter: self.splitter,
+            job_policies: self.job_policies,
             misplaced: self.misplaced,
         }
     }
@@ -313,6 +317,15 @@ impl<C: Consumer> TopicBuilder<C> {
     /// `.virtual_partitions(...)`.
     pub fn splitter(mut self, splitter: Arc<dyn BatchSplitter>) -> Self {
         self.splitter = Some(splitter);
+        self
+    }
+
+    /// Schedules the topic's jobs by `policy`: the extension point of long-running jobs (see
+    /// [`crate::jobs`]). A policy of the same [`name`](JobPolicy::name) set before is
+    /// replaced. Applications set it through `karafka-pro`'s `.long_running_job(true)`.
+    pub fn job_policy(mut self, policy: Arc<dyn JobPolicy>) -> Self {
+        self.job_policies.retain(|p| p.name() != policy.name());
+        self.job_policies.push(policy);
         self
     }
 
@@ -391,6 +404,7 @@ impl<C: Consumer> TopicBuilder<C> {
             settings: self.settings,
             spec,
             splitter: self.splitter,
+            job_policies: self.job_policies,
             misplaced: self.misplaced,
         }
     }
@@ -403,6 +417,7 @@ impl<C: Consumer> fmt::Debug for TopicBuilder<C> {
             .field("settings", &self.settings)
             .field("consumer", &self.make.is_some())
             .field("splitter", &self.splitter.as_ref().map(|s| s.name()))
+            .field("job_policies", &self.job_policies)
             .finish()
     }
 }
@@ -413,5 +428,6 @@ pub(crate) struct TopicDraft {
     pub(crate) settings: TopicSettings,
     pub(crate) spec: Option<Arc<dyn ConsumerSpec>>,
     pub(crate) splitter: Option<Arc<dyn BatchSplitter>>,
+    pub(crate) job_policies: Vec<Arc<dyn JobPolicy>>,
     pub(crate) misplaced: Vec<(String, String)>,
 }

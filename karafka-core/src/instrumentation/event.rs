@@ -143,8 +143,8 @@ pub enum Event {
         /// Milliseconds the batch waited between being polled and being processed.
         processing_lag_ms: i64,
     },
-    /// `consumer.revoked`, `consumer.shutdown`, `consumer.eofed`, `consumer.initialized`: a
-    /// lifecycle hook of a consumer ran.
+    /// `consumer.revoked`, `consumer.shutdown`, `consumer.eofed`, `consumer.initialized`,
+    /// `consumer.ticked`: a lifecycle hook of a consumer ran.
     ConsumerHook {
         /// Consumer group.
         consumer_group: Arc<str>,
@@ -349,10 +349,12 @@ pub enum JobKind {
     Eofed,
     /// `initialized`: the consumer instance was created.
     Initialized,
+    /// `tick`: a periodic job on an idle partition (`karafka-pro`'s periodic jobs).
+    Tick,
 }
 
 impl JobKind {
-    /// `consume`, `revoked`, `shutdown`, `eofed`, `initialized`.
+    /// `consume`, `revoked`, `shutdown`, `eofed`, `initialized`, `tick`.
     pub fn as_str(&self) -> &'static str {
         match self {
             JobKind::Consume => "consume",
@@ -360,6 +362,7 @@ impl JobKind {
             JobKind::Shutdown => "shutdown",
             JobKind::Eofed => "eofed",
             JobKind::Initialized => "initialized",
+            JobKind::Tick => "tick",
         }
     }
 }
@@ -479,6 +482,7 @@ impl Event {
                 JobKind::Shutdown => "consumer.shutdown",
                 JobKind::Eofed => "consumer.eofed",
                 JobKind::Initialized => "consumer.initialized",
+                JobKind::Tick => "consumer.ticked",
                 JobKind::Consume => "consumer.consumed",
             },
             Event::WorkerProcess { .. } => "worker.process",
@@ -813,6 +817,8 @@ pub enum ErrorKind {
     ConsumerEofed,
     /// `consumer.initialized.error`: the `initialized` hook failed.
     ConsumerInitialized,
+    /// `consumer.tick.error`: the `tick` hook (periodic jobs) failed.
+    ConsumerTick,
     /// `consumer.deserialization.error`: a payload, key or headers failed to deserialize.
     Deserialization,
     /// `consumer.dlq.dispatch.error`: a message could not be sent to its dead-letter queue.
@@ -852,6 +858,7 @@ impl ErrorKind {
             ErrorKind::ConsumerShutdown => "consumer.shutdown.error",
             ErrorKind::ConsumerEofed => "consumer.eofed.error",
             ErrorKind::ConsumerInitialized => "consumer.initialized.error",
+            ErrorKind::ConsumerTick => "consumer.tick.error",
             ErrorKind::Deserialization => "consumer.deserialization.error",
             ErrorKind::DlqDispatch => "consumer.dlq.dispatch.error",
             ErrorKind::ConnectionClientPoll => "connection.client.poll.error",
@@ -996,6 +1003,7 @@ mod tests {
             ErrorKind::ConsumerShutdown,
             ErrorKind::ConsumerEofed,
             ErrorKind::ConsumerInitialized,
+            ErrorKind::ConsumerTick,
             ErrorKind::Deserialization,
             ErrorKind::DlqDispatch,
             ErrorKind::ConnectionClientPoll,

@@ -1,3 +1,5 @@
 //! Processing features (mirrors `karafka-consumer`'s `processing`).
 
+pub mod long_running_jobs;
+pub mod periodic_jobs;
 pub mod virtual_partitions;

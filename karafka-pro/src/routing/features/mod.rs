@@ -1,4 +1,6 @@
 //! One module per feature: its builder method (an extension trait) and contract.
 
+pub mod long_running_job;
 pub mod multiplexing;
+pub mod periodic_job;
 pub mod virtual_partitions;
