@@ -84,7 +84,12 @@ impl<P> Context<P> {
             processing_lag_ms: 0,
         });
         Context {
-            messages: Messages::new(input.batch.clone(), decoder, metadata),
+            messages: Messages::new(
+                input.batch.clone(),
+                decoder,
+                metadata,
+                input.coordinator.kept_payload(),
+            ),
             input,
         }
     }
@@ -116,15 +121,17 @@ impl<P> Context<P> {
     /// In a virtual partition it marks `message` and the earlier messages of this virtual
     /// partition; what is stored is the offset after the longest run of marked messages from
     /// the batch's start, so it may store nothing yet (and still return true).
-    pub fn mark_as_consumed(&self, message: &Message<P>) -> bool {
-        self.mark_message(message)
+    ///
+    /// It takes a [`Message`], or a cleaning iteration's message (`karafka-pro`'s cleaner).
+    pub fn mark_as_consumed<M: AsRef<Message<P>> + ?Sized>(&self, message: &M) -> bool {
+        self.mark_message(message.as_ref())
     }
 
     /// [`mark_as_consumed`](Self::mark_as_consumed), then commits now and waits for the broker
     /// (Karafka's `mark_as_consumed!`). Returns false if revoked or the commit failed. In a
     /// virtual partition it commits what is stored (see `mark_as_consumed`).
-    pub fn mark_as_consumed_sync(&self, message: &Message<P>) -> bool {
-        if !self.mark_message(message) {
+    pub fn mark_as_consumed_sync<M: AsRef<Message<P>> + ?Sized>(&self, message: &M) -> bool {
+        if !self.mark_message(message.as_ref()) {
             return false;
         }
         match self.input.coordinator.stored() {

@@ -23,7 +23,7 @@
 //!     type Payload = Raw;
 //!     async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
 //!         for message in ctx.messages() {
-//!             if message.raw_payload().is_some_and(|p| p.is_empty()) {
+//!             if message.raw_payload()?.is_some_and(|p| p.is_empty()) {
 //!                 return Err("an empty order".into());
 //!             }
 //!             // Marking each message makes a failure point at the failing one: after the

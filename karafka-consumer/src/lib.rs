@@ -102,7 +102,10 @@ pub use consumer::{ConsumeResult, Consumer, NoConsumer};
 pub use context::{ClientOps, Context};
 pub use error::{Error, Result};
 pub use karafka_core::instrumentation::AppStatus;
-pub use message::{BatchMetadata, DeserializationError, Message, Messages};
+pub use message::{
+    BatchMetadata, Cleaning, CleaningMessage, DeserializationError, Message, Messages,
+    PayloadCleaned,
+};
 
 pub use server::{Exit, Selection};
 pub use settings::{

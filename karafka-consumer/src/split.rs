@@ -143,9 +143,11 @@ impl<'a> MessageView<'a> {
         self.record.key()
     }
 
-    /// The payload's bytes, if any (not decoded).
+    /// The payload's bytes, if any (not decoded). Reading it keeps the message's memory
+    /// for as long as its batch lives, even if the consumer cleans it (the cleaner API):
+    /// partition by key when you can.
     pub fn payload(&self) -> Option<&'a [u8]> {
-        self.record.payload()
+        self.record.payload_pinned()
     }
 
     /// Headers.

@@ -36,7 +36,7 @@ impl Consumer for Keep {
             });
             assert_eq!(a, b, "headers read from two threads agree");
             assert!(message.timestamp().millis().is_some(), "a create time");
-            let raw = message.raw_payload().cloned().expect("not a tombstone");
+            let raw = message.raw_payload()?.cloned().expect("not a tombstone");
             let decoded = message.payload()?.0.clone();
             self.kept.lock().unwrap().push((
                 message.offset(),

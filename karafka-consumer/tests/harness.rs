@@ -30,7 +30,7 @@ impl Consumer for Picky {
     type Payload = Raw;
     async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
         for message in ctx.messages() {
-            if message.raw_payload().is_some_and(|p| &p[..] == b"bad") {
+            if message.raw_payload()?.is_some_and(|p| &p[..] == b"bad") {
                 return Err(format!("bad message at {}", message.offset()).into());
             }
             self.seen
@@ -276,7 +276,7 @@ impl Consumer for Controls {
         );
         self.batches.lock().unwrap().push((first, last));
         for message in ctx.messages() {
-            match message.raw_payload().map(|p| &p[..]) {
+            match message.raw_payload()?.map(|p| &p[..]) {
                 Some(b"rewind") if !self.rewound => {
                     self.rewound = true;
                     ctx.seek(0);
@@ -338,7 +338,7 @@ impl Consumer for Auditor {
     type Payload = Raw;
     async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
         for message in ctx.messages() {
-            let payload = message.raw_payload().cloned().unwrap_or_default();
+            let payload = message.raw_payload()?.cloned().unwrap_or_default();
             ctx.producer()
                 .produce_sync(Message::new("audit", payload).key(ctx.partition().to_string()))?;
         }

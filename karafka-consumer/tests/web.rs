@@ -194,11 +194,12 @@ struct Hangs;
 impl Consumer for Hangs {
     type Payload = Raw;
     async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
-        if ctx
-            .messages()
-            .iter()
-            .any(|m| m.raw_payload().is_some_and(|p| &p[..] == b"stuck"))
-        {
+        if ctx.messages().iter().any(|m| {
+            m.raw_payload()
+                .ok()
+                .flatten()
+                .is_some_and(|p| &p[..] == b"stuck")
+        }) {
             tokio::time::sleep(Duration::from_secs(30)).await;
         }
         Ok(())

@@ -10,7 +10,8 @@
 //! | multiplexing: several connections for one subscription group, static or scaled from librdkafka statistics | available | [`MultiplexingSubscriptionGroup::multiplexing`] |
 //! | long-running jobs: jobs far longer than `max.poll.interval.ms`, without leaving the group or stalling rebalances | available | [`LongRunningJobTopic::long_running_job`] |
 //! | periodic jobs: a consumer's `tick` on partitions that have been idle for an interval | available | [`PeriodicJobTopic::periodic_job`] |
-//! | the cleaner, swarm | not implemented yet | — |
+//! | the cleaner API: free each message's payload as soon as it is processed | available | [`CleanerMessages::each_clean`], [`CleanerMessage::clean`] (no routing) |
+//! | swarm | not implemented yet | — |
 //!
 //! Each feature has the same anatomy: a config with documented defaults, a contract
 //! (violations listed at `build()`), a routing method from an extension trait on the topic
@@ -99,12 +100,18 @@
 //!
 //! `.periodic_job(PeriodicJob::new().interval(...))` on a topic, and a `tick` in its
 //! consumer; see [`processing::periodic_jobs`] for the semantics and an example.
+//!
+//! ## The cleaner
+//!
+//! `ctx.messages().each_clean()` (or `message.clean()`, `ctx.messages().clean()`); see
+//! [`processing::cleaner`] for what is freed, what stays, and dead letters.
 
 pub mod connection;
 pub mod processing;
 pub mod routing;
 
 pub use connection::multiplexing::Multiplexing;
+pub use processing::cleaner::{CleanerMessage, CleanerMessages};
 pub use processing::long_running_jobs::LongRunningJob;
 pub use processing::periodic_jobs::PeriodicJob;
 pub use processing::virtual_partitions::{Distribution, VirtualPartitions};

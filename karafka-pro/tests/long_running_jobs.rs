@@ -43,7 +43,14 @@ fn app(broker: &TestBroker, group: &str, scheduling: Scheduling, strategy: &str)
 }
 
 fn text(ctx_message: &karafka_consumer::Message<Raw>) -> String {
-    String::from_utf8_lossy(ctx_message.raw_payload().map_or(&[][..], |b| &b[..])).into_owned()
+    String::from_utf8_lossy(
+        ctx_message
+            .raw_payload()
+            .ok()
+            .flatten()
+            .map_or(&[][..], |b| &b[..]),
+    )
+    .into_owned()
 }
 
 // ---- a job of 3 × max.poll.interval.ms -------------------------------------------------------
@@ -523,4 +530,323 @@ fn shutdown_waits_for_a_long_job_and_names_it_partition_scheduling() {
 #[test]
 fn shutdown_waits_for_a_long_job_and_names_it_poll_scheduling() {
     shutdown_waits_and_names_a_running_long_job(Scheduling::Poll);
+}
+
+// ---- concurrency 1, queued jobs, the consumer's own seek and pause ------------------------
+
+/// A job: (partition, started, ended, revoked at start).
+type SerialJob = (i32, Instant, Option<Instant>, bool);
+
+#[derive(Default)]
+struct Serial {
+    jobs: Mutex<Vec<SerialJob>>,
+}
+
+struct Sleeper {
+    log: Arc<Serial>,
+    job: Duration,
+}
+
+impl Consumer for Sleeper {
+    type Payload = Raw;
+    async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
+        let started = Instant::now();
+        let index = {
+            let mut jobs = self.log.jobs.lock().unwrap();
+            jobs.push((ctx.partition(), started, None, ctx.is_revoked()));
+            jobs.len() - 1
+        };
+        tokio::time::sleep(self.job).await;
+        self.log.jobs.lock().unwrap()[index].2 = Some(Instant::now());
+        Ok(())
+    }
+}
+
+fn sleeper_app(
+    broker: &TestBroker,
+    group: &str,
+    topic: &str,
+    scheduling: Scheduling,
+    log: &Arc<Serial>,
+    job: Duration,
+) -> App {
+    let log = log.clone();
+    app(broker, group, scheduling, "range")
+        .concurrency(1)
+        .consumer_group(group, |cg| {
+            cg.topic(topic, move |t| {
+                let log = log.clone();
+                t.consumer(move || Sleeper {
+                    log: log.clone(),
+                    job,
+                })
+                .max_wait_time(Duration::from_millis(500))
+                .long_running_job(true)
+            })
+        })
+        .build()
+        .unwrap()
+}
+
+/// Two long-running partitions and one worker: each job 1.5 × `max.poll.interval.ms`, run
+/// one after the other (3 × in all), and nobody is kicked out.
+fn concurrency_one(scheduling: Scheduling) {
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
+    let topic = unique_topic("lrj-serial");
+    let group = unique_group("lrj-serial");
+    broker.create_topic(&topic, 2).unwrap();
+    let producer = Producer::builder()
+        .kafka_settings(&broker.producer_settings())
+        .build()
+        .unwrap();
+    for p in 0..2 {
+        producer
+            .produce_sync(Message::new(topic.as_str(), "x").partition(p))
+            .unwrap();
+    }
+    let log = Arc::new(Serial::default());
+    let job = Duration::from_millis(MAX_POLL_MS * 3 / 2);
+    let app = sleeper_app(&broker, &group, &topic, scheduling, &log, job);
+    let revoked = Arc::new(Mutex::new(Vec::new()));
+    let r = revoked.clone();
+    app.monitor().subscribe_fn(move |e| {
+        if let Event::Rebalance {
+            change: change @ (AssignmentChange::Revoked | AssignmentChange::Lost),
+            ..
+        } = e
+        {
+            r.lock().unwrap().push(*change);
+        }
+    });
+    let running = app.start().unwrap();
+    let committed = broker.committed_offsets(&group).unwrap();
+    let done = wait_until(Duration::from_secs(90), || {
+        committed.of(&topic, 2) == BTreeMap::from([(0, 1), (1, 1)])
+    });
+    let revocations = revoked.lock().unwrap().clone();
+    running.stop_blocking().unwrap();
+    let jobs = log.jobs.lock().unwrap().clone();
+    let overlapped = jobs.len() == 2
+        && match (jobs[0].2, jobs[1].2) {
+            (Some(end0), Some(_)) => jobs[1].1 < end0,
+            _ => true,
+        };
+    println!(
+        "long-running jobs, {scheduling:?} scheduling, concurrency 1: two {job:?} jobs \
+         (max.poll.interval.ms {MAX_POLL_MS}) ran one after the other: {}; revocations: \
+         {revocations:?}",
+        !overlapped
+    );
+    assert!(
+        done.is_ok(),
+        "not both partitions committed: {:?}",
+        committed.of(&topic, 2)
+    );
+    assert!(revocations.is_empty(), "kicked out: {revocations:?}");
+    assert_eq!(jobs.len(), 2, "{jobs:?}");
+    assert!(!overlapped, "two jobs ran at once with concurrency 1");
+}
+
+#[test]
+fn concurrency_one_runs_long_jobs_in_turn_without_leaving_the_group_poll_scheduling() {
+    concurrency_one(Scheduling::Poll);
+}
+
+#[test]
+fn concurrency_one_runs_long_jobs_in_turn_without_leaving_the_group_partition_scheduling() {
+    concurrency_one(Scheduling::Partition);
+}
+
+/// Poll scheduling, one worker: the second partition's job waits for the worker; a member
+/// joins (eager: every partition is revoked) before it got one: it never runs on the
+/// revoked partition.
+#[test]
+fn a_long_job_still_waiting_for_a_worker_when_revoked_never_runs() {
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
+    let topic = unique_topic("lrj-queued");
+    let group = unique_group("lrj-queued");
+    broker.create_topic(&topic, 2).unwrap();
+    let producer = Producer::builder()
+        .kafka_settings(&broker.producer_settings())
+        .build()
+        .unwrap();
+    for p in 0..2 {
+        producer
+            .produce_sync(Message::new(topic.as_str(), "x").partition(p))
+            .unwrap();
+    }
+    let log = Arc::new(Serial::default());
+    let first = sleeper_app(
+        &broker,
+        &group,
+        &topic,
+        Scheduling::Poll,
+        &log,
+        Duration::from_secs(15),
+    )
+    .start()
+    .unwrap();
+    wait_until(Duration::from_secs(60), || {
+        !log.jobs.lock().unwrap().is_empty()
+    })
+    .expect("a first job started");
+    // Let the second partition's batch be polled and its job queued for the worker.
+    std::thread::sleep(Duration::from_secs(2));
+    let other = Arc::new(Serial::default());
+    let second = sleeper_app(
+        &broker,
+        &group,
+        &topic,
+        Scheduling::Poll,
+        &other,
+        Duration::from_millis(10),
+    )
+    .start()
+    .unwrap();
+    let moved = wait_until(Duration::from_secs(60), || {
+        !other.jobs.lock().unwrap().is_empty()
+    });
+    // Past the first job's end, so a queued job would have had its worker.
+    std::thread::sleep(Duration::from_secs(16));
+    second.stop_blocking().unwrap();
+    first.stop_blocking().unwrap();
+    let jobs = log.jobs.lock().unwrap().clone();
+    let summary: Vec<(i32, bool)> = jobs.iter().map(|j| (j.0, j.3)).collect();
+    println!(
+        "long-running jobs, concurrency 1: first member's jobs (partition, revoked at start) \
+         {summary:?}; the second member processed {:?}",
+        other
+            .jobs
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|j| j.0)
+            .collect::<Vec<_>>()
+    );
+    assert!(moved.is_ok(), "the second member processed nothing");
+    assert!(
+        jobs.iter().all(|j| !j.3),
+        "a job started on a revoked partition: {summary:?}"
+    );
+}
+
+#[derive(Default)]
+struct Steering {
+    seen: Mutex<Vec<(i64, Instant)>>,
+    sought: AtomicBool,
+    paused: AtomicBool,
+    pause_ended_job: Mutex<Option<Instant>>,
+}
+
+struct Steer {
+    log: Arc<Steering>,
+}
+
+impl Consumer for Steer {
+    type Payload = Raw;
+    async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
+        for m in ctx.messages() {
+            self.log
+                .seen
+                .lock()
+                .unwrap()
+                .push((m.offset(), Instant::now()));
+        }
+        let last = ctx.messages().last().map_or(0, |m| m.offset());
+        if !self.log.sought.swap(true, Ordering::AcqRel) {
+            // Processed again from the start: the consumer's seek beats the resume after
+            // the batch.
+            ctx.seek(0);
+        } else if last >= 2 && !self.log.paused.swap(true, Ordering::AcqRel) {
+            // Held for 2 s: the consumer's pause beats the resume.
+            ctx.pause(last + 1, Duration::from_secs(2));
+            *self.log.pause_ended_job.lock().unwrap() = Some(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+/// Inside a long-running job the consumer's own seek and pause win over the automatic
+/// resume after the batch.
+fn the_consumers_seek_and_pause_win(scheduling: Scheduling) {
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
+    let topic = unique_topic("lrj-steer");
+    let group = unique_group("lrj-steer");
+    broker.create_topic(&topic, 1).unwrap();
+    let producer = Producer::builder()
+        .kafka_settings(&broker.producer_settings())
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        producer
+            .produce_sync(Message::new(topic.as_str(), "x"))
+            .unwrap();
+    }
+    let log = Arc::new(Steering::default());
+    let l = log.clone();
+    let app = app(&broker, &group, scheduling, "range")
+        .consumer_group(&group, |cg| {
+            cg.topic(&topic, move |t| {
+                let l = l.clone();
+                t.consumer(move || Steer { log: l.clone() })
+                    .max_wait_time(Duration::from_millis(200))
+                    .long_running_job(true)
+            })
+        })
+        .build()
+        .unwrap();
+    let running = app.start().unwrap();
+    wait_until(Duration::from_secs(60), || {
+        log.pause_ended_job.lock().unwrap().is_some()
+    })
+    .expect("the replayed batch paused the partition");
+    producer
+        .produce_sync(Message::new(topic.as_str(), "after the pause"))
+        .unwrap();
+    let resumed = wait_until(Duration::from_secs(30), || {
+        log.seen.lock().unwrap().iter().any(|(o, _)| *o == 3)
+    });
+    running.stop_blocking().unwrap();
+    let seen = log.seen.lock().unwrap().clone();
+    let offsets: Vec<i64> = seen.iter().map(|(o, _)| *o).collect();
+    let paused_at = log.pause_ended_job.lock().unwrap().unwrap();
+    let waited = seen
+        .iter()
+        .find(|(o, _)| *o == 3)
+        .map(|(_, at)| at.saturating_duration_since(paused_at));
+    println!(
+        "long-running jobs, {scheduling:?} scheduling: offsets processed {offsets:?}; the \
+         message after the consumer's 2 s pause came {waited:?} after it"
+    );
+    assert!(
+        resumed.is_ok(),
+        "never resumed after the pause: {offsets:?}"
+    );
+    // 0..=2, then 0..=2 again (the seek), then 3.
+    assert_eq!(
+        offsets.iter().filter(|o| **o == 0).count(),
+        2,
+        "{offsets:?}"
+    );
+    assert_eq!(offsets.last(), Some(&3));
+    assert!(
+        waited.is_some_and(|w| w >= Duration::from_millis(1_900)),
+        "resumed before the consumer's pause ended: {waited:?}"
+    );
+}
+
+#[test]
+fn the_consumers_seek_and_pause_win_poll_scheduling() {
+    the_consumers_seek_and_pause_win(Scheduling::Poll);
+}
+
+#[test]
+fn the_consumers_seek_and_pause_win_partition_scheduling() {
+    the_consumers_seek_and_pause_win(Scheduling::Partition);
 }

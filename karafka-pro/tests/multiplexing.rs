@@ -96,7 +96,8 @@ impl Consumer for Timed {
     async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
         for m in ctx.messages() {
             let text =
-                String::from_utf8_lossy(m.raw_payload().map_or(&[][..], |b| &b[..])).into_owned();
+                String::from_utf8_lossy(m.raw_payload().ok().flatten().map_or(&[][..], |b| &b[..]))
+                    .into_owned();
             if text == "block" {
                 self.log.blocking.store(true, Ordering::Release);
                 tokio::time::sleep(Duration::from_secs(5)).await;

@@ -34,7 +34,7 @@ impl Consumer for Buffering {
 
     async fn tick(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
         self.events.lock().unwrap().push("tick");
-        if ctx.messages().len() != 0 {
+        if !ctx.messages().is_empty() {
             return Err("a tick's batch is empty".into());
         }
         self.flushed

@@ -34,7 +34,7 @@ impl Consumer for Payments {
                 ctx.producer().produce_sync(
                     Message::new(
                         "refunds",
-                        message.raw_payload().cloned().unwrap_or_default(),
+                        message.raw_payload()?.cloned().unwrap_or_default(),
                     )
                     .key(payment.order.to_string()),
                 )?;

@@ -397,7 +397,15 @@ impl Listener {
         let name = self.name.clone();
         self.runtime.spawn(async move {
             let permit = semaphore.acquire_owned().await.ok();
-            let done = executor::run(job, monitor, control, name).await;
+            // Revoked while it waited for a worker: it never runs (its `revoked` hook does,
+            // when its end is settled).
+            let done = if matches!(job.kind, JobKind::Consume | JobKind::Eofed | JobKind::Tick)
+                && job.input.coordinator.is_revoked()
+            {
+                executor::not_run(job)
+            } else {
+                executor::run(job, monitor, control, name).await
+            };
             drop(permit);
             report.done(done);
         });
@@ -472,7 +480,9 @@ impl Listener {
         let mut resume = None;
         let mut settled_paused = false;
         if done.coordinator.is_revoked() {
-            // Revoked while it ran: its `revoked` hook now, on its instance (detached too).
+            // Revoked while it ran: no `eofed` follows; its `revoked` hook now, on its
+            // instance (detached too).
+            self.detached.eof_after.remove(&tp);
             if let Some(hook) = self.pipeline.revoked_after(done) {
                 self.detach(hook);
             }
@@ -504,7 +514,9 @@ impl Listener {
 
     /// Seeks `tp` to `offset` and resumes it, if it is still assigned.
     fn resume_at(&self, tp: &TopicPartition, offset: i64) {
-        let assigned = self.consumer.assignment().is_ok_and(|list| {
+        // An unreadable assignment counts as assigned: a partition left paused would never
+        // be fetched again.
+        let assigned = self.consumer.assignment().map_or(true, |list| {
             list.elements()
                 .iter()
                 .any(|e| e.partition() == tp.partition && e.topic() == &*tp.topic)
@@ -619,7 +631,12 @@ impl Listener {
         self.idle_since
             .iter()
             .filter(|(tp, _)| !self.detached.busy(tp))
-            .filter_map(|(tp, since)| Some(*since + self.topic_periodic(tp)?.interval))
+            .filter_map(|(tp, since)| {
+                let periodic = self.topic_periodic(tp)?;
+                // Paused without ticking: the pause's end wakes the loop.
+                self.may_tick(tp, &periodic)
+                    .then_some(*since + periodic.interval)
+            })
             .min()
     }
 

@@ -408,6 +408,7 @@ impl Flow {
             Wake::Done(done) => self.finished(*done),
             Wake::Lost(tp) => {
                 self.ended(&tp);
+                self.pipeline.forget_parked(&tp);
                 self.shared.error(
                     ErrorKind::WorkerProcess,
                     std::io::Error::other(
@@ -481,8 +482,11 @@ impl Flow {
             .iter()
             .position(|j| !self.running.contains_key(&j.input.tp))
         {
-            if self.hooks[i].kind == JobKind::Tick && self.hooks[i].input.coordinator.is_revoked() {
-                // Revoked before it ran: no tick; its instance gets its `revoked` hook.
+            if matches!(self.hooks[i].kind, JobKind::Tick | JobKind::Eofed)
+                && self.hooks[i].input.coordinator.is_revoked()
+            {
+                // Revoked before it ran: no tick or eofed; its instance gets its `revoked`
+                // hook.
                 if let Some(job) = self.hooks.remove(i) {
                     if let Some(hook) = self.pipeline.revoked_unstarted(job) {
                         self.hooks.push_back(hook);
@@ -577,7 +581,10 @@ impl Flow {
             .iter()
             .filter_map(|(tp, since)| {
                 let periodic = self.periodic(tp)?;
-                (!self.busy(tp)).then_some(*since + periodic.interval)
+                // Busy or paused without ticking: its job's end or its pause's end wakes
+                // the loop.
+                self.may_tick(tp, &periodic)
+                    .then_some(*since + periodic.interval)
             })
             .min()
     }

@@ -51,6 +51,9 @@ struct State {
     pause: Option<Pause>,
     intents: Intents,
     collapse: Option<Collapse>,
+    /// A dead letter refused because its payload was cleaned waits for this offset: its
+    /// payload is not cleaned when fetched again.
+    keep_payload: Option<i64>,
 }
 
 #[derive(Debug)]
@@ -71,6 +74,7 @@ impl Coordinator {
                 pause: None,
                 intents: Intents::default(),
                 collapse: None,
+                keep_payload: None,
             }),
         }
     }
@@ -159,6 +163,16 @@ impl Coordinator {
 
     pub(crate) fn is_paused(&self) -> bool {
         self.state().pause.is_some()
+    }
+
+    /// Keeps the payload at `offset` from being cleaned (`None`: no longer).
+    pub(crate) fn keep_payload(&self, offset: Option<i64>) {
+        self.state().keep_payload = offset;
+    }
+
+    /// The offset whose payload is kept, if any.
+    pub(crate) fn kept_payload(&self) -> Option<i64> {
+        self.state().keep_payload
     }
 
     /// The collapse in force, if any.

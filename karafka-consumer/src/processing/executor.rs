@@ -113,6 +113,30 @@ pub(crate) fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         .unwrap_or_else(|| "a panic without a message".to_owned())
 }
 
+/// A job that never ran (its partition was revoked while it waited for a worker): its
+/// instance and batch come back as from a job that did nothing.
+pub(crate) fn not_run(job: Job) -> Done {
+    let Job {
+        kind,
+        topic,
+        consumer,
+        input,
+    } = job;
+    Done {
+        kind,
+        stored_before: input.coordinator.stored(),
+        tp: input.tp,
+        topic,
+        consumer,
+        batch: input.batch,
+        coordinator: input.coordinator,
+        outcome: Ok(()),
+        took: Duration::ZERO,
+        group: input.group,
+        instance: input.instance,
+    }
+}
+
 /// Runs `job` on the current task. Never panics: user panics become [`Failure::Panic`].
 pub(crate) async fn run(
     job: Job,

@@ -138,6 +138,16 @@ impl Outcomes<'_> {
         }
     }
 
+    /// Carries out what a hook (`eofed`, `tick`) asked for.
+    pub(crate) fn apply_hook_intents(
+        &self,
+        tp: &TopicPartition,
+        coordinator: &Arc<Coordinator>,
+        intents: Intents,
+    ) {
+        self.apply(tp, coordinator, intents, -1);
+    }
+
     /// Carries out what the consumer asked for during a successful job.
     fn apply(
         &self,
@@ -176,6 +186,39 @@ impl Outcomes<'_> {
         attempts: u32,
     ) -> Settled {
         let shared = self.shared;
+        let payload = match raw.payload_bytes() {
+            Ok(payload) => payload,
+            Err(cleaned) => {
+                // Its payload is gone: never send an empty or stale one. The batch is
+                // fetched again from the broker after a back-off; the next failure sends the
+                // message fetched anew (unless it is cleaned again before).
+                shared.error(
+                    ErrorKind::DlqDispatch,
+                    std::io::Error::other(format!(
+                        "cannot dead-letter it to {}: {cleaned}. The partition is fetched again \
+                         from this offset after a back-off, with this message's payload kept \
+                         (cleaning leaves it alone), and the next failure sends it; with the \
+                         cleaner, mark each message as it is processed (ctx.mark_as_consumed), \
+                         so the message dead-lettered is the one that failed",
+                        dlq.topic()
+                    )),
+                    Some(tp),
+                );
+                // Fetched again, this message's payload is not cleaned, so the next failure
+                // can send it.
+                coordinator.keep_payload(Some(raw.offset()));
+                coordinator.set_attempt(attempts);
+                let settings = &shared.settings;
+                let wait = backoff(
+                    attempts,
+                    settings.pause_timeout,
+                    settings.pause_max_timeout,
+                    settings.pause_exponential,
+                );
+                self.pause(tp, coordinator, raw.offset(), wait, PauseReason::Retry);
+                return Settled::Paused;
+            }
+        };
         let mut headers: Headers = raw.headers().clone();
         headers
             .append("source_topic", raw.topic().to_string())
@@ -186,18 +229,19 @@ impl Outcomes<'_> {
                 shared.route.consumer_group.to_string(),
             );
         let mut message = Outgoing {
-            payload: raw.payload_bytes(),
+            payload,
             key: raw.key_bytes(),
             headers,
             ..Outgoing::new(dlq.topic(), Bytes::new())
         };
-        if raw.payload().is_none() && raw.key().is_none() {
+        if raw.is_tombstone() && raw.key().is_none() {
             // A null key and payload cannot be a tombstone; keep it as an empty payload.
             message.payload = Some(Bytes::new());
         }
         match shared.producer.produce_sync(message) {
             Ok(_) => {
                 let next = raw.offset() + 1;
+                coordinator.keep_payload(None);
                 coordinator.set_attempt(1);
                 if coordinator.mark(next) {
                     self.ops.store_offset(tp, next);

@@ -424,7 +424,7 @@ impl Pipeline {
             self.forget_group(&input.tp, group);
         }
         let parked = self.parked.remove(&(input.tp.clone(), input.instance));
-        if !matches!(kind, JobKind::Consume | JobKind::Tick)
+        if !matches!(kind, JobKind::Consume | JobKind::Tick | JobKind::Eofed)
             || self.shared.closing.load(Ordering::Acquire)
         {
             return None;
@@ -438,6 +438,11 @@ impl Pipeline {
             consumer,
             input: self.input(input.tp, batch, coordinator, None),
         })
+    }
+
+    /// Drops the last batches parked for `tp`'s hooks (a hook's end will not come back).
+    pub(crate) fn forget_parked(&mut self, tp: &TopicPartition) {
+        self.parked.retain(|(t, _), _| t != tp);
     }
 
     /// One group of a split batch of `tp` will not be settled (its partition was revoked):
@@ -510,7 +515,12 @@ impl Pipeline {
             }
             JobKind::Eofed | JobKind::Tick => {
                 let last = self.parked.remove(&(tp.clone(), instance)).unwrap_or(batch);
+                // What the hook asked for (a seek, a pause) applies now, not to the next
+                // batch.
+                let intents = coordinator.take_intents();
                 if !coordinator.is_revoked() {
+                    self.outcomes(partitions)
+                        .apply_hook_intents(&tp, &coordinator, intents);
                     self.instances.insert((tp, instance), (consumer, last));
                 }
                 None

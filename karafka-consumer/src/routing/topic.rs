@@ -238,7 +238,7 @@ impl<C: Consumer> ConsumerSpec for Typed<C> {
         let make = self.make.clone();
         let deserializer = self.deserializer.clone();
         let decoder: Decoder<C::Payload> = Arc::new(move |raw: &RecordRef<'_>| {
-            let payload = raw.payload_bytes();
+            let payload = raw.payload_bytes()?;
             let decoded = match &deserializer {
                 Some(d) => d(payload.as_ref()),
                 None => C::Payload::deserialize(payload.as_ref()),
