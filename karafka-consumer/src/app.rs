@@ -22,7 +22,7 @@ use crate::settings::{
     DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_PREFETCH_BUDGET,
     DEFAULT_REVOCATION_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, ProcessingSettings, Scheduling,
 };
-use crate::status::{Control, Health};
+use crate::status::{Control, Health, Liveness};
 
 /// Configures an [`App`]: librdkafka settings, processing settings and routes.
 ///
@@ -62,6 +62,7 @@ pub struct AppBuilder {
     monitor: Option<Monitor>,
     producer: Option<Producer>,
     oauth: Option<Arc<dyn OAuthTokenProvider>>,
+    supervision: Option<Arc<dyn Supervision>>,
     #[cfg(feature = "web")]
     web: Option<crate::web::Web>,
 }
@@ -84,6 +85,7 @@ impl Default for AppBuilder {
             monitor: None,
             producer: None,
             oauth: None,
+            supervision: None,
             #[cfg(feature = "web")]
             web: None,
         }
@@ -256,6 +258,14 @@ impl AppBuilder {
         self
     }
 
+    /// How `my-app swarm` runs the app: the extension point of karafka-pro's swarm mode
+    /// (`.swarm(Swarm::new())`; see [`crate::swarm`]). Its [`check`](Supervision::check)
+    /// runs at `build()`.
+    pub fn supervision(mut self, supervision: Arc<dyn Supervision>) -> Self {
+        self.supervision = Some(supervision);
+        self
+    }
+
     /// Serves `/healthz` and `/metrics` while the app runs (feature `web`; see
     /// [`web`](crate::web)). Also turns librdkafka statistics on
     /// (`statistics.interval.ms=5000`) unless set, for the lag gauge.
@@ -380,7 +390,7 @@ impl AppBuilder {
         let Some(producer) = producer else {
             return Err(ConfigError::single("app.producer", "could not be built"));
         };
-        Ok(App {
+        let app = App {
             inner: Arc::new(AppInner {
                 name: self.name,
                 kafka: self.kafka,
@@ -398,10 +408,17 @@ impl AppBuilder {
                     prefetch_budget: self.prefetch_budget,
                 },
                 running: AtomicBool::new(false),
+                supervision: self.supervision,
                 #[cfg(feature = "web")]
                 web,
             }),
-        })
+        };
+        if let Some(supervision) = &app.inner.supervision {
+            let mut v = Violations::new();
+            v.extend(supervision.check(&app));
+            v.into_result()?;
+        }
+        Ok(app)
     }
 }
 
@@ -450,6 +467,7 @@ pub(crate) struct AppInner {
     pub(crate) producer: Producer,
     pub(crate) settings: ProcessingSettings,
     running: AtomicBool,
+    pub(crate) supervision: Option<Arc<dyn Supervision>>,
     #[cfg(feature = "web")]
     pub(crate) web: Option<(crate::web::Web, Arc<crate::web::Metrics>)>,
 }
@@ -473,10 +491,94 @@ impl App {
                 producer: inner.producer.clone(),
                 settings: inner.settings.clone(),
                 running: AtomicBool::new(false),
+                supervision: inner.supervision.clone(),
                 #[cfg(feature = "web")]
                 web: inner.web.clone(),
             }),
         }
+    }
+
+    /// How `my-app swarm` runs the app, when it was built with one
+    /// ([`AppBuilder::supervision`]).
+    pub fn supervision(&self) -> Option<&Arc<dyn Supervision>> {
+        self.inner.supervision.as_ref()
+    }
+
+    /// The app as swarm node `node` runs it (see [`crate::swarm`]): only the topics whose
+    /// [`swarm_nodes`](crate::routing::TopicRoute::swarm_nodes) include the node; `-{node}`
+    /// appended to a configured `group.instance.id`, so the nodes' static memberships are
+    /// distinct; with `web`, the port (unless 0) moved up by `node`, so each node serves its
+    /// own `/metrics`. Fails when no topic is left for the node.
+    pub fn for_node(&self, node: usize) -> Result<App> {
+        let mut groups = Vec::new();
+        for group in &self.inner.routes.consumer_groups {
+            let mut subscription_groups = Vec::new();
+            for sg in &group.subscription_groups {
+                let topics: Vec<_> = sg
+                    .topics
+                    .iter()
+                    .filter(|t| t.swarm_nodes.includes(node))
+                    .cloned()
+                    .collect();
+                if topics.is_empty() {
+                    continue;
+                }
+                let mut kafka = sg.kafka.clone();
+                if let Some(id) = kafka.get("group.instance.id").map(str::to_owned) {
+                    kafka.set("group.instance.id", format!("{id}-{node}"));
+                }
+                subscription_groups.push(Arc::new(routing::SubscriptionGroupRoute {
+                    name: sg.name.clone(),
+                    consumer_group: sg.consumer_group.clone(),
+                    topics,
+                    kafka,
+                    max_messages: sg.max_messages,
+                    max_wait_time: sg.max_wait_time,
+                    scheduling: sg.scheduling,
+                    plan: sg.plan.clone(),
+                }));
+            }
+            if !subscription_groups.is_empty() {
+                groups.push(routing::ConsumerGroupRoute {
+                    name: group.name.clone(),
+                    topics: group.topics.clone(),
+                    subscription_groups,
+                });
+            }
+        }
+        if groups.is_empty() {
+            return Err(Error::Config(ConfigError::single(
+                "swarm.nodes",
+                format!(
+                    "node {node} has no topic to consume: every topic is limited to other nodes \
+                     (`.swarm(...)` on the topics)"
+                ),
+            )));
+        }
+        let app = self.with_routes(routing::Routes {
+            consumer_groups: groups,
+            declared: self.inner.routes.declared.clone(),
+        });
+        #[cfg(feature = "web")]
+        let app = {
+            let mut app = app;
+            if let Some(inner) = Arc::get_mut(&mut app.inner) {
+                if let Some((web, _)) = inner.web.as_mut() {
+                    let port = web.addr.port();
+                    if port != 0 {
+                        let shifted = u16::try_from(usize::from(port) + node).map_err(|_| {
+                            Error::Config(ConfigError::single(
+                                "app.web",
+                                format!("port {port} + node {node} is past 65535"),
+                            ))
+                        })?;
+                        web.addr.set_port(shifted);
+                    }
+                }
+            }
+            app
+        };
+        Ok(app)
     }
 
     /// A builder with every default.
@@ -487,6 +589,11 @@ impl App {
     /// The app's name.
     pub fn name(&self) -> &str {
         &self.inner.name
+    }
+
+    /// How long stopping may take before it gives up (`AppBuilder::shutdown_timeout`).
+    pub fn shutdown_timeout(&self) -> Duration {
+        self.inner.settings.shutdown_timeout
     }
 
     /// The validated routes.
@@ -622,6 +729,46 @@ impl fmt::Debug for App {
     }
 }
 
+/// How `my-app swarm` runs: as a supervisor of node processes, or, in a process started as
+/// one of them, as that node. Implemented by karafka-pro's `Swarm`.
+pub trait Supervision: fmt::Debug + Send + Sync + 'static {
+    /// How many nodes the supervisor keeps running.
+    fn nodes(&self) -> usize;
+
+    /// The app's settings this supervision cannot work with, checked at `build()` with the
+    /// app's own violations (e.g. a `max_wait_time` too long for the nodes' reports).
+    fn check(&self, app: &App) -> Vec<Violation>;
+
+    /// Lines `info` prints about it.
+    fn describe(&self) -> Vec<String>;
+
+    /// Runs `app` (already restricted to the routes `swarm` selected) until it is stopped,
+    /// as the supervisor or, when this process was started as a node, as that node; returns
+    /// the process's exit code.
+    fn run(&self, app: &App) -> Result<u8>;
+}
+
+/// Reads a running app's [`Liveness`] from any thread ([`Running::probe`]).
+#[derive(Clone)]
+pub struct LivenessProbe {
+    control: Arc<Control>,
+    groups: ActiveGroups,
+}
+
+impl LivenessProbe {
+    /// As [`Running::liveness`].
+    pub fn liveness(&self) -> Liveness {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        group::liveness(&self.control, &groups)
+    }
+}
+
+impl fmt::Debug for LivenessProbe {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LivenessProbe").finish_non_exhaustive()
+    }
+}
+
 /// A started app. [`stop`](Running::stop) it to finish in-flight jobs, commit and leave the
 /// groups; dropping it stops it too.
 pub struct Running {
@@ -710,6 +857,22 @@ impl Running {
     pub fn health(&self, job_timeout: Duration) -> Health {
         let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
         group::health(&self.control, &groups, job_timeout)
+    }
+
+    /// Whether each listener loops, and how long each job in flight has run: the facts
+    /// [`health`](Self::health) judges, for a supervisor or probe that judges them its own
+    /// way (karafka-pro's swarm nodes report from them).
+    pub fn liveness(&self) -> Liveness {
+        self.probe().liveness()
+    }
+
+    /// A handle that reads [`liveness`](Self::liveness) from any thread, for as long as it
+    /// is kept (after the app stopped it reports no listener).
+    pub fn probe(&self) -> LivenessProbe {
+        LivenessProbe {
+            control: self.control.clone(),
+            groups: self.groups.clone(),
+        }
     }
 
     /// The address the health and metrics server listens on (feature `web`, when configured

@@ -14,15 +14,20 @@
 //!
 //! ```text
 //! my-app server [--consumer-groups a,b] [--subscription-groups s] [--topics t1,t2]
+//! my-app swarm [--consumer-groups a,b] [--subscription-groups s] [--topics t1,t2]
 //! my-app info
 //! my-app topics plan|migrate|create
 //! my-app topics delete --yes
 //! my-app topics reset --yes
 //! ```
 //!
+//! `swarm` runs a supervisor and node processes (karafka-pro's swarm mode: the app needs
+//! `.swarm(...)`, see [`crate::swarm`]).
+//!
 //! Exit codes: 0 done; 1 an error (printed to stderr); 2 the shutdown did not finish in
-//! `shutdown_timeout` or was forced by a second signal (the report of what blocked is printed);
-//! 64 bad arguments (unknown options, a selection that matches no route, a destructive
+//! `shutdown_timeout` or was forced by a second signal (the report of what blocked is printed;
+//! for `swarm`: some node did not stop in time and was killed); 3 a swarm node whose
+//! supervisor died (it stopped gracefully first); 64 bad arguments (unknown options, a selection that matches no route, a destructive
 //! `topics` action without `--yes`). To put these commands under your own clap CLI, embed [`Command`] as a
 //! subcommand and call [`execute`].
 
@@ -52,6 +57,10 @@ pub struct Cli {
 pub enum Command {
     /// Runs the consumers until SIGINT/SIGTERM/SIGQUIT (SIGTSTP quiets them first).
     Server(ServerArgs),
+    /// Runs the consumers in several node processes under a supervisor that restarts a node
+    /// that dies, hangs or grows past its memory limit (karafka-pro's swarm mode). Takes the
+    /// same route selection as `server`.
+    Swarm(ServerArgs),
     /// Prints versions, settings, consumer groups, subscription groups (with their effective
     /// librdkafka settings, secrets redacted) and routed topics.
     Info,
@@ -158,6 +167,10 @@ where
 pub fn execute(app: &App, command: &Command, out: &mut dyn Write) -> ExitCode {
     let outcome = match command {
         Command::Server(args) => server(app, args),
+        Command::Swarm(args) => match swarm(app, args) {
+            Ok(code) => return ExitCode::from(code),
+            Err(e) => Err(e),
+        },
         Command::Info => out
             .write_all(info(app).as_bytes())
             .map_err(|e| Failure::App(io_error("write `info`", e))),
@@ -211,6 +224,34 @@ fn server(app: &App, args: &ServerArgs) -> Result<(), Failure> {
     Ok(app.run().map(|_| ())?)
 }
 
+fn swarm(app: &App, args: &ServerArgs) -> Result<u8, Failure> {
+    let Some(supervision) = app.supervision().cloned() else {
+        return Err(Failure::Usage(
+            "swarm mode needs a supervision: build the app with karafka-pro's \
+             `.swarm(Swarm::new())` (`use karafka::pro::{Swarm, SwarmApp}`, feature `pro`), or \
+             run `server`"
+                .into(),
+        ));
+    };
+    let selection = Selection {
+        consumer_groups: args.consumer_groups.clone(),
+        subscription_groups: args.subscription_groups.clone(),
+        topics: args.topics.clone(),
+    };
+    let app = app
+        .select(&selection)
+        .map_err(|e| Failure::Usage(e.to_string()))?;
+    // The selection may leave a node nothing to consume: refuse it before starting any.
+    let violations = supervision.check(&app);
+    if !violations.is_empty() {
+        let error = karafka_core::ConfigError::new(violations);
+        return Err(Failure::Usage(format!(
+            "this selection does not fit the swarm: {error}"
+        )));
+    }
+    Ok(supervision.run(&app)?)
+}
+
 /// What `info` prints: versions, the app's settings, every consumer group with its
 /// subscription groups (effective librdkafka settings, secrets redacted) and topics.
 pub fn info(app: &App) -> String {
@@ -225,6 +266,11 @@ pub fn info(app: &App) -> String {
         karafka_core::librdkafka_features().join(", ")
     );
     let _ = writeln!(s, "app {}", inner.name);
+    if let Some(supervision) = app.supervision() {
+        for line in supervision.describe() {
+            let _ = writeln!(s, "  {line}");
+        }
+    }
     let _ = writeln!(
         s,
         "  concurrency {}, shutdown_timeout {:?}, pause_timeout {:?} (max {:?}, exponential {})",
@@ -322,6 +368,9 @@ pub fn info(app: &App) -> String {
                 }
                 for policy in topic.job_policies() {
                     let _ = write!(s, ", {}", policy.describe());
+                }
+                if app.supervision().is_some() {
+                    let _ = write!(s, ", swarm {}", topic.swarm_nodes());
                 }
                 s.push('\n');
             }

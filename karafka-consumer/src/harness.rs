@@ -266,6 +266,7 @@ impl Harness {
             instances: AtomicUsize::new(0),
             last_poll_ms: AtomicU64::new(0),
             retired: Default::default(),
+            executing: Default::default(),
             observed: Default::default(),
         });
         let offsets = Arc::new(Recorder::default());

@@ -94,10 +94,11 @@ mod server;
 mod settings;
 pub mod split;
 mod status;
+pub mod swarm;
 #[cfg(feature = "web")]
 pub mod web;
 
-pub use app::{App, AppBuilder, Running};
+pub use app::{App, AppBuilder, LivenessProbe, Running};
 pub use consumer::{ConsumeResult, Consumer, NoConsumer};
 pub use context::{ClientOps, Context};
 pub use error::{Error, Result};
@@ -107,9 +108,9 @@ pub use message::{
     PayloadCleaned,
 };
 
-pub use server::{Exit, Selection};
+pub use server::{Exit, RunOptions, Selection};
 pub use settings::{
     DEFAULT_CONCURRENCY, DEFAULT_PAUSE_MAX_TIMEOUT, DEFAULT_PAUSE_TIMEOUT, DEFAULT_PREFETCH_BUDGET,
     DEFAULT_REVOCATION_TIMEOUT, DEFAULT_SHUTDOWN_TIMEOUT, Scheduling,
 };
-pub use status::Health;
+pub use status::{Health, JobLiveness, ListenerLiveness, Liveness};

@@ -35,6 +35,17 @@ impl App {
     /// Called inside a tokio runtime it fails at once (blocking there would stall the
     /// runtime): use [`start`](App::start) and [`Running::stop`](crate::Running::stop) there.
     pub fn run(&self) -> Result<Exit> {
+        self.run_with(RunOptions::default(), |_| {})
+    }
+
+    /// As [`run`](Self::run), with `options`, calling `started` with the running app once it
+    /// started (to take a [`probe`](crate::Running::probe), say): how karafka-pro's swarm
+    /// nodes run.
+    pub fn run_with(
+        &self,
+        options: RunOptions,
+        started: impl FnOnce(&crate::Running) + Send,
+    ) -> Result<Exit> {
         if tokio::runtime::Handle::try_current().is_ok() {
             return Err(Error::Core(karafka_core::Error::Io {
                 operation: "run the app".into(),
@@ -58,6 +69,7 @@ impl App {
             let mut quit = signal(SignalKind::quit()).map_err(io)?;
             let mut tstp = signal(SignalKind::from_raw(libc::SIGTSTP)).map_err(io)?;
             let running = app.start()?;
+            started(&running);
             loop {
                 tokio::select! {
                     _ = term.recv() => break,
@@ -68,6 +80,10 @@ impl App {
                         running.quiet();
                     }
                 }
+            }
+            if !options.second_signal_forces {
+                tracing::info!(target: "karafka", "stopping");
+                return running.stop().await;
             }
             tracing::info!(target: "karafka", "stopping (a second stop signal forces)");
             let report = running.reporter();
@@ -152,6 +168,33 @@ impl App {
             consumer_groups: groups,
             declared: self.inner.routes.declared.clone(),
         }))
+    }
+}
+
+/// How [`App::run_with`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// Whether a second stop signal while stopping gives up at once (default `true`). A
+    /// process whose stop has a deadline of its own — a swarm node, which its supervisor
+    /// kills past `shutdown_timeout`, and which can get SIGTERM twice (from the supervisor
+    /// and from a terminal or service manager signalling the whole group) — sets it `false`.
+    pub second_signal_forces: bool,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            second_signal_forces: true,
+        }
+    }
+}
+
+impl RunOptions {
+    /// Sets [`second_signal_forces`](Self::second_signal_forces).
+    pub fn second_signal_forces(mut self, forces: bool) -> Self {
+        self.second_signal_forces = forces;
+        self
     }
 }
 

@@ -104,3 +104,51 @@ pub struct Health {
     /// What is wrong, one line each.
     pub reasons: Vec<String>,
 }
+
+/// Whether a running app's listeners loop and how long its jobs run, read without judging
+/// (see [`Running::liveness`](crate::Running::liveness)): what a supervisor (karafka-pro's
+/// swarm mode) or a probe of your own decides on.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Liveness {
+    /// The app's status.
+    pub status: AppStatus,
+    /// Every connection's listener.
+    pub listeners: Vec<ListenerLiveness>,
+    /// Every job in flight.
+    pub jobs: Vec<JobLiveness>,
+}
+
+/// One listener in a [`Liveness`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ListenerLiveness {
+    /// `<consumer group>.<subscription group>` (`#<i>` appended for connection `i` of a
+    /// multiplexed one): the name jobs carry.
+    pub name: Arc<str>,
+    /// Since its loop last went round (it polls each time; a new connection counts as just
+    /// polled).
+    pub since_poll: std::time::Duration,
+    /// Jobs of this listener in flight.
+    pub jobs: usize,
+    /// Whether it is running jobs: some in flight, or (poll scheduling) handing out a
+    /// poll's jobs, when it runs the last one itself and waits for worker permits, and does
+    /// not loop meanwhile.
+    pub busy: bool,
+}
+
+/// One job in flight in a [`Liveness`].
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct JobLiveness {
+    /// The listener that made it.
+    pub listener: Arc<str>,
+    /// What it runs.
+    pub kind: karafka_core::instrumentation::JobKind,
+    /// Its partition.
+    pub topic_partition: karafka_core::TopicPartition,
+    /// How long it has run.
+    pub running_for: std::time::Duration,
+    /// A job of a long-running topic.
+    pub long_running: bool,
+}

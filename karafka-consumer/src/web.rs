@@ -33,6 +33,11 @@
 //! | `karafka_processing_seconds` | histogram | `consumer_group`, `topic` |
 //! | `karafka_produced_messages_total` | counter | `topic` |
 //! | `karafka_delivery_errors_total` | counter | `topic` |
+//! | `karafka_swarm_node_status` | gauge | `node`: in a swarm node, its last report to the supervisor (-1..3, see `NodeStatus`) |
+//!
+//! In swarm mode each node serves its own `/metrics` (node `i` on the configured port + `i`);
+//! the supervisor serves none: it stays a single thread that starts no client and no server,
+//! so little in it can fail. Its decisions are events (`swarm.manager.*`).
 //!
 //! The lag gauge comes from librdkafka's statistics: with `web` configured the app sets
 //! `statistics.interval.ms=5000` unless you set it; a partition leaves the gauge when its
@@ -107,6 +112,11 @@ struct KindLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NodeLabels {
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ProducedLabels {
     topic: String,
 }
@@ -134,6 +144,7 @@ pub(crate) struct Metrics {
     processing: Histograms,
     produced: Family<ProducedLabels, Counter>,
     delivery_errors: Family<ProducedLabels, Counter>,
+    swarm_node_status: Family<NodeLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -201,7 +212,15 @@ impl Metrics {
             "Messages the broker did not acknowledge",
             delivery_errors.clone(),
         );
+        let swarm_node_status = Family::default();
+        registry.register(
+            "karafka_swarm_node_status",
+            "In a swarm node: its last report to the supervisor (0 healthy, 1 polling stuck, \
+             2 consuming stuck, 3 over the memory limit)",
+            swarm_node_status.clone(),
+        );
         Metrics {
+            swarm_node_status,
             registry,
             consumed,
             batches,
@@ -291,6 +310,16 @@ impl Listener for Metrics {
                 for gone in previous.iter().filter(|l| !current.contains(l)) {
                     self.lag.remove(gone);
                 }
+            }
+            Event::Swarm(karafka_core::instrumentation::SwarmEvent::NodeReported {
+                node,
+                status,
+            }) => {
+                self.swarm_node_status
+                    .get_or_create(&NodeLabels {
+                        node: node.to_string(),
+                    })
+                    .set(i64::from(status.code()));
             }
             Event::MessageAcknowledged { topic, .. } => {
                 self.produced

@@ -11,7 +11,7 @@
 //! | long-running jobs: jobs far longer than `max.poll.interval.ms`, without leaving the group or stalling rebalances | available | [`LongRunningJobTopic::long_running_job`] |
 //! | periodic jobs: a consumer's `tick` on partitions that have been idle for an interval | available | [`PeriodicJobTopic::periodic_job`] |
 //! | the cleaner API: free each message's payload as soon as it is processed | available | [`CleanerMessages::each_clean`], [`CleanerMessage::clean`] (no routing) |
-//! | swarm | not implemented yet | — |
+//! | swarm mode: a supervisor and node processes, each node replaced when it dies, hangs or outgrows its memory limit (Linux) | available | [`SwarmApp::swarm`], [`SwarmTopic::swarm`] |
 //!
 //! Each feature has the same anatomy: a config with documented defaults, a contract
 //! (violations listed at `build()`), a routing method from an extension trait on the topic
@@ -105,10 +105,19 @@
 //!
 //! `ctx.messages().each_clean()` (or `message.clean()`, `ctx.messages().clean()`); see
 //! [`processing::cleaner`] for what is freed, what stays, and dead letters.
+//!
+//! ## Swarm mode
+//!
+//! `.swarm(Swarm::new())` on the app builder (and `.swarm(0..2)` on a topic to limit it to
+//! some nodes), then `my-app swarm`: a supervisor process and node processes, each node
+//! replaced when it dies, hangs or outgrows its memory limit (Linux); see [`swarm`] for the
+//! supervision, the reports, the signals and the exit codes.
 
 pub mod connection;
 pub mod processing;
 pub mod routing;
+#[cfg(target_os = "linux")]
+pub mod swarm;
 
 pub use connection::multiplexing::Multiplexing;
 pub use processing::cleaner::{CleanerMessage, CleanerMessages};
@@ -118,4 +127,8 @@ pub use processing::virtual_partitions::{Distribution, VirtualPartitions};
 pub use routing::features::long_running_job::LongRunningJobTopic;
 pub use routing::features::multiplexing::MultiplexingSubscriptionGroup;
 pub use routing::features::periodic_job::PeriodicJobTopic;
+#[cfg(target_os = "linux")]
+pub use routing::features::swarm::{SwarmApp, SwarmTopic};
 pub use routing::features::virtual_partitions::VirtualPartitionsTopic;
+#[cfg(target_os = "linux")]
+pub use swarm::Swarm;

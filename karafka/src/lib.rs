@@ -48,8 +48,8 @@
 //!
 //! **Status:** the shared core, the producer, the consumer framework, running it (server,
 //! signals, CLI, admin, health and metrics) and the test fixtures are ready; of the Pro
-//! features (`pro`), virtual partitions and multiplexing are ready, the others not
-//! implemented yet.
+//! features (`pro`), all are ready: virtual partitions, multiplexing, long-running and
+//! periodic jobs, the cleaner API and swarm mode (Linux).
 //!
 //! ```no_run
 //! use karafka::{App, Consumer, ConsumeResult, Context};

@@ -8,7 +8,9 @@ use karafka_core::instrumentation::{AssignmentChange, ErrorKind, Event, Statisti
 use karafka_core::{KafkaError, TopicPartition, native};
 use karafka_producer::ConsumerGroupMetadata;
 use rdkafka::config::RDKafkaLogLevel;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance};
+use rdkafka::consumer::{
+    BaseConsumer, CommitMode, Consumer as _, ConsumerContext, Rebalance, RebalanceProtocol,
+};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{ClientContext, Offset, TopicPartitionList};
 
@@ -240,6 +242,86 @@ pub(crate) fn commit_stored(
     consumer: &BaseConsumer<GroupContext>,
     timeout: Duration,
 ) -> Result<(), KafkaError> {
+    let (answered, code) = commit_stored_code(consumer, timeout);
+    match code {
+        RDKafkaErrorCode::NoError | RDKafkaErrorCode::NoOffset => Ok(()),
+        _ if !answered => Err(KafkaError::other(
+            "commit offsets of revoked partitions",
+            format!(
+                "no answer from the broker within {timeout:?}; the commit continues in the background"
+            ),
+        )),
+        other => Err(native::kafka_code_error("commit offsets", other)),
+    }
+}
+
+/// How long a stopping listener keeps trying its final commit while its group rebalances.
+pub(crate) const SHUTDOWN_COMMIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The final commit of a stopping listener (`closing` set, so the rebalance callbacks run
+/// no hooks). When the broker refuses it because the group is rebalancing — another member
+/// left at the same moment, as when every node of a swarm or every replica of a deployment
+/// stops together — a cooperative member (which keeps its partitions and their stored
+/// offsets through the rejoin) polls for [`REJOIN_POLL`] to rejoin and commits again, for
+/// at most [`SHUTDOWN_COMMIT_TIMEOUT`]; otherwise what it processed last would be
+/// processed again by the next owner. It pauses its assignment on each round; a partition
+/// newly assigned in the rejoin may be fetched until the next round, and what is polled is
+/// dropped (its offsets are never stored). An eager member's partitions are revoked first
+/// (committed by the revocation, which may be refused the same way): nothing is retried.
+pub(crate) fn commit_at_shutdown(consumer: &BaseConsumer<GroupContext>, shared: &GroupShared) {
+    let deadline = std::time::Instant::now() + SHUTDOWN_COMMIT_TIMEOUT;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let (answered, code) = commit_stored_code(consumer, left.max(Duration::from_millis(1)));
+        let rebalancing = matches!(
+            code,
+            RDKafkaErrorCode::RebalanceInProgress
+                | RDKafkaErrorCode::IllegalGeneration
+                | RDKafkaErrorCode::UnknownMemberId
+        );
+        // Only a cooperative member keeps its partitions (and their stored offsets) through
+        // the rejoin; an eager one gives them all up first.
+        let cooperative = matches!(
+            consumer.rebalance_protocol(),
+            RebalanceProtocol::Cooperative
+        );
+        if rebalancing && cooperative && std::time::Instant::now() + REJOIN_POLL < deadline {
+            let until = std::time::Instant::now() + REJOIN_POLL;
+            while std::time::Instant::now() < until {
+                if let Ok(assignment) = consumer.assignment() {
+                    if assignment.count() > 0 {
+                        let _ = consumer.pause(&assignment);
+                    }
+                }
+                drop(consumer.poll(Duration::from_millis(50)));
+            }
+            continue;
+        }
+        let result = match code {
+            RDKafkaErrorCode::NoError | RDKafkaErrorCode::NoOffset => return,
+            _ if !answered => KafkaError::other(
+                "commit offsets at shutdown",
+                format!(
+                    "no answer from the broker within {left:?}; the commit continues in the \
+                     background"
+                ),
+            ),
+            other => native::kafka_code_error("commit offsets at shutdown", other),
+        };
+        shared.error(ErrorKind::ConnectionClientCommit, result, None);
+        return;
+    }
+}
+
+/// How long a stopping member polls to rejoin its group before committing again.
+const REJOIN_POLL: Duration = Duration::from_millis(500);
+
+/// Commits the stored offsets of the current assignment: whether the broker answered within
+/// `timeout`, and its error code.
+fn commit_stored_code(
+    consumer: &BaseConsumer<GroupContext>,
+    timeout: Duration,
+) -> (bool, RDKafkaErrorCode) {
     use rdkafka_sys as sys;
     let rk = consumer.client().native_ptr();
     let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
@@ -271,17 +353,7 @@ pub(crate) fn commit_stored(
             outcome
         }
     };
-    let code = RDKafkaErrorCode::from(code);
-    match code {
-        RDKafkaErrorCode::NoError | RDKafkaErrorCode::NoOffset => Ok(()),
-        _ if !answered => Err(KafkaError::other(
-            "commit offsets of revoked partitions",
-            format!(
-                "no answer from the broker within {timeout:?}; the commit continues in the background"
-            ),
-        )),
-        other => Err(native::kafka_code_error("commit offsets", other)),
-    }
+    (answered, RDKafkaErrorCode::from(code))
 }
 
 /// Offset operations of jobs, on the subscription group's client.

@@ -13,7 +13,7 @@
 //! its end is settled at the top of a later turn.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
@@ -155,6 +155,7 @@ impl Listener {
             last_poll_ms: setup.control.now_ms().into(),
             retired: Default::default(),
             observed: Default::default(),
+            executing: Default::default(),
         });
         let create = |kafka: &KafkaSettings| -> Result<BaseConsumer<GroupContext>> {
             native::client_config(kafka)
@@ -823,6 +824,15 @@ impl Listener {
         if jobs.is_empty() {
             return Vec::new();
         }
+        // Liveness: the listener does not loop while it runs (or waits to run) these.
+        struct Executing<'a>(&'a AtomicBool);
+        impl Drop for Executing<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        self.shared.executing.store(true, Ordering::Release);
+        let _executing = Executing(&self.shared.executing);
         let count = jobs.len();
         let all_cheap = count > 1
             && jobs.iter().all(|j| {
@@ -906,10 +916,7 @@ impl Listener {
             drop(self.execute(jobs));
         }
         self.shared.closing.store(true, Ordering::Release);
-        if let Err(e) = client::commit_stored(&self.consumer, Duration::from_secs(10)) {
-            self.shared
-                .error(ErrorKind::ConnectionClientCommit, e, None);
-        }
+        client::commit_at_shutdown(&self.consumer, &self.shared);
         // Dropping the last reference closes the client: it leaves the group (the final
         // revocation commits again and runs no hooks).
         let Listener {

@@ -323,15 +323,14 @@ fn shutdown(cell: &FlowCell, consumer: &Arc<BaseConsumer<GroupContext>>, shared:
         flow.drain();
     }
     shared.closing.store(true, Ordering::Release);
-    if let Err(e) = client::commit_stored(consumer, Duration::from_secs(10)) {
-        shared.error(ErrorKind::ConnectionClientCommit, e, None);
-    }
-    // The queues and the pipeline hold the client: drop them first. The caller's client
-    // reference goes last, which closes the client: it leaves the group (that final
-    // revocation finds the cell empty and commits again).
+    // The queues and the pipeline hold the client: drop them first (the rebalance callbacks
+    // of the commit's rejoin, if any, and the final revocation find the cell empty). The
+    // caller's client reference goes last, which closes the client: it leaves the group
+    // (that final revocation commits again).
     let flow = guard.take();
     drop(guard);
     drop(flow);
+    client::commit_at_shutdown(consumer, shared);
 }
 
 impl Flow {

@@ -13,7 +13,7 @@ use karafka_producer::Producer;
 use crate::processing::coordinator::Coordinator;
 use crate::routing::SubscriptionGroupRoute;
 use crate::settings::ProcessingSettings;
-use crate::status::{Control, Health};
+use crate::status::{Control, Health, JobLiveness, ListenerLiveness, Liveness};
 
 /// The shared state of the app's active connections (retired ones leave it).
 pub(crate) type ActiveGroups = Arc<Mutex<Vec<Arc<GroupShared>>>>;
@@ -36,6 +36,9 @@ pub(crate) struct GroupShared {
     pub(crate) instances: std::sync::atomic::AtomicUsize,
     /// When the listener last polled (ms since the app started).
     pub(crate) last_poll_ms: std::sync::atomic::AtomicU64,
+    /// While the listener runs a poll's jobs (poll scheduling): it does not loop meanwhile,
+    /// and may first wait for worker permits other listeners' jobs hold.
+    pub(crate) executing: AtomicBool,
     /// Set when the connection is stopped on its own (its family scaled down).
     pub(crate) retired: AtomicBool,
     /// What its latest statistics said of its group membership.
@@ -85,6 +88,44 @@ impl GroupShared {
             .entry(tp.clone())
             .or_insert_with(|| Arc::new(Coordinator::new(tp.clone())))
             .clone()
+    }
+}
+
+/// What [`Running::liveness`](crate::Running::liveness) reports.
+pub(crate) fn liveness(control: &Control, groups: &[Arc<GroupShared>]) -> Liveness {
+    let now = control.now_ms();
+    let jobs: Vec<JobLiveness> = control
+        .in_flight
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|job| JobLiveness {
+            listener: job.listener.clone(),
+            kind: job.job,
+            topic_partition: job.tp.clone(),
+            running_for: job.started.elapsed(),
+            long_running: job.long_running,
+        })
+        .collect();
+    let listeners = groups
+        .iter()
+        .map(|group| {
+            let name: Arc<str> =
+                format!("{}.{}", group.route.consumer_group, group.route.name).into();
+            let last = group.last_poll_ms.load(Ordering::Acquire);
+            let in_flight = jobs.iter().filter(|j| j.listener == name).count();
+            ListenerLiveness {
+                busy: in_flight > 0 || group.executing.load(Ordering::Acquire),
+                jobs: in_flight,
+                name,
+                since_poll: Duration::from_millis(now.saturating_sub(last)),
+            }
+        })
+        .collect();
+    Liveness {
+        status: control.status(),
+        listeners,
+        jobs,
     }
 }
 

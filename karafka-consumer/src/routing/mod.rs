@@ -14,6 +14,7 @@
 //! Routes are declared on the [`AppBuilder`](crate::AppBuilder) and validated by its
 //! `build()`, which lists every problem at once.
 
+mod nodes;
 mod topic;
 
 use std::collections::{BTreeMap, HashSet};
@@ -28,6 +29,7 @@ use crate::connections::{ConnectionPlan, FamilyFacts, SingleConnection};
 use crate::jobs::{JobPolicy, Periodic};
 use crate::split::{BatchSplitter, TopicFacts};
 
+pub use nodes::Nodes;
 pub use topic::{DeadLetterQueue, Declaratives, InitialOffset, TopicBuilder};
 pub(crate) use topic::{TopicDraft, TopicSettings};
 
@@ -216,6 +218,8 @@ pub struct TopicRoute {
     pub(crate) long_running: bool,
     /// Ticks on idle partitions (periodic jobs), `during_pause` resolved.
     pub(crate) periodic: Option<Periodic>,
+    /// The swarm nodes that consume it (`karafka-pro`'s swarm mode).
+    pub(crate) swarm_nodes: crate::routing::Nodes,
 }
 
 impl TopicRoute {
@@ -250,6 +254,10 @@ impl TopicRoute {
     /// The job policies (long-running jobs), in the order they were set.
     pub fn job_policies(&self) -> &[Arc<dyn JobPolicy>] {
         &self.job_policies
+    }
+    /// The swarm nodes that consume it (see [`crate::swarm`]).
+    pub fn swarm_nodes(&self) -> &crate::routing::Nodes {
+        &self.swarm_nodes
     }
     /// Whether its jobs are long-running (see [`crate::jobs`]).
     pub fn is_long_running(&self) -> bool {
@@ -595,6 +603,7 @@ pub(crate) fn resolve(
                 long_running: draft.job_policies.iter().any(|p| p.long_running()),
                 periodic: draft.job_policies.iter().find_map(|p| p.periodic()),
                 job_policies: draft.job_policies.clone(),
+                swarm_nodes: draft.swarm_nodes.clone(),
             };
             let facts = TopicFacts {
                 name: &route.name,

@@ -267,6 +267,7 @@ pub struct TopicBuilder<C: Consumer = NoConsumer> {
     deserializer: Option<Deserializer<C::Payload>>,
     splitter: Option<Arc<dyn BatchSplitter>>,
     job_policies: Vec<Arc<dyn JobPolicy>>,
+    swarm_nodes: crate::routing::Nodes,
     misplaced: Vec<(String, String)>,
 }
 
@@ -279,6 +280,7 @@ impl TopicBuilder<NoConsumer> {
             deserializer: None,
             splitter: None,
             job_policies: Vec::new(),
+            swarm_nodes: Default::default(),
             misplaced: Vec::new(),
         }
     }
@@ -298,6 +300,7 @@ impl<C: Consumer> TopicBuilder<C> {
             deserializer: None,
             splitter: self.splitter,
             job_policies: self.job_policies,
+            swarm_nodes: self.swarm_nodes,
             misplaced: self.misplaced,
         }
     }
@@ -326,6 +329,14 @@ impl<C: Consumer> TopicBuilder<C> {
     pub fn job_policy(mut self, policy: Arc<dyn JobPolicy>) -> Self {
         self.job_policies.retain(|p| p.name() != policy.name());
         self.job_policies.push(policy);
+        self
+    }
+
+    /// Consumes the topic only on these swarm nodes (default: all): the extension point of
+    /// karafka-pro's `.swarm(...)` (see [`crate::swarm`]). Without swarm mode it changes
+    /// nothing.
+    pub fn swarm_nodes(mut self, nodes: impl Into<crate::routing::Nodes>) -> Self {
+        self.swarm_nodes = nodes.into();
         self
     }
 
@@ -405,6 +416,7 @@ impl<C: Consumer> TopicBuilder<C> {
             spec,
             splitter: self.splitter,
             job_policies: self.job_policies,
+            swarm_nodes: self.swarm_nodes,
             misplaced: self.misplaced,
         }
     }
@@ -429,5 +441,6 @@ pub(crate) struct TopicDraft {
     pub(crate) spec: Option<Arc<dyn ConsumerSpec>>,
     pub(crate) splitter: Option<Arc<dyn BatchSplitter>>,
     pub(crate) job_policies: Vec<Arc<dyn JobPolicy>>,
+    pub(crate) swarm_nodes: crate::routing::Nodes,
     pub(crate) misplaced: Vec<(String, String)>,
 }

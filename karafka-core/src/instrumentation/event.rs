@@ -283,8 +283,171 @@ pub enum Event {
         /// What, why it matters and how to change it.
         warning: Arc<str>,
     },
+    /// Swarm mode (karafka-pro): `process.before_warmup`, `swarm.node.after_fork`,
+    /// `swarm.node.reported` and `swarm.manager.*`; see [`SwarmEvent`].
+    Swarm(SwarmEvent),
     /// An application-defined event (name chosen by the application).
     Custom(CustomEvent),
+}
+
+/// What happened in a swarm (karafka-pro's swarm mode: a supervisor process and its node
+/// processes). The supervisor emits `process.before_warmup` and the `swarm.manager.*` events;
+/// each node emits `swarm.node.after_fork` and `swarm.node.reported`.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum SwarmEvent {
+    /// `process.before_warmup`: in the supervisor, once, before any node starts.
+    BeforeWarmup {
+        /// How many nodes it is about to start.
+        nodes: usize,
+    },
+    /// `swarm.node.after_fork`: in a node, once, as it starts (before its app connects).
+    /// Karafka's name is kept, though a node is a new process running the same binary, not a
+    /// fork.
+    NodeStarted {
+        /// The node's id (`0..nodes`).
+        node: usize,
+    },
+    /// `swarm.node.reported`: in a node, each report it sends to its supervisor.
+    NodeReported {
+        /// The node's id.
+        node: usize,
+        /// What it reported.
+        status: NodeStatus,
+    },
+    /// `swarm.manager.before_fork`: the supervisor is about to start node `node`.
+    BeforeFork {
+        /// The node's id.
+        node: usize,
+    },
+    /// `swarm.manager.after_fork`: the supervisor started node `node` as process `pid`.
+    AfterFork {
+        /// The node's id.
+        node: usize,
+        /// Its process id.
+        pid: u32,
+    },
+    /// `swarm.manager.control`: one supervision pass, with every node's state.
+    Control {
+        /// Each node's state.
+        nodes: Arc<[NodeState]>,
+    },
+    /// `swarm.manager.stopping`: the supervisor sent SIGTERM to one node, for `status` (its
+    /// unhealthy report, or [`NodeStatus::Unresponsive`] when it stopped reporting).
+    Stopping {
+        /// The node's id.
+        node: usize,
+        /// Its process id.
+        pid: u32,
+        /// Why.
+        status: NodeStatus,
+    },
+    /// `swarm.manager.terminating`: a node was still alive `shutdown_timeout` after its
+    /// SIGTERM; the supervisor sent SIGKILL.
+    Terminating {
+        /// The node's id.
+        node: usize,
+        /// Its process id.
+        pid: u32,
+    },
+    /// `swarm.manager.exited`: a node process ended and was reaped.
+    Exited {
+        /// The node's id.
+        node: usize,
+        /// Its process id.
+        pid: u32,
+        /// Its exit code, when it exited.
+        code: Option<i32>,
+        /// The signal that ended it, when one did.
+        signal: Option<i32>,
+    },
+}
+
+/// What a swarm node reports about itself (Karafka's status codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum NodeStatus {
+    /// `-1`: no report within `node_report_timeout` (hanging, or not started yet).
+    Unresponsive,
+    /// `0`: healthy.
+    Healthy,
+    /// `1`: a listener has not polled for longer than `polling_ttl`.
+    PollingStuck,
+    /// `2`: a job has run longer than `consuming_ttl`.
+    ConsumingStuck,
+    /// `3`: the node's resident memory is over `memory_limit`.
+    OverMemory,
+}
+
+impl NodeStatus {
+    /// The code on the wire and in reports: -1, 0, 1, 2, 3.
+    pub fn code(self) -> i32 {
+        match self {
+            NodeStatus::Unresponsive => -1,
+            NodeStatus::Healthy => 0,
+            NodeStatus::PollingStuck => 1,
+            NodeStatus::ConsumingStuck => 2,
+            NodeStatus::OverMemory => 3,
+        }
+    }
+
+    /// The status of a code (`None` for an unknown one).
+    pub fn from_code(code: i32) -> Option<NodeStatus> {
+        Some(match code {
+            -1 => NodeStatus::Unresponsive,
+            0 => NodeStatus::Healthy,
+            1 => NodeStatus::PollingStuck,
+            2 => NodeStatus::ConsumingStuck,
+            3 => NodeStatus::OverMemory,
+            _ => return None,
+        })
+    }
+
+    /// `unresponsive`, `healthy`, `polling_stuck`, `consuming_stuck`, `over_memory`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeStatus::Unresponsive => "unresponsive",
+            NodeStatus::Healthy => "healthy",
+            NodeStatus::PollingStuck => "polling_stuck",
+            NodeStatus::ConsumingStuck => "consuming_stuck",
+            NodeStatus::OverMemory => "over_memory",
+        }
+    }
+}
+
+/// One node as the supervisor sees it (in [`SwarmEvent::Control`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct NodeState {
+    /// The node's id.
+    pub node: usize,
+    /// Its process id while it runs (`None` while dead, waiting to be restarted).
+    pub pid: Option<u32>,
+    /// Its last report (or `Unresponsive`).
+    pub status: NodeStatus,
+    /// Since its last report (or since it started, before its first one).
+    pub since_report: Duration,
+    /// How many times it was started.
+    pub starts: u64,
+}
+
+impl NodeState {
+    /// A node's state.
+    pub fn new(
+        node: usize,
+        pid: Option<u32>,
+        status: NodeStatus,
+        since_report: Duration,
+        starts: u64,
+    ) -> Self {
+        NodeState {
+            node,
+            pid,
+            status,
+            since_report,
+            starts,
+        }
+    }
 }
 
 /// Which way a subscription group's connections changed.
@@ -435,6 +598,15 @@ impl Event {
         "connection.multiplexing.scaled_up",
         "connection.multiplexing.scaled_down",
         "connection.multiplexing.warning",
+        "process.before_warmup",
+        "swarm.node.after_fork",
+        "swarm.node.reported",
+        "swarm.manager.before_fork",
+        "swarm.manager.after_fork",
+        "swarm.manager.control",
+        "swarm.manager.stopping",
+        "swarm.manager.terminating",
+        "swarm.manager.exited",
     ];
 
     /// The event's stable dotted name.
@@ -509,6 +681,17 @@ impl Event {
                 ScaleDirection::Down => "connection.multiplexing.scaled_down",
             },
             Event::ConnectionWarning { .. } => "connection.multiplexing.warning",
+            Event::Swarm(e) => match e {
+                SwarmEvent::BeforeWarmup { .. } => "process.before_warmup",
+                SwarmEvent::NodeStarted { .. } => "swarm.node.after_fork",
+                SwarmEvent::NodeReported { .. } => "swarm.node.reported",
+                SwarmEvent::BeforeFork { .. } => "swarm.manager.before_fork",
+                SwarmEvent::AfterFork { .. } => "swarm.manager.after_fork",
+                SwarmEvent::Control { .. } => "swarm.manager.control",
+                SwarmEvent::Stopping { .. } => "swarm.manager.stopping",
+                SwarmEvent::Terminating { .. } => "swarm.manager.terminating",
+                SwarmEvent::Exited { .. } => "swarm.manager.exited",
+            },
             Event::Custom(e) => &e.name,
         }
     }
@@ -678,6 +861,52 @@ impl fmt::Display for Event {
                 subscription_group,
                 warning,
             } => write!(f, "{name} {consumer_group}.{subscription_group}: {warning}"),
+            Event::Swarm(e) => match e {
+                SwarmEvent::BeforeWarmup { nodes } => write!(f, "{name}: {nodes} node(s)"),
+                SwarmEvent::NodeStarted { node } | SwarmEvent::BeforeFork { node } => {
+                    write!(f, "{name} node {node}")
+                }
+                SwarmEvent::NodeReported { node, status } => {
+                    write!(f, "{name} node {node}: {}", status.as_str())
+                }
+                SwarmEvent::AfterFork { node, pid } | SwarmEvent::Terminating { node, pid } => {
+                    write!(f, "{name} node {node} (pid {pid})")
+                }
+                SwarmEvent::Control { nodes } => {
+                    write!(f, "{name}:")?;
+                    for n in nodes.iter() {
+                        match n.pid {
+                            Some(pid) => write!(
+                                f,
+                                " node {} pid {pid} {} ({:?} since its report);",
+                                n.node,
+                                n.status.as_str(),
+                                n.since_report
+                            )?,
+                            None => write!(f, " node {} down;", n.node)?,
+                        }
+                    }
+                    Ok(())
+                }
+                SwarmEvent::Stopping { node, pid, status } => write!(
+                    f,
+                    "{name} node {node} (pid {pid}): {} (status {})",
+                    status.as_str(),
+                    status.code()
+                ),
+                SwarmEvent::Exited {
+                    node,
+                    pid,
+                    code,
+                    signal,
+                } => match (code, signal) {
+                    (Some(code), _) => write!(f, "{name} node {node} (pid {pid}) with code {code}"),
+                    (None, Some(signal)) => {
+                        write!(f, "{name} node {node} (pid {pid}) by signal {signal}")
+                    }
+                    (None, None) => write!(f, "{name} node {node} (pid {pid})"),
+                },
+            },
             Event::Paused {
                 topic,
                 partition,
@@ -839,6 +1068,10 @@ pub enum ErrorKind {
     /// partitions (the partitioner panicked, or its groups did not cover the batch); it was
     /// processed as one group.
     VirtualPartitionsPartitioner,
+    /// `swarm.supervisor.error`: the swarm supervisor could not start, signal or reap a node.
+    SwarmSupervisor,
+    /// `swarm.node.error`: a swarm node could not report to its supervisor.
+    SwarmNode,
 }
 
 impl ErrorKind {
@@ -868,6 +1101,8 @@ impl ErrorKind {
             ErrorKind::WorkerProcess => "worker.process.error",
             ErrorKind::App => "app.error",
             ErrorKind::VirtualPartitionsPartitioner => "virtual_partitions.partitioner.error",
+            ErrorKind::SwarmSupervisor => "swarm.supervisor.error",
+            ErrorKind::SwarmNode => "swarm.node.error",
         }
     }
 }
@@ -1013,6 +1248,8 @@ mod tests {
             ErrorKind::WorkerProcess,
             ErrorKind::App,
             ErrorKind::VirtualPartitionsPartitioner,
+            ErrorKind::SwarmSupervisor,
+            ErrorKind::SwarmNode,
         ];
         let names: HashSet<_> = kinds.iter().map(|k| k.as_str()).collect();
         assert_eq!(names.len(), kinds.len());

@@ -35,7 +35,8 @@ mod tracing_listener;
 
 pub use event::{
     AppStatus, AssignmentChange, CustomEvent, Dispatch, ErrorKind, ErrorOccurred, Event, JobKind,
-    PauseReason, ProducerStage, ScaleDirection, TransactionStage,
+    NodeState, NodeStatus, PauseReason, ProducerStage, ScaleDirection, SwarmEvent,
+    TransactionStage,
 };
 pub use monitor::{FnListener, Listener, Monitor, SubscriptionId};
 pub use statistics::Statistics;

@@ -2,7 +2,7 @@
 
 use tracing::Level;
 
-use super::event::Event;
+use super::event::{Event, SwarmEvent};
 use super::monitor::Listener;
 
 /// Logs every event through `tracing` under the target `karafka`, at a level that fits it:
@@ -34,6 +34,13 @@ impl TracingListener {
             | Event::Rebalance { .. }
             | Event::AppStatus { .. }
             | Event::ConnectionScaled { .. } => Level::INFO,
+            Event::Swarm(SwarmEvent::NodeReported { .. } | SwarmEvent::Control { .. }) => {
+                Level::DEBUG
+            }
+            Event::Swarm(SwarmEvent::Stopping { .. } | SwarmEvent::Terminating { .. }) => {
+                Level::WARN
+            }
+            Event::Swarm(_) => Level::INFO,
             Event::Retry { .. } | Event::DlqDispatched { .. } | Event::ConnectionWarning { .. } => {
                 Level::WARN
             }
