@@ -35,25 +35,44 @@ fn now_ms() -> u128 {
 
 struct Work {
     file: Arc<std::fs::File>,
-    cpu: bool,
+    /// Rounds of computing a batch (CPU-bound), or `None` (IO-bound: sleep `per_batch`).
+    rounds: Option<u64>,
     per_batch: Duration,
+}
+
+/// A fixed amount of computing: the same CPU work whatever the machine's load (a loop
+/// bounded by wall time would do less work per batch when processes share the cores).
+fn compute(rounds: u64) -> u64 {
+    let mut x = 0u64;
+    for r in 0..rounds {
+        for i in 0..10_000u64 {
+            x = x.wrapping_mul(31).wrapping_add(i ^ r);
+        }
+    }
+    std::hint::black_box(x)
+}
+
+/// How many rounds of [`compute`] take `target` on an idle core.
+fn calibrate(target: Duration) -> u64 {
+    let start = Instant::now();
+    let mut rounds = 0u64;
+    while start.elapsed() < Duration::from_millis(300) {
+        compute(10);
+        rounds += 10;
+    }
+    let per_round = start.elapsed().as_secs_f64() / rounds as f64;
+    ((target.as_secs_f64() / per_round).round() as u64).max(1)
 }
 
 impl Consumer for Work {
     type Payload = Raw;
 
     async fn consume(&mut self, ctx: &Context<Raw>) -> ConsumeResult {
-        if self.cpu {
-            let start = Instant::now();
-            let mut x = 0u64;
-            while start.elapsed() < self.per_batch {
-                for i in 0..10_000u64 {
-                    x = x.wrapping_mul(31).wrapping_add(i);
-                }
-                std::hint::black_box(x);
+        match self.rounds {
+            Some(rounds) => {
+                compute(rounds);
             }
-        } else {
-            tokio::time::sleep(self.per_batch).await;
+            None => tokio::time::sleep(self.per_batch).await,
         }
         let line = format!("{} {}\n", ctx.messages().len(), now_ms());
         (&*self.file).write_all(line.as_bytes())?;
@@ -71,7 +90,8 @@ fn child() -> std::process::ExitCode {
             .open(var("BENCH_SWARM_OUTPUT"))
             .unwrap(),
     );
-    let cpu = var("BENCH_SWARM_WORK") == "cpu";
+    let rounds = (var("BENCH_SWARM_WORK") == "cpu")
+        .then(|| var("BENCH_SWARM_ROUNDS").parse::<u64>().unwrap());
     let per_batch = Duration::from_millis(var("BENCH_SWARM_BATCH_MS").parse().unwrap());
     let max_messages: usize = var("BENCH_SWARM_MAX_MESSAGES").parse().unwrap();
     let app = App::builder()
@@ -84,7 +104,7 @@ fn child() -> std::process::ExitCode {
         .topic(&var("BENCH_SWARM_TOPIC"), move |t| {
             t.consumer(move || Work {
                 file: file.clone(),
-                cpu,
+                rounds,
                 per_batch,
             })
             .max_messages(max_messages)
@@ -161,6 +181,7 @@ fn run(
     work: &str,
     batch_ms: usize,
     max_messages: usize,
+    rounds: u64,
 ) -> Outcome {
     let dir = std::env::temp_dir().join(format!("bench-swarm-{}", suffix()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -172,6 +193,7 @@ fn run(
             .env("BENCH_SWARM_OUTPUT", &output)
             .env("BENCH_SWARM_WORK", work)
             .env("BENCH_SWARM_BATCH_MS", batch_ms.to_string())
+            .env("BENCH_SWARM_ROUNDS", rounds.to_string())
             .env("BENCH_SWARM_MAX_MESSAGES", max_messages.to_string())
             .env("BENCH_SWARM_GROUP", format!("bench-swarm-{}", suffix()))
             .env("BENCH_SWARM_BROKERS", brokers)
@@ -311,6 +333,7 @@ fn main() -> std::process::ExitCode {
     }
     producer.close().unwrap();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rounds = calibrate(Duration::from_millis(cpu_ms as u64));
     println!(
         "swarm: {messages} messages × 100 B in {partitions} partitions, max_messages {max_messages}, \
          {cores} cores, on {}",
@@ -335,7 +358,7 @@ fn main() -> std::process::ExitCode {
         (
             "cpu",
             cpu_ms,
-            format!("CPU-bound ({cpu_ms} ms of computing a batch)"),
+            format!("CPU-bound ({cpu_ms} ms of computing a batch on an idle core)"),
         ),
     ] {
         for (command, concurrency, model) in [
@@ -351,6 +374,7 @@ fn main() -> std::process::ExitCode {
                 work,
                 batch_ms,
                 max_messages,
+                rounds,
             );
             let shown = if command == "swarm" {
                 format!("{c} per node")

@@ -26,7 +26,7 @@
 //!
 //! Exit codes: 0 done; 1 an error (printed to stderr); 2 the shutdown did not finish in
 //! `shutdown_timeout` or was forced by a second signal (the report of what blocked is printed;
-//! for `swarm`: some node did not stop in time and was killed); 3 a swarm node whose
+//! for `swarm`: some node was killed or exited with another code than 0); 3 a swarm node whose
 //! supervisor died (it stopped gracefully first); 64 bad arguments (unknown options, a selection that matches no route, a destructive
 //! `topics` action without `--yes`). To put these commands under your own clap CLI, embed [`Command`] as a
 //! subcommand and call [`execute`].
