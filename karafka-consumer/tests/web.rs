@@ -265,3 +265,42 @@ fn a_taken_address_fails_the_start_clearly() {
     let running = app.start().unwrap();
     running.stop_blocking().unwrap();
 }
+
+#[test]
+fn a_swarm_node_serves_its_report_status_on_its_own_port() {
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
+    let topic = unique_topic("web-swarm");
+    broker.create_topic(&topic, 1).unwrap();
+    // A port that was free a moment ago; node 1 serves on the next one.
+    let base = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let app = app_builder(&broker, &unique_group("web-swarm"))
+        .web(Web::new(base))
+        .topic(&topic, |t| t.consumer(|| Hangs))
+        .build()
+        .unwrap();
+    let node = app.for_node(1).unwrap();
+    let running = node.start().unwrap();
+    let addr = running.web_addr().expect("the web server runs");
+    assert_eq!(addr.port(), base.port() + 1);
+    // What a swarm node's reporter emits with each report.
+    node.monitor()
+        .emit(karafka_core::instrumentation::Event::Swarm(
+            karafka_core::instrumentation::SwarmEvent::NodeReported {
+                node: 1,
+                status: karafka_core::instrumentation::NodeStatus::OverMemory,
+            },
+        ));
+    let (status, metrics) = get(addr, "/metrics");
+    assert_eq!(status, 200);
+    assert_eq!(
+        sample(&metrics, "karafka_swarm_node_status{node=\"1\"}"),
+        Some(3.0),
+        "{metrics}"
+    );
+    running.stop_blocking().unwrap();
+}
