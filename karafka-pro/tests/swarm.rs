@@ -408,6 +408,13 @@ fn a_hung_node_is_terminated_then_killed_and_restarted() {
         since(exited, again)
     );
     // The other node was never touched.
+    println!(
+        "hung node: SIGTERM {} ms after its SIGSTOP, SIGKILL {} ms after the SIGTERM, a new node \
+         {} ms after its death",
+        since(stopped_at, term),
+        since(term, kill),
+        since(exited, again)
+    );
     assert_eq!(swarm.node_pid(1), Some(other));
     assert!(
         !events
@@ -519,11 +526,17 @@ fn a_killed_node_is_replaced_within_six_seconds_and_nothing_is_lost() {
     // The other nodes kept consuming while node 1 was down: each processed messages between
     // the kill and the replacement's start, and neither was restarted.
     let records = swarm.records();
+    println!(
+        "kill -9: a new node 1 {took} ms after the kill; {total} messages produced, all \
+         processed ({} records: redelivered ones counted again)",
+        records.len()
+    );
     for pid in survivors {
         let during = records
             .iter()
             .filter(|r| r.1 == pid && r.4 > killed_at && r.4 < after_fork)
             .count();
+        println!("kill -9: node pid {pid} processed {during} messages while node 1 was down");
         assert!(
             during > 0,
             "node pid {pid} processed nothing while node 1 was down:\n{}",
@@ -592,6 +605,13 @@ fn a_node_over_its_memory_limit_is_recycled_gracefully() {
     );
     // The node within its limit was never recycled.
     assert_eq!(swarm.node_pid(0), Some(healthy));
+    let stopping = of_first("swarm.manager.stopping").at;
+    println!(
+        "memory: node 1 (300 MiB held, limit 200 MiB) reported over_memory {} ms after its \
+         start, exited with code 0 {} ms after its SIGTERM",
+        stopping - of_first("swarm.manager.after_fork").at,
+        of_first("swarm.manager.exited").at - stopping
+    );
 }
 
 fn long_consume(name: &str, consuming_ttl: Option<u64>) -> (Swarm, BTreeSet<u32>) {
@@ -639,6 +659,25 @@ fn a_consume_longer_than_the_report_timeout_is_not_killed() {
     assert_eq!(pids.len(), 1);
     assert_eq!(pids.iter().next().copied(), swarm.node_pid(0));
     assert_eq!(swarm.named("swarm.manager.after_fork").len(), 1);
+    // It reported all along, the slow first batch included: no gap near the report timeout.
+    let started = swarm.named("swarm.manager.after_fork")[0].at;
+    let ended = swarm.records().iter().map(|r| r.4).max().unwrap();
+    let mut at: Vec<u128> = swarm
+        .named("swarm.node.reported")
+        .iter()
+        .map(|e| e.at)
+        .filter(|t| *t >= started && *t <= ended)
+        .collect();
+    at.insert(0, started);
+    at.push(ended);
+    let widest = at.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    println!(
+        "slow batch: {} ms from the node's start to its first batch's end, {} reports meanwhile, \
+         at most {widest} ms apart (node_report_timeout 3000 ms)",
+        ended - started,
+        at.len() - 2
+    );
+    assert!(widest < 2000, "reports {widest} ms apart:\n{}", swarm.log());
 }
 
 #[test]
@@ -718,6 +757,13 @@ fn a_node_that_dies_at_once_restarts_every_five_seconds_and_leaks_nothing() {
         .unwrap()
         .count();
     assert_eq!(threads, 1, "the supervisor has {threads} threads");
+    let gaps: Vec<u128> = at.windows(2).map(|w| w[1] - w[0]).collect();
+    println!(
+        "crashing node: {} starts, {gaps:?} ms apart; the supervisor's descriptors {fds_early} \
+         after 2 starts, {fds_late} after {}; 1 thread",
+        at.len(),
+        at.len()
+    );
     assert!(
         fds_late <= fds_early,
         "the supervisor held {fds_early} descriptors after 2 starts, {fds_late} after {}",
@@ -782,11 +828,7 @@ fn the_nodes_of_a_killed_supervisor_stop_gracefully_and_commit() {
         "nodes still alive 15 s after their supervisor died:\n{}",
         swarm.log()
     );
-    assert!(
-        killed.elapsed() < Duration::from_secs(15),
-        "nodes took {:?} to exit",
-        killed.elapsed()
-    );
+    let gone_after = killed.elapsed();
     // What they processed was committed on the way out: each partition's committed offset is
     // one past the last processed.
     let mut last: BTreeMap<i32, i64> = BTreeMap::new();
@@ -798,6 +840,10 @@ fn the_nodes_of_a_killed_supervisor_stop_gracefully_and_commit() {
     let committed = offsets.of(&swarm.topic, swarm.partitions);
     let expected: BTreeMap<i32, i64> = last.into_iter().map(|(p, o)| (p, o + 1)).collect();
     assert_eq!(committed, expected, "{}", swarm.log());
+    println!(
+        "orphans: both nodes gone {gone_after:?} after their supervisor's SIGKILL; committed \
+         {committed:?}"
+    );
 }
 
 #[test]
