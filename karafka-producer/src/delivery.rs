@@ -187,6 +187,26 @@ impl Delivery {
         }
     }
 
+    /// Reports a delivery by the opaque librdkafka handed back, without rebuilding the
+    /// [`Delivery`] for a batch entry (the delivery-report thread's hot path).
+    ///
+    /// # Safety
+    ///
+    /// As [`from_opaque`](Self::from_opaque): `opaque` comes from
+    /// [`into_opaque`](Self::into_opaque) and is turned back exactly once.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn delivered_from_opaque(opaque: usize, partition: Partition, offset: i64) {
+        if opaque & ENTRY_TAG != 0 {
+            let batch = ((opaque & !ENTRY_TAG) >> 32) as u32;
+            let index = opaque as u32 as usize;
+            crate::batches::with(batch, |state| state.delivered(index, partition, offset));
+            return;
+        }
+        // SAFETY: per this function's contract.
+        let delivery = unsafe { Self::from_opaque(opaque) };
+        delivery.complete(Outcome::Delivered { partition, offset });
+    }
+
     /// Disarms a delivery whose message was not taken, giving its label back (nothing is
     /// reported: the caller reports the failure itself; a batch entry is settled by the
     /// dispatcher).
@@ -451,19 +471,47 @@ impl fmt::Debug for DeliveryHandle {
 // ---------------------------------------------------------------------------------------------
 // Many messages.
 
-/// A batch entry's partition while no report is in.
-const PENDING: i32 = i32::MIN;
-/// A batch entry's partition once its delivery failed (the error is in `failures`).
-const FAILED: i32 = i32::MIN + 1;
-/// No explicit partition requested.
-const ANY_PARTITION: i32 = -1;
+/// A batch entry's `state` while no report is in (zero: cells start zeroed).
+const PENDING: i32 = 0;
+/// A batch entry's `state` once its delivery failed (the error is in `failures`).
+const FAILED: i32 = -1;
 
-/// One batch entry, 24 bytes: a batch of a million messages needs 24 MB here.
+/// One batch entry, 24 bytes: a batch of a million messages needs 24 MB here. All-zero is an
+/// entry nobody touched yet (pending, first topic, no partition requested), so the cells are
+/// allocated zeroed and their pages are first written by the delivery that fills them.
+#[derive(Default)]
 struct Cell {
-    partition: AtomicI32,
+    /// [`PENDING`], [`FAILED`], or the partition it was delivered to, plus one.
+    state: AtomicI32,
+    /// Index into the batch's topics.
     topic: AtomicU32,
     offset: AtomicI64,
+    /// The partition asked for, plus one; 0: none.
     requested: AtomicI32,
+}
+
+/// A delivered partition as stored in [`Cell::state`] (partitions are never negative).
+fn delivered(partition: Partition) -> i32 {
+    partition.wrapping_add(1)
+}
+
+/// `len` zeroed cells, from zeroed memory (fresh pages from the OS are not written here).
+fn zeroed_cells(len: usize) -> Box<[Cell]> {
+    let layout = match std::alloc::Layout::array::<Cell>(len) {
+        Ok(layout) if layout.size() > 0 => layout,
+        _ => return (0..len).map(|_| Cell::default()).collect(),
+    };
+    // SAFETY: `layout` has a non-zero size. A `Cell` is four integer atomics, for which
+    // all-zero bytes are a valid value, so the zeroed allocation holds `len` valid cells; it
+    // was made with the layout of a `[Cell]` of `len`, as `Box<[Cell]>` frees it.
+    #[allow(unsafe_code)]
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<Cell>();
+        if ptr.is_null() {
+            std::alloc::handle_alloc_error(layout);
+        }
+        Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len))
+    }
 }
 
 pub(crate) struct BatchState {
@@ -496,14 +544,7 @@ impl BatchState {
             id: AtomicU32::new(0),
             shared,
             topics: Mutex::new(Vec::new()),
-            cells: (0..len)
-                .map(|_| Cell {
-                    partition: AtomicI32::new(PENDING),
-                    topic: AtomicU32::new(0),
-                    offset: AtomicI64::new(-1),
-                    requested: AtomicI32::new(ANY_PARTITION),
-                })
-                .collect(),
+            cells: zeroed_cells(len),
             failures: Mutex::new(Vec::new()),
             labels: Mutex::new(HashMap::new()),
             remaining: AtomicUsize::new(len),
@@ -550,9 +591,12 @@ impl BatchState {
         label: Option<Label>,
     ) {
         if let Some(cell) = self.cells.get(index) {
-            cell.topic.store(topic_index, Ordering::Relaxed);
+            // Zero is already there (and most batches have one topic and no partitions).
+            if topic_index != 0 {
+                cell.topic.store(topic_index, Ordering::Relaxed);
+            }
             if let Some(p) = partition {
-                cell.requested.store(p, Ordering::Relaxed);
+                cell.requested.store(p.wrapping_add(1), Ordering::Relaxed);
             }
         }
         if let Some(label) = label {
@@ -575,7 +619,8 @@ impl BatchState {
         self.cells
             .get(index)
             .map(|c| c.requested.load(Ordering::Relaxed))
-            .filter(|p| *p != ANY_PARTITION)
+            .filter(|p| *p != 0)
+            .map(|p| p.wrapping_sub(1))
     }
 
     fn take_label(&self, index: usize) -> Option<Label> {
@@ -588,34 +633,50 @@ impl BatchState {
 
     /// Records entry `index`'s outcome (once), then settles it.
     fn complete(&self, index: usize, outcome: Outcome) {
-        let Some(cell) = self.cells.get(index) else {
-            return;
-        };
-        if cell.partition.load(Ordering::Acquire) != PENDING {
-            return;
+        match outcome {
+            Outcome::Delivered { partition, offset } => self.delivered(index, partition, offset),
+            Outcome::Failed { error, message } => self.failed(index, error, message),
+        }
+    }
+
+    /// Claims entry `index` for its first outcome. The claim is a swap, so the cell's first
+    /// access is a write: a read first would map the zero page, then fault again on the write
+    /// with a TLB shootdown across cores (measured as the largest cost of a million-message
+    /// batch). Readers look at cells only once `remaining` says every entry settled.
+    fn claim(&self, index: usize, state: i32) -> Option<&Cell> {
+        let cell = self.cells.get(index)?;
+        let previous = cell.state.swap(state, Ordering::AcqRel);
+        if previous != PENDING {
+            // Completed twice: keep the first result.
+            cell.state.store(previous, Ordering::Release);
+            return None;
         }
         self.shared.room.released();
-        match outcome {
-            Outcome::Delivered { partition, offset } => {
-                if self.shared.monitor.has_listeners() {
-                    let label = self.label(index);
-                    self.shared.acknowledged(
-                        &self.topic_of(index),
-                        partition,
-                        offset,
-                        label.as_ref(),
-                    );
-                }
-                cell.offset.store(offset, Ordering::Relaxed);
-                cell.partition.store(partition, Ordering::Release);
-            }
-            Outcome::Failed { error, mut message } => {
-                message.label = self.take_label(index);
-                let failure = self.shared.failed(error, message);
-                lock(&self.failures).push((index, failure));
-                cell.partition.store(FAILED, Ordering::Release);
-            }
+        Some(cell)
+    }
+
+    /// Records that entry `index` was delivered, then settles it.
+    fn delivered(&self, index: usize, partition: Partition, offset: i64) {
+        let Some(cell) = self.claim(index, delivered(partition)) else {
+            return;
+        };
+        cell.offset.store(offset, Ordering::Relaxed);
+        if self.shared.monitor.has_listeners() {
+            let label = self.label(index);
+            self.shared
+                .acknowledged(&self.topic_of(index), partition, offset, label.as_ref());
         }
+        self.settle(1);
+    }
+
+    /// Records that entry `index` failed (the error owns its message), then settles it.
+    fn failed(&self, index: usize, error: KafkaError, mut message: Box<Message>) {
+        if self.claim(index, FAILED).is_none() {
+            return;
+        }
+        message.label = self.take_label(index);
+        let failure = self.shared.failed(error, message);
+        lock(&self.failures).push((index, failure));
         self.settle(1);
     }
 
@@ -665,14 +726,17 @@ impl BatchState {
                 }
             };
         let all_delivered = cells.iter().all(|c| {
-            let p = c.partition.load(Ordering::Acquire);
+            let p = c.state.load(Ordering::Acquire);
             p != FAILED && p != PENDING
         });
         if all_delivered {
             return Ok(cells
                 .iter()
                 .enumerate()
-                .map(|(i, c)| report(i, c, c.partition.load(Ordering::Acquire), &mut labels))
+                .map(|(i, c)| {
+                    let partition = c.state.load(Ordering::Acquire).wrapping_sub(1);
+                    report(i, c, partition, &mut labels)
+                })
                 .collect());
         }
         let mut failures: HashMap<usize, Error> = std::mem::take(&mut *lock(&self.failures))
@@ -681,7 +745,7 @@ impl BatchState {
         Err(cells
             .iter()
             .enumerate()
-            .map(|(i, c)| match c.partition.load(Ordering::Acquire) {
+            .map(|(i, c)| match c.state.load(Ordering::Acquire) {
                 FAILED => Err(failures.remove(&i).unwrap_or_else(|| {
                     Error::Core(karafka_core::Error::Closed {
                         what: "batch delivery (its results were already taken)".into(),
@@ -690,7 +754,7 @@ impl BatchState {
                 PENDING => Err(Error::Core(karafka_core::Error::Closed {
                     what: "batch delivery (an entry was never reported)".into(),
                 })),
-                partition => Ok(report(i, c, partition, &mut labels)),
+                state => Ok(report(i, c, state.wrapping_sub(1), &mut labels)),
             })
             .collect())
     }
@@ -791,5 +855,92 @@ impl fmt::Debug for BatchDelivery {
             .field("messages", &self.len)
             .field("done", &self.is_done())
             .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shared() -> Arc<Shared> {
+        Arc::new(Shared {
+            producer_id: "p".into(),
+            monitor: Monitor::new(),
+            room: QueueRoom::default(),
+            undelivered: Mutex::new(None),
+        })
+    }
+
+    fn delivery_of(state: &Arc<BatchState>, index: usize, partition: Partition, offset: i64) {
+        let opaque = Delivery::entry(state, index).into_opaque();
+        // SAFETY: the opaque comes from `into_opaque` just above and is turned back once.
+        #[allow(unsafe_code)]
+        unsafe {
+            Delivery::delivered_from_opaque(opaque, partition, offset)
+        };
+    }
+
+    #[test]
+    fn batch_cells_keep_topic_requested_partition_and_outcome_of_every_entry() {
+        let state = BatchState::new(shared(), 4);
+        let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
+        let ia = state.topic_index(&a);
+        let ib = state.topic_index(&b);
+        state.prepare_entry(0, ia, None, None);
+        state.prepare_entry(1, ib, Some(0), Some(Label::from("one")));
+        state.prepare_entry(2, ia, Some(i32::MAX), None);
+        state.prepare_entry(3, ib, Some(7), None);
+        assert_eq!(state.requested_partition(1), Some(0));
+        assert_eq!(state.requested_partition(2), Some(i32::MAX));
+        assert_eq!(state.requested_partition(0), None);
+        assert_eq!(&*state.topic_of(3), "b");
+
+        delivery_of(&state, 0, 0, 41);
+        delivery_of(&state, 1, 0, 42);
+        delivery_of(&state, 2, i32::MAX, 43);
+        assert!(state.is_open(), "one entry is still pending");
+        Delivery::entry(&state, 3).complete(Outcome::Failed {
+            error: KafkaError::other("deliver message", "refused"),
+            message: Box::new(Message::new(state.topic_of(3), "x")),
+        });
+        assert!(!state.is_open());
+        // A second report for a settled entry changes nothing.
+        state.delivered(0, 5, 99);
+
+        let results = state.take_reports(4).expect_err("entry 3 failed");
+        let ok: Vec<_> = results[..3]
+            .iter()
+            .map(|r| {
+                let r = r.as_ref().expect("delivered");
+                (r.topic.to_string(), r.partition, r.offset, r.label.clone())
+            })
+            .collect();
+        assert_eq!(
+            ok.iter()
+                .map(|(t, p, o, _)| (t.as_str(), *p, *o))
+                .collect::<Vec<_>>(),
+            [("a", 0, 41), ("b", 0, 42), ("a", i32::MAX, 43)]
+        );
+        assert_eq!(ok[1].3.as_ref().and_then(|l| l.as_str()), Some("one"));
+        match &results[3] {
+            Err(Error::Delivery { message, .. }) => assert_eq!(&*message.topic, "b"),
+            other => panic!("entry 3: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn an_all_delivered_batch_gives_every_report_in_order() {
+        let state = BatchState::new(shared(), 3);
+        let topic: Arc<str> = "t".into();
+        let i = state.topic_index(&topic);
+        for index in 0..3 {
+            state.prepare_entry(index, i, None, None);
+        }
+        for index in (0..3).rev() {
+            delivery_of(&state, index, index as i32, 10 + index as i64);
+        }
+        let reports = state.take_reports(3).expect("all delivered");
+        let got: Vec<_> = reports.iter().map(|r| (r.partition, r.offset)).collect();
+        assert_eq!(got, [(0, 10), (1, 11), (2, 12)]);
     }
 }

@@ -479,10 +479,12 @@ impl Dispatcher<'_> {
                 });
             }
         };
-        let mut messages = messages;
+        // Each message is dropped right after it is handed over, while it is in cache (not in
+        // a second walk over the batch at the end).
+        let mut messages = messages.into_iter();
         let mut last_topic: Option<(Arc<str>, u32)> = None;
-        for index in 0..count {
-            let message = &mut messages[index];
+        let mut index = 0;
+        while let Some(mut message) = messages.next() {
             let topic_index = match &last_topic {
                 Some((t, i)) if Arc::ptr_eq(t, &message.topic) || *t == message.topic => *i,
                 _ => {
@@ -491,21 +493,27 @@ impl Dispatcher<'_> {
                     i
                 }
             };
-            let sent = self.resolve_partition(&client, message).and_then(|()| {
-                state.prepare_entry(index, topic_index, message.partition, message.label.take());
-                self.enqueue(&client, message, Delivery::entry(&state, index))
-            });
+            let sent = self
+                .resolve_partition(&client, &mut message)
+                .and_then(|()| {
+                    state.prepare_entry(
+                        index,
+                        topic_index,
+                        message.partition,
+                        message.label.take(),
+                    );
+                    self.enqueue(&client, &message, Delivery::entry(&state, index))
+                });
             if let Err(refused) = sent {
                 state.settle(count - index);
-                let mut not_sent = messages.split_off(index);
-                let failed = not_sent.remove(0);
                 return Err(Error::PartiallyDispatched {
                     dispatched: index,
                     delivery: Box::new(BatchDelivery::new(state, index)),
-                    failure: Box::new(refused.into_error(inner, failed)),
-                    not_sent,
+                    failure: Box::new(refused.into_error(inner, message)),
+                    not_sent: messages.collect(),
                 });
             }
+            index += 1;
         }
         Ok(BatchDelivery::new(state, count))
     }
@@ -700,6 +708,9 @@ impl Inner {
             let known = checked_topic
                 .as_ref()
                 .is_some_and(|t| Arc::ptr_eq(t, &message.topic));
+            if known && self.plainly_valid(message) {
+                continue;
+            }
             let verdict = self.check_message(message, !known);
             if verdict.is_ok() && !known {
                 checked_topic = Some(message.topic.clone());
@@ -727,6 +738,15 @@ impl Inner {
             failure: Box::new(failure),
             not_sent,
         }
+    }
+
+    /// The checks of [`check_message`](Self::check_message) but the topic's, as one boolean
+    /// (the batch path; a `false` runs the full check for its error).
+    fn plainly_valid(&self, message: &Message) -> bool {
+        message.payload_len() <= self.config.max_payload_size
+            && (message.payload.is_some() || message.key.as_ref().is_some_and(|k| !k.is_empty()))
+            && message.partition.is_none_or(|p| p >= 0)
+            && message.partition_key.as_ref().is_none_or(|k| !k.is_empty())
     }
 
     fn check(&self, message: &Message) -> std::result::Result<(), ConfigError> {

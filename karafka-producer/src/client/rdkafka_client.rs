@@ -1,10 +1,11 @@
 //! The librdkafka client: one rdkafka `BaseProducer`, a named thread that serves its delivery
 //! reports, and the topic handles of variants.
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::{CStr, CString, c_void};
 use std::ptr::NonNull;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use karafka_core::{KafkaError, KafkaSettings, Partition, TopicPartition, native}
 use rdkafka::ClientContext;
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::message::{DeliveryResult, Message as _};
-use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext, PurgeConfig};
+use rdkafka::producer::{BaseProducer, Producer as _, ProducerContext, PurgeConfig};
 use rdkafka::types::RDKafkaErrorCode;
 use rdkafka_sys as sys;
 
@@ -120,11 +121,7 @@ impl ProducerContext for Context {
     type DeliveryOpaque = usize;
 
     fn delivery(&self, result: &DeliveryResult<'_>, opaque: usize) {
-        // SAFETY: every message this client sends carries `Delivery::into_opaque`, and
-        // librdkafka hands it back exactly once, here.
-        #[allow(unsafe_code)]
-        let delivery = unsafe { Delivery::from_opaque(opaque) };
-        let outcome = match result {
+        let (error, m) = match result {
             // Without a broker answer (acks=0) librdkafka 2.x reports RD_KAFKA_OFFSET_INVALID
             // (-1001); reports use -1 for every unknown offset.
             Ok(m) => {
@@ -132,37 +129,41 @@ impl ProducerContext for Context {
                     self.connection_error_set.store(false, Ordering::Release);
                     *lock(&self.last_connection_error) = None;
                 }
-                Outcome::Delivered {
-                    partition: m.partition(),
-                    offset: m.offset().max(-1),
-                }
-            }
-            Err((error, m)) => {
-                let mut message = Message {
-                    topic: delivery.topic(),
-                    payload: m.payload().map(bytes::Bytes::copy_from_slice),
-                    key: m.key().map(bytes::Bytes::copy_from_slice),
-                    partition: delivery.requested_partition(),
-                    partition_key: None,
-                    timestamp: m.timestamp().to_millis(),
-                    headers: Default::default(),
-                    label: None,
+                // SAFETY: every message this client sends carries `Delivery::into_opaque`, and
+                // librdkafka hands it back exactly once, here.
+                #[allow(unsafe_code)]
+                unsafe {
+                    Delivery::delivered_from_opaque(opaque, m.partition(), m.offset().max(-1))
                 };
-                if let Some(h) = m.headers() {
-                    message.headers = native::from_borrowed_headers(h);
-                }
-                let mut error = native::kafka_error("deliver message", error);
-                if error.code.as_deref() == Some("MessageTimedOut") {
-                    if let Some(cause) = lock(&self.last_connection_error).as_deref() {
-                        error.message =
-                            format!("{}; the last connection error: {cause}", error.message);
-                    }
-                }
-                Outcome::Failed {
-                    error,
-                    message: Box::new(message),
-                }
+                return;
             }
+            Err((error, m)) => (error, m),
+        };
+        // SAFETY: as above.
+        #[allow(unsafe_code)]
+        let delivery = unsafe { Delivery::from_opaque(opaque) };
+        let mut message = Message {
+            topic: delivery.topic(),
+            payload: m.payload().map(bytes::Bytes::copy_from_slice),
+            key: m.key().map(bytes::Bytes::copy_from_slice),
+            partition: delivery.requested_partition(),
+            partition_key: None,
+            timestamp: m.timestamp().to_millis(),
+            headers: Default::default(),
+            label: None,
+        };
+        if let Some(h) = m.headers() {
+            message.headers = native::from_borrowed_headers(h);
+        }
+        let mut error = native::kafka_error("deliver message", error);
+        if error.code.as_deref() == Some("MessageTimedOut") {
+            if let Some(cause) = lock(&self.last_connection_error).as_deref() {
+                error.message = format!("{}; the last connection error: {cause}", error.message);
+            }
+        }
+        let outcome = Outcome::Failed {
+            error,
+            message: Box::new(message),
         };
         delivery.complete(outcome);
     }
@@ -191,29 +192,64 @@ impl Drop for TopicHandle {
     }
 }
 
+/// How a topic is used in this client, and the handle messages to it are sent with (claims are
+/// never replaced: a handle stays valid for the client's life).
 enum Claim {
-    /// First used with the producer's default topic settings.
-    Default,
+    /// With the producer's default topic settings.
+    Default { handle: TopicHandle },
     /// Created with a variant's settings. `config` is boxed: its address marks the handle.
     Variant {
         config: Box<TopicConfig>,
-        _handle: TopicHandle,
+        handle: TopicHandle,
     },
 }
 
 impl Claim {
     fn describe(&self) -> String {
         match self {
-            Claim::Default => "the producer's default topic settings".to_owned(),
+            Claim::Default { .. } => "the producer's default topic settings".to_owned(),
             Claim::Variant { config, .. } => format!("a variant's {config}"),
+        }
+    }
+
+    /// The handle, when this claim serves a send with `wanted` settings.
+    fn serve(&self, wanted: Option<&TopicConfig>) -> Result<NonNull<sys::RDKafkaTopic>, Rejection> {
+        match (self, wanted) {
+            (Claim::Default { handle }, None) => Ok(handle.0),
+            (Claim::Variant { config, handle }, Some(wanted)) if **config == *wanted => {
+                Ok(handle.0)
+            }
+            (other, wanted) => Err(Rejection::TopicConflict {
+                claimed_by: other.describe(),
+                requested: wanted.map_or_else(
+                    || "the producer's default topic settings".to_owned(),
+                    |w| format!("a variant's {w}"),
+                ),
+            }),
         }
     }
 }
 
+/// Client ids, never reused: a thread's cached topic handle is used only by the client that
+/// owns it.
+static NEXT_CLIENT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The default-settings topic handle this thread sent with last (client id, topic, handle):
+/// consecutive sends to one topic skip the claims lock and the hash.
+struct LastHandle {
+    client: u64,
+    topic: Arc<str>,
+    handle: NonNull<sys::RDKafkaTopic>,
+}
+
+thread_local! {
+    static LAST_HANDLE: RefCell<Option<LastHandle>> = const { RefCell::new(None) };
+}
+
 pub(crate) struct RdKafkaClient {
+    id: u64,
     // Field order matters: claims (topic handles) drop before the producer.
     claims: RwLock<HashMap<Arc<str>, Claim>>,
-    any_variant: AtomicBool,
     partition_counts: Mutex<HashMap<Arc<str>, (i32, Instant)>>,
     default_partitioner: String,
     stop: Arc<AtomicBool>,
@@ -266,8 +302,8 @@ impl RdKafkaClient {
                 .map_err(|e| KafkaError::other("start the delivery report thread", e.to_string()))?
         };
         Ok(RdKafkaClient {
+            id: NEXT_CLIENT_ID.fetch_add(1, Ordering::Relaxed),
             claims: RwLock::new(HashMap::new()),
-            any_variant: AtomicBool::new(false),
             partition_counts: Mutex::new(HashMap::new()),
             default_partitioner: setup
                 .kafka
@@ -281,79 +317,112 @@ impl RdKafkaClient {
         })
     }
 
-    /// Makes sure `topic` may be sent with `topic_config` in this client (see
-    /// [`crate::variant`]): variants create the topic handle with their settings on first
-    /// use; anything that would silently use other settings is refused.
-    fn claim(&self, topic: &Arc<str>, topic_config: Option<&TopicConfig>) -> Result<(), Rejection> {
-        let Some(wanted) = topic_config else {
-            if !self.any_variant.load(Ordering::Acquire) {
-                return Ok(());
+    /// The handle to send `topic` with under `topic_config` (see [`crate::variant`]): the
+    /// first use creates it, with a variant's settings or the producer's defaults; a send
+    /// that would silently use other settings than it asks for is refused.
+    fn topic_handle(
+        &self,
+        topic: &Arc<str>,
+        topic_config: Option<&TopicConfig>,
+    ) -> Result<NonNull<sys::RDKafkaTopic>, Rejection> {
+        if topic_config.is_none() {
+            let cached = LAST_HANDLE.with(|last| {
+                let last = last.try_borrow().ok()?;
+                let last = last.as_ref()?;
+                (last.client == self.id
+                    && (Arc::ptr_eq(&last.topic, topic) || *last.topic == **topic))
+                    .then_some(last.handle)
+            });
+            if let Some(handle) = cached {
+                return Ok(handle);
             }
-            let claims = self.claims.read().unwrap_or_else(|p| p.into_inner());
-            return match claims.get(topic) {
-                Some(claim @ Claim::Variant { .. }) => Err(Rejection::TopicConflict {
-                    claimed_by: claim.describe(),
-                    requested: "the producer's default topic settings".to_owned(),
-                }),
-                _ => Ok(()),
-            };
-        };
-        let check = |claim: &Claim| match claim {
-            Claim::Variant { config, .. } if **config == *wanted => Ok(()),
-            other => Err(Rejection::TopicConflict {
-                claimed_by: other.describe(),
-                requested: format!("a variant's {wanted}"),
-            }),
-        };
+        }
+        let served = self.claimed_handle(topic, topic_config)?;
+        if topic_config.is_none() {
+            LAST_HANDLE.with(|last| {
+                if let Ok(mut last) = last.try_borrow_mut() {
+                    *last = Some(LastHandle {
+                        client: self.id,
+                        topic: topic.clone(),
+                        handle: served,
+                    });
+                }
+            });
+        }
+        Ok(served)
+    }
+
+    fn claimed_handle(
+        &self,
+        topic: &Arc<str>,
+        topic_config: Option<&TopicConfig>,
+    ) -> Result<NonNull<sys::RDKafkaTopic>, Rejection> {
         if let Some(claim) = self
             .claims
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .get(topic)
         {
-            return check(claim);
+            return claim.serve(topic_config);
         }
         let mut claims = self.claims.write().unwrap_or_else(|p| p.into_inner());
         if let Some(claim) = claims.get(topic) {
-            return check(claim);
+            return claim.serve(topic_config);
         }
-        self.any_variant.store(true, Ordering::Release);
-        let config = Box::new(wanted.clone());
-        match self.create_topic_handle(topic, &config)? {
-            Some(handle) => {
-                claims.insert(
-                    topic.clone(),
-                    Claim::Variant {
-                        config,
-                        _handle: handle,
-                    },
-                );
-                Ok(())
+        let claim = match topic_config {
+            None => Claim::Default {
+                handle: self.create_topic_handle(topic, None)?.0,
+            },
+            Some(wanted) => {
+                let config = Box::new(wanted.clone());
+                match self.create_topic_handle(topic, Some(&config))? {
+                    (handle, true) => Claim::Variant { config, handle },
+                    // librdkafka had the topic already, with other settings, which it keeps.
+                    (handle, false) => Claim::Default { handle },
+                }
             }
-            None => {
-                let claim = Claim::Default;
-                let refused = check(&claim);
-                claims.insert(topic.clone(), claim);
-                refused
-            }
-        }
+        };
+        let served = claim.serve(topic_config);
+        claims.insert(topic.clone(), claim);
+        served
     }
 
-    /// Creates `topic`'s handle with `config` on top of the client's default topic settings.
-    /// `Ok(None)` when librdkafka already had a handle for the topic (created with other
-    /// settings, which it keeps).
+    /// `topic`'s handle: created with `config` on top of the client's default topic settings
+    /// (with the defaults alone when `None`), or librdkafka's existing one. `true` when it was
+    /// created with `config` here; `false` when librdkafka already had a handle for the topic
+    /// (created with other settings, which it keeps).
     fn create_topic_handle(
         &self,
         topic: &str,
-        config: &TopicConfig,
-    ) -> Result<Option<TopicHandle>, Rejection> {
+        config: Option<&TopicConfig>,
+    ) -> Result<(TopicHandle, bool), Rejection> {
         let fail = |message: String| {
             Rejection::Kafka(KafkaError::other("apply variant topic settings", message))
         };
         let name = CString::new(topic)
             .map_err(|_| fail(format!("topic `{topic}` contains a NUL byte")))?;
-        let marker = config as *const TopicConfig as *mut c_void;
         let rk = self.producer.client().native_ptr();
+        let Some(config) = config else {
+            // SAFETY: `rk` is this client's live handle and `name` a NUL-terminated string
+            // that outlives the call; a NULL conf means the client's default topic settings.
+            #[allow(unsafe_code)]
+            let rkt = unsafe { sys::rd_kafka_topic_new(rk, name.as_ptr(), std::ptr::null_mut()) };
+            return match NonNull::new(rkt) {
+                Some(rkt) => Ok((TopicHandle(rkt), false)),
+                None => {
+                    // SAFETY: reads librdkafka's thread-local last error; no pointers involved.
+                    #[allow(unsafe_code)]
+                    let code = RDKafkaErrorCode::from(unsafe { sys::rd_kafka_last_error() });
+                    Err(Rejection::Kafka(KafkaError::other(
+                        "produce",
+                        format!(
+                            "librdkafka could not create a handle for topic `{topic}` ({code})"
+                        ),
+                    )))
+                }
+            };
+        };
+        let marker = config as *const TopicConfig as *mut c_void;
         // SAFETY: `rk` is this client's live handle. The topic conf is created here and either
         // destroyed here on error or handed to rd_kafka_topic_new, which takes ownership. The
         // strings are NUL-terminated and outlive the calls; `errstr` is a writable buffer of the
@@ -397,13 +466,10 @@ impl RdKafkaClient {
                      its log names the incompatible setting"
                 )));
             };
-            let handle = TopicHandle(rkt);
-            if sys::rd_kafka_topic_opaque(rkt.as_ptr()) != marker {
-                // The handle existed before: librdkafka discarded our settings. Dropping
-                // `handle` releases the reference rd_kafka_topic_new took.
-                return Ok(None);
-            }
-            Ok(Some(handle))
+            // The marker differs when the handle existed before: librdkafka then discarded
+            // our settings.
+            let fresh = sys::rd_kafka_topic_opaque(rkt.as_ptr()) == marker;
+            Ok((TopicHandle(rkt), fresh))
         }
     }
 
@@ -469,6 +535,55 @@ fn hash_partition(partitioner: &str, key: &[u8], count: i32) -> Partition {
     }
 }
 
+/// A byte slice as rd_kafka_producev's pointer and length (NULL, 0 for none).
+fn bytes_arg(bytes: Option<&[u8]>) -> (*mut c_void, usize) {
+    bytes.map_or((std::ptr::null_mut(), 0), |b| {
+        (b.as_ptr() as *mut c_void, b.len())
+    })
+}
+
+/// Headers built for librdkafka; destroyed on drop unless librdkafka took them.
+struct NativeHeaders(NonNull<sys::rd_kafka_headers_t>);
+
+impl NativeHeaders {
+    fn of(headers: &karafka_core::Headers) -> Option<Self> {
+        if headers.is_empty() {
+            return None;
+        }
+        // SAFETY: rd_kafka_headers_new returns a new list (never NULL: it aborts on OOM);
+        // rd_kafka_header_add copies `name_size` bytes of the name and `value_size` bytes of the
+        // value (NULL, 0 for a null value), both valid for those lengths during the call.
+        #[allow(unsafe_code)]
+        unsafe {
+            let list = NonNull::new(sys::rd_kafka_headers_new(headers.len()))?;
+            for h in headers.iter() {
+                let (value, value_len) = h.value.as_deref().map_or((std::ptr::null(), 0), |v| {
+                    (v.as_ptr().cast(), v.len() as isize)
+                });
+                sys::rd_kafka_header_add(
+                    list.as_ptr(),
+                    h.key.as_ptr().cast(),
+                    h.key.len() as isize,
+                    value,
+                    value_len,
+                );
+            }
+            Some(NativeHeaders(list))
+        }
+    }
+}
+
+impl Drop for NativeHeaders {
+    fn drop(&mut self) {
+        // SAFETY: the list came from rd_kafka_headers_new and librdkafka did not take it (a
+        // taken list is forgotten, not dropped).
+        #[allow(unsafe_code)]
+        unsafe {
+            sys::rd_kafka_headers_destroy(self.0.as_ptr())
+        }
+    }
+}
+
 impl Client for RdKafkaClient {
     fn produce(
         &self,
@@ -485,43 +600,69 @@ impl Client for RdKafkaClient {
                 delivery,
             });
         }
-        if let Err(reason) = self.claim(&message.topic, topic_config) {
-            return Err(Rejected { reason, delivery });
+        let rkt = match self.topic_handle(&message.topic, topic_config) {
+            Ok(rkt) => rkt,
+            Err(reason) => return Err(Rejected { reason, delivery }),
+        };
+        let headers = NativeHeaders::of(&message.headers);
+        let (payload, payload_len) = bytes_arg(message.payload.as_deref());
+        let (key, key_len) = bytes_arg(message.key.as_deref());
+        let opaque = delivery.into_opaque();
+        // Sent through the topic's handle, not its name: no name lookup under librdkafka's
+        // client lock and no C string per message (what rdkafka's `BaseProducer::send` does).
+        // SAFETY: `rk` is this client's live handle and `rkt` a handle this client holds an
+        // application reference to (claims live as long as the client; a thread's cached
+        // handle is used only by the client with the cached id). The argument list follows
+        // rd_kafka_producev's vtype/value pairs with the C types it reads (int32 partition,
+        // int flags, pointer + size_t for value and key, pointer opaque, int64 timestamp,
+        // headers pointer), ends with VTYPE_END. With MSG_F_COPY librdkafka copies payload and
+        // key before returning; it takes the headers only on success.
+        #[allow(unsafe_code)]
+        let err = unsafe {
+            sys::rd_kafka_producev(
+                self.producer.client().native_ptr(),
+                sys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_RKT,
+                rkt.as_ptr(),
+                sys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_PARTITION,
+                message.partition.unwrap_or(-1),
+                sys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_MSGFLAGS,
+                sys::RD_KAFKA_MSG_F_COPY,
+                sys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_VALUE,
+                payload,
+                payload_len,
+                sys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_KEY,
+                key,
+                key_len,
+                sys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_OPAQUE,
+                opaque as *mut c_void,
+                sys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_TIMESTAMP,
+                message.timestamp.unwrap_or(0),
+                sys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_HEADERS,
+                headers
+                    .as_ref()
+                    .map_or(std::ptr::null_mut(), |h| h.0.as_ptr()),
+                sys::rd_kafka_vtype_t::RD_KAFKA_VTYPE_END,
+            )
+        };
+        if err == sys::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR {
+            // librdkafka owns the headers now.
+            std::mem::forget(headers);
+            return Ok(());
         }
-        let headers =
-            (!message.headers.is_empty()).then(|| native::to_owned_headers(&message.headers));
-        let mut record: BaseRecord<'_, [u8], [u8], usize> =
-            BaseRecord::with_opaque_to(&message.topic, delivery.into_opaque());
-        if let Some(payload) = &message.payload {
-            record = record.payload(payload);
-        }
-        if let Some(key) = &message.key {
-            record = record.key(key);
-        }
-        if let Some(partition) = message.partition {
-            record = record.partition(partition);
-        }
-        if let Some(ts) = message.timestamp {
-            record = record.timestamp(ts);
-        }
-        if let Some(headers) = headers {
-            record = record.headers(headers);
-        }
-        match self.producer.send(record) {
-            Ok(()) => Ok(()),
-            Err((error, record)) => {
-                // SAFETY: the opaque was made by `into_opaque` above, and librdkafka gives a refused
-                // record's opaque back (here) instead of reporting its delivery.
-                #[allow(unsafe_code)]
-                let delivery = unsafe { Delivery::from_opaque(record.delivery_opaque) };
-                let reason = if error.rdkafka_error_code() == Some(RDKafkaErrorCode::QueueFull) {
-                    Rejection::QueueFull
-                } else {
-                    Rejection::Kafka(native::kafka_error("produce", &error))
-                };
-                Err(Rejected { reason, delivery })
-            }
-        }
+        // SAFETY: the opaque was made by `into_opaque` above, and a refused message's opaque
+        // comes back here instead of to a delivery report.
+        #[allow(unsafe_code)]
+        let delivery = unsafe { Delivery::from_opaque(opaque) };
+        let code = RDKafkaErrorCode::from(err);
+        let reason = if code == RDKafkaErrorCode::QueueFull {
+            Rejection::QueueFull
+        } else {
+            Rejection::Kafka(native::kafka_error(
+                "produce",
+                &rdkafka::error::KafkaError::MessageProduction(code),
+            ))
+        };
+        Err(Rejected { reason, delivery })
     }
 
     fn partition_for_key(
@@ -532,8 +673,8 @@ impl Client for RdKafkaClient {
     ) -> Result<Partition, KafkaError> {
         let topic: Arc<str> = topic.into();
         // The metadata request below creates the topic's handle when missing: claim first.
-        match self.claim(&topic, topic_config) {
-            Ok(()) => {}
+        match self.topic_handle(&topic, topic_config) {
+            Ok(_) => {}
             Err(Rejection::TopicConflict {
                 claimed_by,
                 requested,
@@ -583,10 +724,6 @@ impl Client for RdKafkaClient {
             // Purged messages come back as failed delivery reports, completing their handles.
             let _ = self.producer.flush(Duration::from_secs(5));
         }
-        self.claims
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
     }
 
     fn init_transactions(&self, timeout: Duration) -> Result<(), KafkaError> {
