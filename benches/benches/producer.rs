@@ -1,11 +1,12 @@
 //! Producer scenarios, karafka-rs against raw rdkafka in the same run, on the same embedded
 //! cluster (or `KARAFKA_BROKERS`), alternating runs:
 //!
-//! - throughput: 1M × 100-byte messages (`BENCH_MESSAGES`), `produce_many_async` then waiting
-//!   for the batch, against a raw `BaseProducer` send loop whose delivery callback counts;
-//!   both timed from the first send to the last delivery report (karafka-rs: when its batch
-//!   handle wakes); the time karafka-rs then takes to hand back the `Vec` of reports is
-//!   reported on its own line;
+//! - throughput: 1M × 100-byte messages (`BENCH_MESSAGES`) and 100k × 10 KB
+//!   (`BENCH_LARGE_MESSAGES`), each through `produce_many_async` and through the buffer
+//!   (`buffer_many` then `flush_async`), against a raw `BaseProducer` send loop whose delivery
+//!   callback counts; all timed from the first call to the last delivery report (karafka-rs:
+//!   when its batch handle wakes); the time karafka-rs then takes to hand back the `Vec` of
+//!   reports is reported on its own line (and is in its CPU figure);
 //! - latency: 1,000 sequential `produce_sync` with `queue.buffering.max.ms=0`, against a raw
 //!   send-then-block-until-the-delivery-report loop (delivery reports served by a polling
 //!   thread in both).
@@ -20,15 +21,16 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use karafka_benches::{Summary, env_usize, process_cpu, quantile, rate};
+use karafka_benches::{Summary, env_usize, quantile, rate, threads_cpu, threads_cpu_delta};
 use karafka_core::KafkaSettings;
 use karafka_producer::{Message, Producer};
-use karafka_testing::{EmbeddedCluster, client_config};
+use karafka_testing::{EmbeddedCluster, TestBroker, client_config};
 use rdkafka::ClientContext;
 use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 
-const PAYLOAD: [u8; 100] = [b'x'; 100];
+static SMALL: [u8; 100] = [b'x'; 100];
+static LARGE: [u8; 10_240] = [b'x'; 10_240];
 
 fn throughput_settings(brokers: &str) -> KafkaSettings {
     KafkaSettings::new()
@@ -45,6 +47,27 @@ fn latency_settings(brokers: &str) -> KafkaSettings {
         .with("bootstrap.servers", brokers)
         .with("queue.buffering.max.ms", "0")
         .with("message.timeout.ms", "50000")
+}
+
+/// The process's CPU since `before` (every thread); with `BENCH_THREADS=1`, printed by thread.
+fn cpu_since(
+    who: &str,
+    before: &std::collections::HashMap<u64, (String, Duration)>,
+    handed_over: Duration,
+) -> Duration {
+    let by_thread = threads_cpu_delta(before, &threads_cpu());
+    if std::env::var("BENCH_THREADS").is_ok_and(|v| v == "1") {
+        let parts: Vec<String> = by_thread
+            .iter()
+            .map(|(name, t)| format!("{name} {:.0} ms", t.as_secs_f64() * 1e3))
+            .collect();
+        println!(
+            "    {who}: every message handed over after {:.0} ms; CPU by thread: {}",
+            handed_over.as_secs_f64() * 1e3,
+            parts.join(", ")
+        );
+    }
+    by_thread.iter().map(|(_, t)| *t).sum()
 }
 
 // ---- raw baseline -----------------------------------------------------------------------
@@ -78,15 +101,18 @@ fn poll_thread<C: ProducerContext + 'static>(
 ) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = stop.clone();
-    let handle = std::thread::spawn(move || {
-        while !flag.load(Ordering::Acquire) {
-            producer.poll(Duration::from_millis(100));
-        }
-    });
+    let handle = std::thread::Builder::new()
+        .name("raw.poll".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Acquire) {
+                producer.poll(Duration::from_millis(100));
+            }
+        })
+        .unwrap();
     (stop, handle)
 }
 
-fn raw_throughput(brokers: &str, topic: &str, n: usize) -> (f64, Duration) {
+fn raw_throughput(brokers: &str, topic: &str, n: usize, payload: &[u8]) -> (f64, Duration) {
     let context = Counting {
         target: n,
         delivered: AtomicUsize::new(0),
@@ -100,10 +126,10 @@ fn raw_throughput(brokers: &str, topic: &str, n: usize) -> (f64, Duration) {
             .unwrap(),
     );
     let (stop, poller) = poll_thread(producer.clone());
-    let cpu = process_cpu();
+    let cpu = threads_cpu();
     let started = Instant::now();
     for _ in 0..n {
-        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(&PAYLOAD[..]);
+        let mut record = BaseRecord::<[u8], [u8]>::to(topic).payload(payload);
         loop {
             match producer.send(record) {
                 Ok(()) => break,
@@ -114,6 +140,7 @@ fn raw_throughput(brokers: &str, topic: &str, n: usize) -> (f64, Duration) {
             }
         }
     }
+    let handed_over = started.elapsed();
     let ctx = producer.context();
     let mut done = ctx.done.lock().unwrap();
     while done.is_none() {
@@ -121,10 +148,7 @@ fn raw_throughput(brokers: &str, topic: &str, n: usize) -> (f64, Duration) {
     }
     let took = done.unwrap() - started;
     drop(done);
-    let cpu = process_cpu()
-        .zip(cpu)
-        .map(|(b, a)| b - a)
-        .unwrap_or_default();
+    let cpu = cpu_since("raw", &cpu, handed_over);
     assert_eq!(
         ctx.failed.load(Ordering::Relaxed),
         0,
@@ -156,7 +180,7 @@ fn raw_latency(brokers: &str, topic: &str, sends: usize) -> Vec<Duration> {
     for i in 0..sends + 50 {
         let started = Instant::now();
         producer
-            .send(BaseRecord::<[u8], [u8]>::to(topic).payload(&PAYLOAD[..]))
+            .send(BaseRecord::<[u8], [u8]>::to(topic).payload(&SMALL[..]))
             .map_err(|(e, _)| e)
             .unwrap();
         assert!(rx.recv().unwrap(), "raw delivery failed");
@@ -181,25 +205,43 @@ impl std::task::Wake for WakeTime {
     }
 }
 
+/// How karafka-rs is handed the messages.
+#[derive(Clone, Copy)]
+enum Path {
+    /// `produce_many_async(messages)`.
+    Many,
+    /// `buffer_many(messages)` then `flush_async()`.
+    Buffered,
+}
+
 /// Returns (msg/s to the last delivery report, CPU, time to materialize the reports after it).
-fn framework_throughput(brokers: &str, topic: &str, n: usize) -> (f64, Duration, Duration) {
+fn framework_throughput(
+    brokers: &str,
+    topic: &str,
+    n: usize,
+    payload: &'static [u8],
+    path: Path,
+) -> (f64, Duration, Duration) {
     let producer = Producer::builder()
         .kafka_settings(&throughput_settings(brokers))
         .build()
         .unwrap();
     producer.connect().unwrap();
     let topic: Arc<str> = topic.into();
-    let payload = Bytes::from_static(&PAYLOAD);
+    let payload = Bytes::from_static(payload);
     let messages: Vec<Message> = (0..n)
-        .map(|_| Message {
-            topic: topic.clone(),
-            payload: Some(payload.clone()),
-            ..Message::new(topic.clone(), Bytes::new())
-        })
+        .map(|_| Message::new(topic.clone(), payload.clone()))
         .collect();
-    let cpu = process_cpu();
+    let cpu = threads_cpu();
     let started = Instant::now();
-    let mut delivery = producer.produce_many_async(messages).unwrap();
+    let mut delivery = match path {
+        Path::Many => producer.produce_many_async(messages).unwrap(),
+        Path::Buffered => {
+            producer.buffer_many(messages).unwrap();
+            producer.flush_async().unwrap()
+        }
+    };
+    let handed_over = started.elapsed();
     let wake = Arc::new(WakeTime(Mutex::new(None), Condvar::new()));
     let waker = std::task::Waker::from(wake.clone());
     let mut cx = std::task::Context::from_waker(&waker);
@@ -222,10 +264,7 @@ fn framework_throughput(brokers: &str, topic: &str, n: usize) -> (f64, Duration,
         }
     };
     let materialized = last_report.elapsed();
-    let cpu = process_cpu()
-        .zip(cpu)
-        .map(|(b, a)| b - a)
-        .unwrap_or_default();
+    let cpu = cpu_since("karafka-rs", &cpu, handed_over);
     let reports = reports.unwrap();
     assert_eq!(reports.len(), n);
     drop(reports);
@@ -243,7 +282,7 @@ fn framework_latency(brokers: &str, topic: &str, sends: usize) -> Vec<Duration> 
         .build()
         .unwrap();
     let topic: Arc<str> = topic.into();
-    let payload = Bytes::from_static(&PAYLOAD);
+    let payload = Bytes::from_static(&SMALL);
     let mut samples = Vec::with_capacity(sends);
     for i in 0..sends + 50 {
         let message = Message::new(topic.clone(), payload.clone());
@@ -257,9 +296,89 @@ fn framework_latency(brokers: &str, topic: &str, sends: usize) -> Vec<Duration> 
     samples
 }
 
+/// One throughput comparison: raw, then karafka-rs through each path, alternating by round.
+struct Scenario {
+    label: String,
+    messages: usize,
+    payload: &'static [u8],
+    raw: Vec<f64>,
+    raw_cpu: Vec<f64>,
+    many: Vec<f64>,
+    many_cpu: Vec<f64>,
+    buffered: Vec<f64>,
+    buffered_cpu: Vec<f64>,
+    materialize: Vec<f64>,
+}
+
+impl Scenario {
+    fn new(label: String, messages: usize, payload: &'static [u8]) -> Self {
+        Scenario {
+            label,
+            messages,
+            payload,
+            raw: vec![],
+            raw_cpu: vec![],
+            many: vec![],
+            many_cpu: vec![],
+            buffered: vec![],
+            buffered_cpu: vec![],
+            materialize: vec![],
+        }
+    }
+
+    fn round(&mut self, brokers: &str, topic: &dyn Fn(&str) -> String, round: usize) {
+        let n = self.messages;
+        let (r, c) = raw_throughput(brokers, &topic("raw"), n, self.payload);
+        println!(
+            "  {} round {round}: raw                     {:>12} msg/s  cpu {:.2} s",
+            self.label,
+            rate(r),
+            c.as_secs_f64()
+        );
+        self.raw.push(r);
+        self.raw_cpu.push(c.as_secs_f64());
+        for path in [Path::Many, Path::Buffered] {
+            let (r, c, m) = framework_throughput(brokers, &topic("fw"), n, self.payload, path);
+            let name = match path {
+                Path::Many => "produce_many_async",
+                Path::Buffered => "buffer_many+flush_async",
+            };
+            println!(
+                "  {} round {round}: {name:<23} {:>12} msg/s  cpu {:.2} s  reports materialized in {:.1} ms",
+                self.label,
+                rate(r),
+                c.as_secs_f64(),
+                m.as_secs_f64() * 1e3
+            );
+            let (rates, cpus) = match path {
+                Path::Many => (&mut self.many, &mut self.many_cpu),
+                Path::Buffered => (&mut self.buffered, &mut self.buffered_cpu),
+            };
+            rates.push(r);
+            cpus.push(c.as_secs_f64());
+            self.materialize.push(m.as_secs_f64() * 1e3);
+        }
+    }
+}
+
+fn row(name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String) {
+    let (r, f) = (Summary::of(raw), Summary::of(fw));
+    println!(
+        "| {name} | {} / {} / {} | {} / {} / {} | {:.3} |",
+        fmt(r.min),
+        fmt(r.median),
+        fmt(r.max),
+        fmt(f.min),
+        fmt(f.median),
+        fmt(f.max),
+        f.median / r.median
+    );
+}
+
 fn main() {
     let n = env_usize("BENCH_MESSAGES", 1_000_000);
-    let rounds = env_usize("BENCH_ROUNDS", 3);
+    let large = env_usize("BENCH_LARGE_MESSAGES", 100_000);
+    let rounds = env_usize("BENCH_ROUNDS", 5);
     let sends = env_usize("BENCH_LATENCY_SENDS", 1_000);
     let (brokers, cluster) = match std::env::var("KARAFKA_BROKERS") {
         Ok(b) => (b, None),
@@ -273,106 +392,122 @@ fn main() {
     } else {
         brokers.as_str()
     };
-    let topic = |name: &str, round: usize| -> String {
-        let t = format!("bench-{name}-{}-{round}", std::process::id());
-        if let Some(c) = &cluster {
-            c.create_topic(&t, 1).unwrap();
-        }
+    let broker = match &cluster {
+        Some(c) => TestBroker::with_cluster(c.clone()),
+        None => TestBroker::from_vars(Some(&brokers), Some("kafka")).unwrap(),
+    };
+    let counter = AtomicUsize::new(0);
+    let topic = |name: &str| -> String {
+        let t = format!(
+            "bench-{name}-{}-{}",
+            std::process::id(),
+            counter.fetch_add(1, Ordering::Relaxed)
+        );
+        // Created before the run on both brokers, so no run times a topic's creation.
+        broker.create_topic(&t, 1).unwrap();
         t
     };
     println!(
-        "producer benchmarks on {broker_name}: {n} x 100 B, {rounds} rounds, alternating raw / karafka-rs"
+        "producer benchmarks on {broker_name}: {n} x 100 B and {large} x 10 KB, {rounds} rounds, \
+         alternating raw / karafka-rs"
     );
 
-    // BENCH_ONLY=karafka runs only karafka-rs' throughput rounds (for profiling).
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("karafka") {
-        for round in 0..rounds {
-            let (r, c, m) = framework_throughput(&brokers, &topic("fw", round), n);
-            println!(
-                "  round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s  reports materialized in {:.1} ms",
-                rate(r),
-                c.as_secs_f64(),
-                m.as_secs_f64() * 1e3
-            );
-        }
-        return;
+    let mut scenarios = Vec::new();
+    if n > 0 {
+        scenarios.push(Scenario::new(format!("{n} x 100 B"), n, &SMALL));
     }
-    if std::env::var("BENCH_ONLY").as_deref() == Ok("raw") {
-        for round in 0..rounds {
-            let (r, c) = raw_throughput(&brokers, &topic("raw", round), n);
-            println!(
-                "  round {round}: raw        {:>12} msg/s  cpu {:.2} s",
-                rate(r),
-                c.as_secs_f64()
-            );
-        }
-        return;
+    if large > 0 {
+        scenarios.push(Scenario::new(format!("{large} x 10 KB"), large, &LARGE));
     }
-    let (mut raw_rates, mut fw_rates, mut raw_cpu, mut fw_cpu) = (vec![], vec![], vec![], vec![]);
-    let mut materialize = vec![];
-    for round in 0..rounds {
-        let (r, c) = raw_throughput(&brokers, &topic("raw", round), n);
-        println!(
-            "  round {round}: raw        {:>12} msg/s  cpu {:.2} s",
-            rate(r),
-            c.as_secs_f64()
-        );
-        raw_rates.push(r);
-        raw_cpu.push(c.as_secs_f64());
-        let (r, c, m) = framework_throughput(&brokers, &topic("fw", round), n);
-        println!(
-            "  round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s  reports materialized in {:.1} ms",
-            rate(r),
-            c.as_secs_f64(),
-            m.as_secs_f64() * 1e3
-        );
-        materialize.push(m.as_secs_f64() * 1e3);
-        fw_rates.push(r);
-        fw_cpu.push(c.as_secs_f64());
+    // BENCH_ONLY=karafka / raw runs only that side's produce_many_async rounds (for profiling).
+    match std::env::var("BENCH_ONLY").as_deref() {
+        Ok("karafka") => {
+            for s in &scenarios {
+                for round in 0..rounds {
+                    let (r, c, m) = framework_throughput(
+                        &brokers,
+                        &topic("fw"),
+                        s.messages,
+                        s.payload,
+                        Path::Many,
+                    );
+                    println!(
+                        "  {} round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s  reports materialized in {:.1} ms",
+                        s.label,
+                        rate(r),
+                        c.as_secs_f64(),
+                        m.as_secs_f64() * 1e3
+                    );
+                }
+            }
+            return;
+        }
+        Ok("raw") => {
+            for s in &scenarios {
+                for round in 0..rounds {
+                    let (r, c) = raw_throughput(&brokers, &topic("raw"), s.messages, s.payload);
+                    println!(
+                        "  {} round {round}: raw        {:>12} msg/s  cpu {:.2} s",
+                        s.label,
+                        rate(r),
+                        c.as_secs_f64()
+                    );
+                }
+            }
+            return;
+        }
+        _ => {}
+    }
+    for s in &mut scenarios {
+        for round in 0..rounds {
+            s.round(&brokers, &topic, round);
+        }
     }
 
     let (mut raw_p50, mut raw_p99, mut fw_p50, mut fw_p99) = (vec![], vec![], vec![], vec![]);
-    for round in 0..rounds {
-        let s = raw_latency(&brokers, &topic("raw-lat", round), sends);
+    for _ in 0..rounds {
+        let s = raw_latency(&brokers, &topic("raw-lat"), sends);
         raw_p50.push(quantile(&s, 0.50).as_secs_f64() * 1e6);
         raw_p99.push(quantile(&s, 0.99).as_secs_f64() * 1e6);
-        let s = framework_latency(&brokers, &topic("fw-lat", round), sends);
+        let s = framework_latency(&brokers, &topic("fw-lat"), sends);
         fw_p50.push(quantile(&s, 0.50).as_secs_f64() * 1e6);
         fw_p99.push(quantile(&s, 0.99).as_secs_f64() * 1e6);
     }
 
-    let row = |name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String| {
-        let (r, f) = (Summary::of(raw), Summary::of(fw));
-        println!(
-            "| {name} | {} / {} / {} | {} / {} / {} | {:.3} |",
-            fmt(r.min),
-            fmt(r.median),
-            fmt(r.max),
-            fmt(f.min),
-            fmt(f.median),
-            fmt(f.max),
-            f.median / r.median
-        );
-    };
     println!();
     println!(
-        "| metric | raw rdkafka min / median / max | karafka-rs min / median / max | ratio (median, karafka-rs / raw) |"
+        "| metric ({broker_name}) | raw rdkafka min / median / max | karafka-rs min / median / max | ratio (median, karafka-rs / raw) |"
     );
     println!("|---|---|---|---|");
-    row(
-        "produce_many_async 1M x 100 B, msg/s",
-        &raw_rates,
-        &fw_rates,
-        &|v| rate(v),
-    );
-    row("process CPU for the run, s", &raw_cpu, &fw_cpu, &|v| {
-        format!("{v:.2}")
-    });
-    let m = Summary::of(&materialize);
-    println!(
-        "| then: karafka-rs builds the Vec of {n} DeliveryReports, ms | - | {:.1} / {:.1} / {:.1} | - |",
-        m.min, m.median, m.max
-    );
+    let msgs = |v: f64| rate(v);
+    let secs = |v: f64| format!("{v:.2}");
+    for s in &scenarios {
+        let l = &s.label;
+        row(
+            &format!("produce_many_async {l}, msg/s"),
+            &s.raw,
+            &s.many,
+            &msgs,
+        );
+        row(&format!("  process CPU, s"), &s.raw_cpu, &s.many_cpu, &secs);
+        row(
+            &format!("buffer_many + flush_async {l}, msg/s"),
+            &s.raw,
+            &s.buffered,
+            &msgs,
+        );
+        row(
+            &format!("  process CPU, s"),
+            &s.raw_cpu,
+            &s.buffered_cpu,
+            &secs,
+        );
+        let m = Summary::of(&s.materialize);
+        println!(
+            "| then: karafka-rs builds the Vec of {} DeliveryReports, ms | - | {:.1} / {:.1} / {:.1} | - |",
+            s.messages, m.min, m.median, m.max
+        );
+    }
     row(
         &format!("produce_sync p50, µs ({sends} sends)"),
         &raw_p50,

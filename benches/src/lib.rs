@@ -71,6 +71,55 @@ pub fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// CPU time of every live thread of this process, by thread id, with the thread's name, from
+/// `/proc/self/task/*/schedstat` (nanosecond precision, unlike the 10 ms ticks of
+/// [`process_cpu`]). Sum the differences of two readings over the ids in both for the CPU of
+/// threads that lived through a run.
+pub fn threads_cpu() -> std::collections::HashMap<u64, (String, Duration)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return out;
+    };
+    for task in tasks.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse().ok()) else {
+            continue;
+        };
+        let path = task.path();
+        let ns = std::fs::read_to_string(path.join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
+        if let Some(ns) = ns {
+            out.insert(tid, (name.trim().to_owned(), Duration::from_nanos(ns)));
+        }
+    }
+    out
+}
+
+/// The CPU each thread spent between two [`threads_cpu`] readings, summed by thread name with
+/// digits and `#…` suffixes dropped (`rdk:broker1` → `rdk:broker`), largest first; threads that
+/// started after `before` count from zero.
+pub fn threads_cpu_delta(
+    before: &std::collections::HashMap<u64, (String, Duration)>,
+    after: &std::collections::HashMap<u64, (String, Duration)>,
+) -> Vec<(String, Duration)> {
+    let mut by_name: std::collections::BTreeMap<String, Duration> = Default::default();
+    for (tid, (name, t)) in after {
+        let start = before.get(tid).map_or(Duration::ZERO, |(_, b)| *b);
+        let name: String = name
+            .split('#')
+            .next()
+            .unwrap_or_default()
+            .chars()
+            .filter(|c| !c.is_ascii_digit())
+            .collect();
+        *by_name.entry(name).or_default() += t.saturating_sub(start);
+    }
+    let mut out: Vec<_> = by_name.into_iter().collect();
+    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out
+}
+
 /// This process's resident set size now, from `/proc/self/status` (VmRSS), in bytes.
 pub fn rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;

@@ -4,8 +4,9 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU8, AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -471,46 +472,112 @@ impl fmt::Debug for DeliveryHandle {
 // ---------------------------------------------------------------------------------------------
 // Many messages.
 
-/// A batch entry's `state` while no report is in (zero: cells start zeroed).
-const PENDING: i32 = 0;
-/// A batch entry's `state` once its delivery failed (the error is in `failures`).
-const FAILED: i32 = -1;
+/// A batch entry while no report is in (zero: the states start zeroed).
+const PENDING: u8 = 0;
+/// A batch entry delivered: its report is written in its slot.
+const DELIVERED: u8 = 1;
+/// A batch entry whose delivery failed (the error is in `failures`).
+const FAILED: u8 = 2;
 
-/// One batch entry, 24 bytes: a batch of a million messages needs 24 MB here. All-zero is an
-/// entry nobody touched yet (pending, first topic, no partition requested), so the cells are
-/// allocated zeroed and their pages are first written by the delivery that fills them.
-#[derive(Default)]
-struct Cell {
-    /// [`PENDING`], [`FAILED`], or the partition it was delivered to, plus one.
-    state: AtomicI32,
-    /// Index into the batch's topics.
-    topic: AtomicU32,
-    offset: AtomicI64,
-    /// The partition asked for, plus one; 0: none.
-    requested: AtomicI32,
-}
-
-/// A delivered partition as stored in [`Cell::state`] (partitions are never negative).
-fn delivered(partition: Partition) -> i32 {
-    partition.wrapping_add(1)
-}
-
-/// `len` zeroed cells, from zeroed memory (fresh pages from the OS are not written here).
-fn zeroed_cells(len: usize) -> Box<[Cell]> {
-    let layout = match std::alloc::Layout::array::<Cell>(len) {
+/// `len` zeroed values of an integer atomic type, from zeroed memory: fresh pages from the OS
+/// are not written here (their first write is the one that needs them).
+fn zeroed<T: Default>(len: usize) -> Box<[T]> {
+    let layout = match std::alloc::Layout::array::<T>(len) {
         Ok(layout) if layout.size() > 0 => layout,
-        _ => return (0..len).map(|_| Cell::default()).collect(),
+        _ => return (0..len).map(|_| T::default()).collect(),
     };
-    // SAFETY: `layout` has a non-zero size. A `Cell` is four integer atomics, for which
-    // all-zero bytes are a valid value, so the zeroed allocation holds `len` valid cells; it
-    // was made with the layout of a `[Cell]` of `len`, as `Box<[Cell]>` frees it.
+    // SAFETY: `layout` has a non-zero size. Callers use this only for integer atomics, for
+    // which all-zero bytes are a valid value (see the uses), so the zeroed allocation holds
+    // `len` valid values; it was made with the layout of a `[T]` of `len`, as `Box<[T]>` frees
+    // it.
     #[allow(unsafe_code)]
     unsafe {
-        let ptr = std::alloc::alloc_zeroed(layout).cast::<Cell>();
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<T>();
         if ptr.is_null() {
             std::alloc::handle_alloc_error(layout);
         }
         Box::from_raw(std::ptr::slice_from_raw_parts_mut(ptr, len))
+    }
+}
+
+/// The reports of a batch, written in place by the deliveries: once every entry is delivered,
+/// they are handed to the caller as the `Vec` they already are (no pass over the batch, no
+/// second allocation).
+///
+/// Invariants (upheld by [`BatchState`]): slot `i` is written at most once, by the thread that
+/// moved entry `i`'s state from [`PENDING`] to [`DELIVERED`]; it is read (moved out) only after
+/// every entry settled (`remaining` reached zero with `AcqRel`, after the write), and only once
+/// (`taken`). Until then nothing else touches it.
+struct ReportSlots {
+    ptr: NonNull<DeliveryReport>,
+    capacity: usize,
+}
+
+// SAFETY: the slots are plain memory owned by the batch; per the invariants above each slot
+// is written by one thread and read after that write happened-before, so sharing the pointer
+// between threads races on nothing. `DeliveryReport` is `Send + Sync`.
+#[allow(unsafe_code)]
+unsafe impl Send for ReportSlots {}
+// SAFETY: see `Send`.
+#[allow(unsafe_code)]
+unsafe impl Sync for ReportSlots {}
+
+impl ReportSlots {
+    fn new(len: usize) -> Self {
+        let mut reports = std::mem::ManuallyDrop::new(Vec::<DeliveryReport>::with_capacity(len));
+        ReportSlots {
+            // A Vec's pointer is never null (dangling when nothing is allocated).
+            ptr: NonNull::new(reports.as_mut_ptr()).unwrap_or(NonNull::dangling()),
+            capacity: reports.capacity(),
+        }
+    }
+
+    /// Writes slot `index` (`index` < the batch's length ≤ `capacity`).
+    ///
+    /// # Safety
+    ///
+    /// The caller holds the only right to write slot `index`, once (it moved the entry from
+    /// [`PENDING`] to [`DELIVERED`]), and nobody reads it before the batch settled.
+    #[allow(unsafe_code)]
+    unsafe fn write(&self, index: usize, report: DeliveryReport) {
+        // SAFETY: in bounds (index < len ≤ capacity) and exclusive, per the contract.
+        unsafe { self.ptr.as_ptr().add(index).write(report) }
+    }
+
+    /// Moves slot `index` out.
+    ///
+    /// # Safety
+    ///
+    /// The slot was written and is not read again (nor dropped) after this.
+    #[allow(unsafe_code)]
+    unsafe fn read(&self, index: usize) -> DeliveryReport {
+        // SAFETY: written, in bounds, read once, per the contract.
+        unsafe { self.ptr.as_ptr().add(index).read() }
+    }
+
+    /// The first `len` slots as a `Vec` that owns the allocation.
+    ///
+    /// # Safety
+    ///
+    /// The first `len` slots were written; no slot is read or dropped after this, and the
+    /// allocation is not freed by `self` (the `Vec` frees it).
+    #[allow(unsafe_code)]
+    unsafe fn to_vec(&self, len: usize) -> Vec<DeliveryReport> {
+        // SAFETY: the pointer and capacity come from a `Vec<DeliveryReport>` that was never
+        // freed; `len` ≤ capacity elements are initialized, per the contract.
+        unsafe { Vec::from_raw_parts(self.ptr.as_ptr(), len, self.capacity) }
+    }
+
+    /// Frees the allocation without dropping any slot.
+    ///
+    /// # Safety
+    ///
+    /// Every written slot was moved out or dropped already, and the allocation was not handed
+    /// to a `Vec` by [`to_vec`](Self::to_vec).
+    #[allow(unsafe_code)]
+    unsafe fn free(&self) {
+        // SAFETY: as `into_vec`, with no element initialized.
+        drop(unsafe { Vec::from_raw_parts(self.ptr.as_ptr(), 0, self.capacity) });
     }
 }
 
@@ -519,13 +586,25 @@ pub(crate) struct BatchState {
     /// before any entry is handed out.
     id: AtomicU32,
     shared: Arc<Shared>,
-    /// Distinct topics of the batch; cells refer to them by index.
+    /// Distinct topics of the batch; entries refer to them by index.
     topics: Mutex<Vec<Arc<str>>>,
-    cells: Box<[Cell]>,
+    /// Topic 0, readable without the lock (most batches have one topic).
+    first_topic: OnceLock<Arc<str>>,
+    /// Each entry's topic index, allocated (zeroed) when a topic other than the first is used.
+    entry_topics: OnceLock<Box<[AtomicU32]>>,
+    /// Each entry's requested partition plus one (0: none), allocated (zeroed) when an entry
+    /// asks for one.
+    requested: OnceLock<Box<[AtomicI32]>>,
+    /// [`PENDING`], [`DELIVERED`] or [`FAILED`], per entry.
+    states: Box<[AtomicU8]>,
+    reports: ReportSlots,
+    /// Set once the results are taken: slots are read once.
+    taken: AtomicBool,
     /// Failed entries (rare), by index.
     failures: Mutex<Vec<(usize, Error)>>,
     /// Labels of entries that have one, by index (most batches have none).
     labels: Mutex<HashMap<usize, Label>>,
+    has_labels: AtomicBool,
     remaining: AtomicUsize,
     wait: Mutex<BatchWait>,
     ready: Condvar,
@@ -544,9 +623,16 @@ impl BatchState {
             id: AtomicU32::new(0),
             shared,
             topics: Mutex::new(Vec::new()),
-            cells: zeroed_cells(len),
+            first_topic: OnceLock::new(),
+            entry_topics: OnceLock::new(),
+            requested: OnceLock::new(),
+            // Zero is PENDING.
+            states: zeroed(len),
+            reports: ReportSlots::new(len),
+            taken: AtomicBool::new(false),
             failures: Mutex::new(Vec::new()),
             labels: Mutex::new(HashMap::new()),
+            has_labels: AtomicBool::new(false),
             remaining: AtomicUsize::new(len),
             wait: Mutex::new(BatchWait {
                 done: len == 0,
@@ -565,6 +651,10 @@ impl BatchState {
         self.id.load(Ordering::Acquire)
     }
 
+    fn len(&self) -> usize {
+        self.states.len()
+    }
+
     /// Whether some entry is not settled yet.
     pub(crate) fn is_open(&self) -> bool {
         self.remaining.load(Ordering::Acquire) > 0
@@ -577,7 +667,14 @@ impl BatchState {
         if let Some(i) = topics.iter().position(|t| t == topic) {
             return i as u32;
         }
-        topics.push(topic.clone());
+        // A copy of the name, not another reference: reports clone it on the delivery thread
+        // while the dispatching thread drops the messages' references, and one shared count
+        // would bounce between the two cores for every message.
+        let own: Arc<str> = Arc::from(&**topic);
+        if topics.is_empty() {
+            let _ = self.first_topic.set(own.clone());
+        }
+        topics.push(own);
         (topics.len() - 1) as u32
     }
 
@@ -590,25 +687,37 @@ impl BatchState {
         partition: Option<Partition>,
         label: Option<Label>,
     ) {
-        if let Some(cell) = self.cells.get(index) {
-            // Zero is already there (and most batches have one topic and no partitions).
-            if topic_index != 0 {
-                cell.topic.store(topic_index, Ordering::Relaxed);
+        let len = self.len();
+        // Zero is already there: most batches have one topic and no partitions.
+        if topic_index != 0 {
+            let topics = self.entry_topics.get_or_init(|| zeroed(len));
+            if let Some(t) = topics.get(index) {
+                t.store(topic_index, Ordering::Relaxed);
             }
-            if let Some(p) = partition {
-                cell.requested.store(p.wrapping_add(1), Ordering::Relaxed);
+        }
+        if let Some(p) = partition {
+            let requested = self.requested.get_or_init(|| zeroed(len));
+            if let Some(r) = requested.get(index) {
+                r.store(p.wrapping_add(1), Ordering::Relaxed);
             }
         }
         if let Some(label) = label {
             lock(&self.labels).insert(index, label);
+            self.has_labels.store(true, Ordering::Release);
         }
     }
 
     fn topic_of(&self, index: usize) -> Arc<str> {
         let t = self
-            .cells
-            .get(index)
-            .map_or(0, |c| c.topic.load(Ordering::Relaxed) as usize);
+            .entry_topics
+            .get()
+            .and_then(|topics| topics.get(index))
+            .map_or(0, |t| t.load(Ordering::Relaxed) as usize);
+        if t == 0 {
+            if let Some(first) = self.first_topic.get() {
+                return first.clone();
+            }
+        }
         lock(&self.topics)
             .get(t)
             .cloned()
@@ -616,22 +725,21 @@ impl BatchState {
     }
 
     fn requested_partition(&self, index: usize) -> Option<Partition> {
-        self.cells
-            .get(index)
-            .map(|c| c.requested.load(Ordering::Relaxed))
+        self.requested
+            .get()
+            .and_then(|r| r.get(index))
+            .map(|r| r.load(Ordering::Relaxed))
             .filter(|p| *p != 0)
             .map(|p| p.wrapping_sub(1))
     }
 
     fn take_label(&self, index: usize) -> Option<Label> {
+        if !self.has_labels.load(Ordering::Acquire) {
+            return None;
+        }
         lock(&self.labels).remove(&index)
     }
 
-    fn label(&self, index: usize) -> Option<Label> {
-        lock(&self.labels).get(&index).cloned()
-    }
-
-    /// Records entry `index`'s outcome (once), then settles it.
     fn complete(&self, index: usize, outcome: Outcome) {
         match outcome {
             Outcome::Delivered { partition, offset } => self.delivered(index, partition, offset),
@@ -639,39 +747,57 @@ impl BatchState {
         }
     }
 
-    /// Claims entry `index` for its first outcome. The claim is a swap, so the cell's first
-    /// access is a write: a read first would map the zero page, then fault again on the write
-    /// with a TLB shootdown across cores (measured as the largest cost of a million-message
-    /// batch). Readers look at cells only once `remaining` says every entry settled.
-    fn claim(&self, index: usize, state: i32) -> Option<&Cell> {
-        let cell = self.cells.get(index)?;
-        let previous = cell.state.swap(state, Ordering::AcqRel);
-        if previous != PENDING {
-            // Completed twice: keep the first result.
-            cell.state.store(previous, Ordering::Release);
-            return None;
+    /// Claims entry `index` for its first outcome. The claim is a compare-and-swap, so the
+    /// state's first access is a write: a read first would map the zero page, then fault
+    /// again on the write with a TLB shootdown across cores (measured as the largest cost of
+    /// a million-message batch before).
+    fn claim(&self, index: usize, state: u8) -> bool {
+        let Some(cell) = self.states.get(index) else {
+            return false;
+        };
+        // Completed twice: the first result stays.
+        if cell
+            .compare_exchange(PENDING, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return false;
         }
         self.shared.room.released();
-        Some(cell)
+        true
     }
 
-    /// Records that entry `index` was delivered, then settles it.
+    /// Records that entry `index` was delivered (its report goes in its slot), then settles it.
     fn delivered(&self, index: usize, partition: Partition, offset: i64) {
-        let Some(cell) = self.claim(index, delivered(partition)) else {
+        if !self.claim(index, DELIVERED) {
             return;
-        };
-        cell.offset.store(offset, Ordering::Relaxed);
-        if self.shared.monitor.has_listeners() {
-            let label = self.label(index);
-            self.shared
-                .acknowledged(&self.topic_of(index), partition, offset, label.as_ref());
         }
+        let topic = self.topic_of(index);
+        let label = self.take_label(index);
+        if self.shared.monitor.has_listeners() {
+            self.shared
+                .acknowledged(&topic, partition, offset, label.as_ref());
+        }
+        // SAFETY: the claim above moved entry `index` (in bounds: `claim` checked it) from
+        // PENDING to DELIVERED, which happens once: this thread alone writes the slot, once.
+        // It is read only after `settle` below brings `remaining` to zero.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.reports.write(
+                index,
+                DeliveryReport {
+                    topic,
+                    partition,
+                    offset,
+                    label,
+                },
+            )
+        };
         self.settle(1);
     }
 
     /// Records that entry `index` failed (the error owns its message), then settles it.
     fn failed(&self, index: usize, error: KafkaError, mut message: Box<Message>) {
-        if self.claim(index, FAILED).is_none() {
+        if !self.claim(index, FAILED) {
             return;
         }
         message.label = self.take_label(index);
@@ -700,63 +826,69 @@ impl BatchState {
         }
     }
 
-    /// Every entry's report when all of the first `len` were delivered; otherwise every
-    /// entry's result, in order. Once: labels and failures are moved out.
+    /// Every entry's report when all of the first `len` were delivered (the slots themselves,
+    /// as a `Vec`); otherwise every entry's result, in order. Call once every entry settled;
+    /// a second call finds the results taken.
     fn take_reports(
         &self,
         len: usize,
     ) -> Result<Vec<DeliveryReport>, Vec<Result<DeliveryReport, Error>>> {
-        let cells = &self.cells[..len.min(self.cells.len())];
-        let topics = lock(&self.topics).clone();
-        let mut labels = std::mem::take(&mut *lock(&self.labels));
-        let report =
-            |i: usize, cell: &Cell, partition: Partition, labels: &mut HashMap<usize, Label>| {
-                DeliveryReport {
-                    topic: topics
-                        .get(cell.topic.load(Ordering::Relaxed) as usize)
-                        .cloned()
-                        .unwrap_or_else(|| Arc::from("")),
-                    partition,
-                    offset: cell.offset.load(Ordering::Relaxed),
-                    label: if labels.is_empty() {
-                        None
-                    } else {
-                        labels.remove(&i)
-                    },
-                }
+        let len = len.min(self.len());
+        if self.is_open() || self.taken.swap(true, Ordering::AcqRel) {
+            let why = if self.is_open() {
+                "batch delivery (taken before every entry was reported)"
+            } else {
+                "batch delivery (its results were already taken)"
             };
-        let all_delivered = cells.iter().all(|c| {
-            let p = c.state.load(Ordering::Acquire);
-            p != FAILED && p != PENDING
-        });
-        if all_delivered {
-            return Ok(cells
-                .iter()
-                .enumerate()
-                .map(|(i, c)| {
-                    let partition = c.state.load(Ordering::Acquire).wrapping_sub(1);
-                    report(i, c, partition, &mut labels)
+            return Err((0..len)
+                .map(|_| {
+                    Err(Error::Core(karafka_core::Error::Closed {
+                        what: why.into(),
+                    }))
                 })
                 .collect());
+        }
+        let states = &self.states[..len];
+        if states
+            .iter()
+            .all(|s| s.load(Ordering::Acquire) == DELIVERED)
+        {
+            // Entries past `len` were never dispatched: their slots are empty.
+            // SAFETY: every entry settled (`is_open` is false: `remaining` reached zero after
+            // every write) and the first `len` were written; `taken` was just set, so no slot
+            // is read again and `Drop` leaves the allocation to the `Vec`.
+            #[allow(unsafe_code)]
+            return Ok(unsafe { self.reports.to_vec(len) });
         }
         let mut failures: HashMap<usize, Error> = std::mem::take(&mut *lock(&self.failures))
             .into_iter()
             .collect();
-        Err(cells
+        let results = states
             .iter()
             .enumerate()
-            .map(|(i, c)| match c.state.load(Ordering::Acquire) {
+            .map(|(i, s)| match s.load(Ordering::Acquire) {
+                // SAFETY: entry `i` was delivered, so its slot was written; `taken` was just
+                // set, so this is its only read (`Drop` then frees without dropping slots).
+                #[allow(unsafe_code)]
+                DELIVERED => Ok(unsafe { self.reports.read(i) }),
                 FAILED => Err(failures.remove(&i).unwrap_or_else(|| {
                     Error::Core(karafka_core::Error::Closed {
-                        what: "batch delivery (its results were already taken)".into(),
+                        what: "batch delivery (a failed entry lost its error)".into(),
                     })
                 })),
-                PENDING => Err(Error::Core(karafka_core::Error::Closed {
+                _ => Err(Error::Core(karafka_core::Error::Closed {
                     what: "batch delivery (an entry was never reported)".into(),
                 })),
-                state => Ok(report(i, c, state.wrapping_sub(1), &mut labels)),
             })
-            .collect())
+            .collect();
+        // Entries past `len` were never dispatched: nothing to drop there.
+        // SAFETY: every written slot among the first `len` was just moved out; no slot past
+        // `len` was written (never dispatched); the allocation was not handed to a `Vec`.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.reports.free()
+        };
+        Err(results)
     }
 
     fn take_results(&self, len: usize) -> Vec<Result<DeliveryReport, Error>> {
@@ -764,6 +896,29 @@ impl BatchState {
             Ok(reports) => reports.into_iter().map(Ok).collect(),
             Err(results) => results,
         }
+    }
+}
+
+impl Drop for BatchState {
+    fn drop(&mut self) {
+        if *self.taken.get_mut() {
+            // The results were taken: the slots were moved out and the allocation either
+            // handed to the caller's `Vec` or freed.
+            return;
+        }
+        for (i, state) in self.states.iter_mut().enumerate() {
+            if *state.get_mut() == DELIVERED {
+                // SAFETY: delivered, so written; not taken, so never read: dropped once here
+                // (`&mut self`: no other thread holds the batch).
+                #[allow(unsafe_code)]
+                drop(unsafe { self.reports.read(i) });
+            }
+        }
+        // SAFETY: every written slot was just moved out and dropped; not handed to a `Vec`.
+        #[allow(unsafe_code)]
+        unsafe {
+            self.reports.free()
+        };
     }
 }
 
@@ -881,7 +1036,7 @@ mod tests {
     }
 
     #[test]
-    fn batch_cells_keep_topic_requested_partition_and_outcome_of_every_entry() {
+    fn a_batch_keeps_topic_requested_partition_label_and_outcome_of_every_entry() {
         let state = BatchState::new(shared(), 4);
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
         let ia = state.topic_index(&a);
@@ -942,5 +1097,64 @@ mod tests {
         let reports = state.take_reports(3).expect("all delivered");
         let got: Vec<_> = reports.iter().map(|r| (r.partition, r.offset)).collect();
         assert_eq!(got, [(0, 10), (1, 11), (2, 12)]);
+    }
+
+    /// A label that counts its drops.
+    struct Counted(Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn results_are_taken_once_and_reports_nobody_took_are_dropped() {
+        let topic: Arc<str> = "t".into();
+        let drops = Arc::new(AtomicUsize::new(0));
+        let label = || Some(Label::new(Counted(drops.clone())));
+
+        let state = BatchState::new(shared(), 2);
+        let i = state.topic_index(&topic);
+        for index in 0..2 {
+            state.prepare_entry(index, i, None, label());
+        }
+        delivery_of(&state, 0, 0, 1);
+        delivery_of(&state, 1, 0, 2);
+        let reports = state.take_reports(2).expect("delivered");
+        assert_eq!(reports.len(), 2);
+        let again = state.take_reports(2).expect_err("already taken");
+        assert!(again.iter().all(|r| r.is_err()));
+        drop(state);
+        assert_eq!(drops.load(Ordering::SeqCst), 0, "the caller owns the reports");
+        drop(reports);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+
+        // Delivered but never taken: dropping the batch drops its reports.
+        let untaken = BatchState::new(shared(), 3);
+        let i = untaken.topic_index(&topic);
+        for index in 0..3 {
+            untaken.prepare_entry(index, i, None, label());
+        }
+        delivery_of(&untaken, 0, 0, 1);
+        delivery_of(&untaken, 2, 0, 3);
+        // Entry 1 was never dispatched: its label comes back to the dispatcher.
+        drop(untaken.take_label(1));
+        untaken.settle(1);
+        assert_eq!(drops.load(Ordering::SeqCst), 3);
+        drop(untaken);
+        assert_eq!(drops.load(Ordering::SeqCst), 5);
+
+        // A partly dispatched batch: the first entries' reports, from the same slots.
+        let partial = BatchState::new(shared(), 3);
+        let i = partial.topic_index(&topic);
+        partial.prepare_entry(0, i, None, label());
+        partial.settle(2);
+        delivery_of(&partial, 0, 4, 7);
+        let reports = partial.take_reports(1).expect("the dispatched one was delivered");
+        assert_eq!((reports[0].partition, reports[0].offset), (4, 7));
+        drop(partial);
+        drop(reports);
+        assert_eq!(drops.load(Ordering::SeqCst), 6);
+        assert_eq!(Arc::strong_count(&topic), 1, "the batches keep no reference");
     }
 }

@@ -236,7 +236,12 @@ impl Producer {
         let prepared = inner.prepare_all(messages)?;
         let buffered = {
             let mut buffer = lock(&inner.buffer);
-            buffer.extend(prepared);
+            if buffer.is_empty() {
+                // Taken as is: no copy of a large batch into the buffer.
+                *buffer = prepared;
+            } else {
+                buffer.extend(prepared);
+            }
             buffer.len()
         };
         inner.shared.monitor.emit_with(|| Event::MessagesBuffered {
