@@ -489,19 +489,14 @@ fn main() {
             &s.many,
             &msgs,
         );
-        row(&format!("  process CPU, s"), &s.raw_cpu, &s.many_cpu, &secs);
+        row("  process CPU, s", &s.raw_cpu, &s.many_cpu, &secs);
         row(
             &format!("buffer_many + flush_async {l}, msg/s"),
             &s.raw,
             &s.buffered,
             &msgs,
         );
-        row(
-            &format!("  process CPU, s"),
-            &s.raw_cpu,
-            &s.buffered_cpu,
-            &secs,
-        );
+        row("  process CPU, s", &s.raw_cpu, &s.buffered_cpu, &secs);
         let m = Summary::of(&s.materialize);
         println!(
             "| then: karafka-rs builds the Vec of {} DeliveryReports, ms | - | {:.1} / {:.1} / {:.1} | - |",

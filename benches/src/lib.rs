@@ -116,7 +116,7 @@ pub fn threads_cpu_delta(
         *by_name.entry(name).or_default() += t.saturating_sub(start);
     }
     let mut out: Vec<_> = by_name.into_iter().collect();
-    out.sort_by(|a, b| b.1.cmp(&a.1));
+    out.sort_by_key(|(_, t)| std::cmp::Reverse(*t));
     out
 }
 

@@ -14,8 +14,8 @@ use karafka_core::{ConfigError, Violations};
 use crate::client::{Client, ClientFactory, ClientSetup, Rejected, Rejection};
 use crate::config::{ProducerBuilder, ProducerConfig};
 use crate::delivery::{
-    BatchDelivery, BatchState, Delivery, DeliveryHandle, DeliveryReport, QueueRoom, Shared, Slot,
-    lock,
+    BatchDelivery, BatchState, Delivery, DeliveryHandle, DeliveryReport, QueueRoom, ReportMemory,
+    Shared, Slot, lock,
 };
 use crate::error::{Error, Result};
 use crate::message::Message;
@@ -465,15 +465,16 @@ impl Dispatcher<'_> {
     pub(crate) fn send_prepared_many(&self, messages: Vec<Message>) -> Result<BatchDelivery> {
         let inner = self.inner();
         let count = messages.len();
-        let state = BatchState::new(inner.shared.clone(), count);
         if count == 0 {
+            let state = BatchState::new(inner.shared.clone(), 0);
             state.settle(0);
             return Ok(BatchDelivery::new(state, 0));
         }
         let client = match inner.client() {
             Ok(client) => client,
             Err(e) => {
-                state.settle(count);
+                let state = BatchState::new(inner.shared.clone(), 0);
+                state.settle(0);
                 let mut rest = messages.into_iter();
                 let first = rest.next();
                 return Err(Error::PartiallyDispatched {
@@ -484,12 +485,17 @@ impl Dispatcher<'_> {
                 });
             }
         };
-        // Each message is dropped right after it is handed over, while it is in cache (not in
-        // a second walk over the batch at the end).
-        let mut messages = messages.into_iter();
+        // The batch's reports go over its messages' allocation (no fresh pages for them), and
+        // each message is moved out just before it is handed over and dropped right after,
+        // while it is in cache (no second walk over the batch at the end).
+        let (memory, reader) = ReportMemory::of(messages);
+        let state = BatchState::over_messages(inner.shared.clone(), count, memory);
         let mut last_topic: Option<(Arc<str>, u32)> = None;
-        let mut index = 0;
-        while let Some(mut message) = messages.next() {
+        for index in 0..count {
+            // SAFETY: `state` (alive until the end of this function) holds the allocation;
+            // each index is taken once, in order, before its entry is handed to the client.
+            #[allow(unsafe_code)]
+            let mut message = unsafe { reader.take(index) };
             let topic_index = match &last_topic {
                 Some((t, i)) if Arc::ptr_eq(t, &message.topic) || *t == message.topic => *i,
                 _ => {
@@ -510,15 +516,20 @@ impl Dispatcher<'_> {
                     self.enqueue(&client, &message, Delivery::entry(&state, index))
                 });
             if let Err(refused) = sent {
+                // The rest go back to the caller, moved out before the batch may settle.
+                // SAFETY: as above; these indexes were never taken and are not sent.
+                #[allow(unsafe_code)]
+                let not_sent = (index + 1..count)
+                    .map(|i| unsafe { reader.take(i) })
+                    .collect();
                 state.settle(count - index);
                 return Err(Error::PartiallyDispatched {
                     dispatched: index,
                     delivery: Box::new(BatchDelivery::new(state, index)),
                     failure: Box::new(refused.into_error(inner, message)),
-                    not_sent: messages.collect(),
+                    not_sent,
                 });
             }
-            index += 1;
         }
         Ok(BatchDelivery::new(state, count))
     }

@@ -1,0 +1,350 @@
+//! Batches (`produce_many_*`, `flush_*`) keep every message's fate straight whatever the
+//! client does with each: delivered ones give reports in order (topic, partition, offset,
+//! label), failed ones give their message back, one refused mid-batch gives back itself and
+//! every message after it, untouched, and a batch handle dropped untaken frees what its
+//! reports hold. A scripted client decides each message's fate; deliveries complete on the
+//! dispatching thread (the client completes them inside `produce`) and on another thread.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use karafka_core::{KafkaError, Label, Partition, TopicPartition};
+use karafka_producer::client::{
+    Client, ClientFactory, ClientSetup, ConsumerGroupMetadata, Rejected, Rejection,
+};
+use karafka_producer::variant::TopicConfig;
+use karafka_producer::{Delivery, Error, Message, Outcome, Producer};
+
+/// What the scripted client does with the `n`-th message it is given (from 0).
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Fate {
+    Deliver,
+    FailDelivery,
+    Refuse,
+}
+
+#[derive(Debug)]
+struct Scripted {
+    script: fn(usize) -> Fate,
+    calls: AtomicUsize,
+    /// Deliveries completed later, on another thread (every other delivered message).
+    deferred: Mutex<Vec<(Delivery, Partition, i64)>>,
+}
+
+#[derive(Clone, Debug)]
+struct Factory(Arc<Scripted>);
+
+impl ClientFactory for Factory {
+    fn create(&self, _setup: &ClientSetup<'_>) -> Result<Box<dyn Client>, KafkaError> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Factory {
+    fn new(script: fn(usize) -> Fate) -> Self {
+        Factory(Arc::new(Scripted {
+            script,
+            calls: AtomicUsize::new(0),
+            deferred: Mutex::new(Vec::new()),
+        }))
+    }
+
+    /// Completes the deferred deliveries on another thread.
+    fn complete_deferred(&self) {
+        let deferred = std::mem::take(&mut *self.0.deferred.lock().unwrap());
+        std::thread::spawn(move || {
+            for (delivery, partition, offset) in deferred {
+                delivery.complete(Outcome::Delivered { partition, offset });
+            }
+        })
+        .join()
+        .unwrap();
+    }
+}
+
+fn payload_number(message: &Message) -> i64 {
+    std::str::from_utf8(message.payload.as_deref().unwrap())
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+impl Client for Factory {
+    fn produce(
+        &self,
+        message: &Message,
+        _topic_config: Option<&TopicConfig>,
+        delivery: Delivery,
+    ) -> Result<(), Rejected> {
+        let n = self.0.calls.fetch_add(1, Ordering::SeqCst);
+        let n_payload = payload_number(message);
+        // The partition the message asked for, or its payload modulo 3.
+        let partition = message.partition.unwrap_or((n_payload % 3) as Partition);
+        match (self.0.script)(n) {
+            Fate::Refuse => Err(Rejected {
+                reason: Rejection::Kafka(KafkaError::other("produce", "scripted refusal")),
+                delivery,
+            }),
+            Fate::FailDelivery => {
+                delivery.complete(Outcome::Failed {
+                    error: KafkaError::other("deliver message", "scripted failure"),
+                    message: Box::new(message.clone()),
+                });
+                Ok(())
+            }
+            // The offset is the payload's number: reports are checked against it.
+            Fate::Deliver if n % 2 == 0 => {
+                delivery.complete(Outcome::Delivered {
+                    partition,
+                    offset: n_payload,
+                });
+                Ok(())
+            }
+            Fate::Deliver => {
+                self.0
+                    .deferred
+                    .lock()
+                    .unwrap()
+                    .push((delivery, partition, n_payload));
+                Ok(())
+            }
+        }
+    }
+
+    fn partition_for_key(
+        &self,
+        _topic: &str,
+        _topic_config: Option<&TopicConfig>,
+        _partition_key: &[u8],
+    ) -> Result<Partition, KafkaError> {
+        Ok(0)
+    }
+
+    fn flush(&self, _timeout: Duration) -> Result<(), KafkaError> {
+        Ok(())
+    }
+
+    fn in_flight(&self) -> usize {
+        self.0.deferred.lock().unwrap().len()
+    }
+
+    fn close(&self, _timeout: Duration) {
+        self.complete_deferred();
+    }
+
+    fn init_transactions(&self, _timeout: Duration) -> Result<(), KafkaError> {
+        Ok(())
+    }
+
+    fn begin_transaction(&self) -> Result<(), KafkaError> {
+        Ok(())
+    }
+
+    fn send_offsets_to_transaction(
+        &self,
+        _offsets: &[(TopicPartition, i64)],
+        _group: &ConsumerGroupMetadata,
+        _timeout: Duration,
+    ) -> Result<(), KafkaError> {
+        Ok(())
+    }
+
+    fn commit_transaction(&self, _timeout: Duration) -> Result<(), KafkaError> {
+        Ok(())
+    }
+
+    fn abort_transaction(&self, _timeout: Duration) -> Result<(), KafkaError> {
+        Ok(())
+    }
+}
+
+/// Message `i`: payload `i`, one of three topics in runs of ten, an explicit partition on
+/// every fifth, a label on every fourth.
+fn messages(count: usize) -> Vec<Message> {
+    let topics: [Arc<str>; 3] = ["batch-a".into(), "batch-b".into(), "batch-c".into()];
+    (0..count)
+        .map(|i| {
+            let mut message = Message::new(topics[(i / 10) % 3].clone(), i.to_string());
+            if i % 5 == 0 {
+                message = message.partition(7);
+            }
+            if i % 4 == 0 {
+                message = message.label(format!("label-{i}"));
+            }
+            message
+        })
+        .collect()
+}
+
+fn check_report(i: usize, report: &karafka_producer::DeliveryReport) {
+    let topic = ["batch-a", "batch-b", "batch-c"][(i / 10) % 3];
+    assert_eq!(&*report.topic, topic, "entry {i}");
+    let partition = if i % 5 == 0 { 7 } else { (i % 3) as i32 };
+    assert_eq!(report.partition, partition, "entry {i}");
+    assert_eq!(report.offset, i as i64, "entry {i}");
+    let label = report.label.as_ref().and_then(Label::as_str);
+    let expected = (i % 4 == 0).then(|| format!("label-{i}"));
+    assert_eq!(label, expected.as_deref(), "entry {i}");
+}
+
+fn producer_on(factory: &Factory) -> Producer {
+    Producer::builder().client(factory.clone()).build().unwrap()
+}
+
+#[test]
+fn every_delivered_batch_entry_reports_in_order() {
+    for count in [1, 2, 3, 10, 1000] {
+        let factory = Factory::new(|_| Fate::Deliver);
+        let producer = producer_on(&factory);
+        let batch = producer.produce_many_async(messages(count)).unwrap();
+        factory.complete_deferred();
+        let reports = batch.wait(Duration::from_secs(5)).unwrap();
+        assert_eq!(reports.len(), count);
+        for (i, report) in reports.iter().enumerate() {
+            check_report(i, report);
+        }
+        // Reports outlive the producer and can grow like any Vec.
+        producer.close().unwrap();
+        let mut reports = reports;
+        reports.push(reports[0].clone());
+        check_report(0, &reports[count]);
+    }
+}
+
+#[test]
+fn failed_entries_give_their_messages_back_in_place() {
+    let factory = Factory::new(|n| {
+        if n % 7 == 3 {
+            Fate::FailDelivery
+        } else {
+            Fate::Deliver
+        }
+    });
+    let producer = producer_on(&factory);
+    let batch = producer.produce_many_async(messages(500)).unwrap();
+    factory.complete_deferred();
+    let Err(Error::DeliveriesFailed { failed, results }) = batch.wait(Duration::from_secs(5))
+    else {
+        panic!("some deliveries failed");
+    };
+    assert_eq!(failed, (0..500).filter(|n| n % 7 == 3).count());
+    assert_eq!(results.len(), 500);
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(report) => {
+                assert_ne!(i % 7, 3, "entry {i} should have failed");
+                check_report(i, &report);
+            }
+            Err(error) => {
+                assert_eq!(i % 7, 3, "entry {i} should have been delivered");
+                let message = error.into_message().expect("the failed message comes back");
+                assert_eq!(payload_number(&message), i as i64);
+                let label = message.label.as_ref().and_then(Label::as_str);
+                assert_eq!(label, (i % 4 == 0).then(|| format!("label-{i}")).as_deref());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_refusal_mid_batch_gives_back_that_message_and_every_later_one() {
+    let factory = Factory::new(|n| {
+        if n == 137 {
+            Fate::Refuse
+        } else if n == 40 {
+            Fate::FailDelivery
+        } else {
+            Fate::Deliver
+        }
+    });
+    let producer = producer_on(&factory);
+    let error = producer.produce_many_async(messages(300)).unwrap_err();
+    let Error::PartiallyDispatched {
+        dispatched,
+        delivery,
+        failure,
+        not_sent,
+    } = error
+    else {
+        panic!("expected PartiallyDispatched");
+    };
+    assert_eq!(dispatched, 137);
+    let refused = failure
+        .into_message()
+        .expect("the refused message comes back");
+    assert_eq!(payload_number(&refused), 137);
+    assert_eq!(
+        not_sent.iter().map(payload_number).collect::<Vec<_>>(),
+        (138..300).collect::<Vec<i64>>(),
+        "every later message comes back, in order"
+    );
+    assert_eq!(
+        not_sent[2].label.as_ref().and_then(Label::as_str),
+        Some("label-140")
+    );
+    factory.complete_deferred();
+    let Err(Error::DeliveriesFailed { failed, results }) = delivery.wait(Duration::from_secs(5))
+    else {
+        panic!("entry 40 failed");
+    };
+    assert_eq!((failed, results.len()), (1, 137));
+    for (i, result) in results.iter().enumerate() {
+        match result {
+            Ok(report) => check_report(i, report),
+            Err(_) => assert_eq!(i, 40),
+        }
+    }
+
+    // All delivered before the refusal: the reports of the dispatched part.
+    let factory = Factory::new(|n| if n == 5 { Fate::Refuse } else { Fate::Deliver });
+    let producer = producer_on(&factory);
+    let Err(Error::PartiallyDispatched { delivery, .. }) = producer.produce_many_async(messages(9))
+    else {
+        panic!("expected PartiallyDispatched");
+    };
+    factory.complete_deferred();
+    let reports = delivery.wait(Duration::from_secs(5)).unwrap();
+    assert_eq!(reports.len(), 5);
+    for (i, report) in reports.iter().enumerate() {
+        check_report(i, report);
+    }
+}
+
+#[test]
+fn a_batch_handle_dropped_untaken_frees_its_reports() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    struct Counted(Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let factory = Factory::new(|_| Fate::Deliver);
+    let producer = producer_on(&factory);
+    let batch: Vec<Message> = (0..100)
+        .map(|i| Message::new("t", i.to_string()).label(Label::new(Counted(drops.clone()))))
+        .collect();
+    let delivery = producer.produce_many_async(batch).unwrap();
+    drop(delivery);
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        0,
+        "half the deliveries are still in flight"
+    );
+    factory.complete_deferred();
+    assert_eq!(drops.load(Ordering::SeqCst), 100);
+
+    // The same through the buffer.
+    producer
+        .buffer_many(
+            (0..10)
+                .map(|i| Message::new("t", i.to_string()).label(Label::new(Counted(drops.clone()))))
+                .collect(),
+        )
+        .unwrap();
+    let flushed = producer.flush_async().unwrap();
+    factory.complete_deferred();
+    drop(flushed);
+    assert_eq!(drops.load(Ordering::SeqCst), 110);
+}
