@@ -2,11 +2,14 @@
 //! cluster (or `KARAFKA_BROKERS`), alternating runs:
 //!
 //! - throughput: 1M × 100-byte messages (`BENCH_MESSAGES`) and 100k × 10 KB
-//!   (`BENCH_LARGE_MESSAGES`), each through `produce_many_async` and through the buffer
-//!   (`buffer_many` then `flush_async`), against a raw `BaseProducer` send loop whose delivery
-//!   callback counts; all timed from the first call to the last delivery report (karafka-rs:
-//!   when its batch handle wakes); the time karafka-rs then takes to hand back the `Vec` of
-//!   reports is reported on its own line (and is in its CPU figure);
+//!   (`BENCH_LARGE_MESSAGES`), each through one `produce_many_async`, through the buffer
+//!   (`buffer_many` then `flush_async`) and through `produce_many_async` calls of 10,000,
+//!   against a raw `BaseProducer` send loop whose delivery callback counts; timed from the
+//!   first call to the last delivery report (karafka-rs: when its batch handle wakes; for the
+//!   calls of 10,000, when the last handle has returned its reports); the time karafka-rs then
+//!   takes to hand back the `Vec` of reports is reported on its own line (and is in its CPU
+//!   figure); CPU is every thread's (`/proc/self/task/*/schedstat`), and `BENCH_THREADS=1`
+//!   prints it by thread with when the last message was handed over;
 //! - latency: 1,000 sequential `produce_sync` with `queue.buffering.max.ms=0`, against a raw
 //!   send-then-block-until-the-delivery-report loop (delivery reports served by a polling
 //!   thread in both).
@@ -30,6 +33,8 @@ use rdkafka::message::DeliveryResult;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext};
 
 static SMALL: [u8; 100] = [b'x'; 100];
+/// Messages per `produce_many_async` call on the chunked path.
+const CHUNK: usize = 10_000;
 static LARGE: [u8; 10_240] = [b'x'; 10_240];
 
 fn throughput_settings(brokers: &str) -> KafkaSettings {
@@ -210,6 +215,8 @@ impl std::task::Wake for WakeTime {
 enum Path {
     /// `produce_many_async(messages)`.
     Many,
+    /// `produce_many_async` for every `CHUNK` messages, then every handle awaited.
+    Chunks,
     /// `buffer_many(messages)` then `flush_async()`.
     Buffered,
 }
@@ -234,7 +241,27 @@ fn framework_throughput(
         .collect();
     let cpu = threads_cpu();
     let started = Instant::now();
+    if let Path::Chunks = path {
+        let mut messages = messages;
+        let mut handles = Vec::with_capacity(n / CHUNK + 1);
+        while !messages.is_empty() {
+            let rest = messages.split_off(CHUNK.min(messages.len()));
+            handles.push(producer.produce_many_async(messages).unwrap());
+            messages = rest;
+        }
+        let handed_over = started.elapsed();
+        let mut delivered = 0;
+        for handle in handles {
+            delivered += handle.wait(Duration::from_secs(120)).unwrap().len();
+        }
+        let took = started.elapsed();
+        let cpu = cpu_since("karafka-rs", &cpu, handed_over);
+        assert_eq!(delivered, n);
+        producer.close().unwrap();
+        return (n as f64 / took.as_secs_f64(), cpu, Duration::ZERO);
+    }
     let mut delivery = match path {
+        Path::Chunks => unreachable!("returned above"),
         Path::Many => producer.produce_many_async(messages).unwrap(),
         Path::Buffered => {
             producer.buffer_many(messages).unwrap();
@@ -307,6 +334,8 @@ struct Scenario {
     many_cpu: Vec<f64>,
     buffered: Vec<f64>,
     buffered_cpu: Vec<f64>,
+    chunks: Vec<f64>,
+    chunks_cpu: Vec<f64>,
     materialize: Vec<f64>,
 }
 
@@ -322,6 +351,8 @@ impl Scenario {
             many_cpu: vec![],
             buffered: vec![],
             buffered_cpu: vec![],
+            chunks: vec![],
+            chunks_cpu: vec![],
             materialize: vec![],
         }
     }
@@ -337,11 +368,12 @@ impl Scenario {
         );
         self.raw.push(r);
         self.raw_cpu.push(c.as_secs_f64());
-        for path in [Path::Many, Path::Buffered] {
+        for path in [Path::Many, Path::Buffered, Path::Chunks] {
             let (r, c, m) = framework_throughput(brokers, &topic("fw"), n, self.payload, path);
             let name = match path {
                 Path::Many => "produce_many_async",
                 Path::Buffered => "buffer_many+flush_async",
+                Path::Chunks => "produce_many_async/10k",
             };
             println!(
                 "  {} round {round}: {name:<23} {:>12} msg/s  cpu {:.2} s  reports materialized in {:.1} ms",
@@ -353,10 +385,13 @@ impl Scenario {
             let (rates, cpus) = match path {
                 Path::Many => (&mut self.many, &mut self.many_cpu),
                 Path::Buffered => (&mut self.buffered, &mut self.buffered_cpu),
+                Path::Chunks => (&mut self.chunks, &mut self.chunks_cpu),
             };
             rates.push(r);
             cpus.push(c.as_secs_f64());
-            self.materialize.push(m.as_secs_f64() * 1e3);
+            if !matches!(path, Path::Chunks) {
+                self.materialize.push(m.as_secs_f64() * 1e3);
+            }
         }
     }
 }
@@ -497,6 +532,13 @@ fn main() {
             &msgs,
         );
         row("  process CPU, s", &s.raw_cpu, &s.buffered_cpu, &secs);
+        row(
+            &format!("produce_many_async {l} in calls of {CHUNK}, msg/s (to every report in hand)"),
+            &s.raw,
+            &s.chunks,
+            &msgs,
+        );
+        row("  process CPU, s", &s.raw_cpu, &s.chunks_cpu, &secs);
         let m = Summary::of(&s.materialize);
         println!(
             "| then: karafka-rs builds the Vec of {} DeliveryReports, ms | - | {:.1} / {:.1} / {:.1} | - |",

@@ -557,6 +557,7 @@ impl Dispatcher<'_> {
     }
 
     /// Turns a partition key into a partition (an explicit partition wins).
+    #[inline]
     fn resolve_partition(
         &self,
         client: &Arc<ClientBox>,
@@ -582,6 +583,7 @@ impl Dispatcher<'_> {
 
     /// Hands one message to the client, waiting for room while the queue is full. The caller
     /// keeps the message; on failure, [`Refused::into_error`] gives it to the error.
+    #[inline]
     fn enqueue(
         &self,
         client: &Arc<ClientBox>,
