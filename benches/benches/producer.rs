@@ -236,19 +236,20 @@ fn framework_throughput(
     producer.connect().unwrap();
     let topic: Arc<str> = topic.into();
     let payload = Bytes::from_static(payload);
-    let messages: Vec<Message> = (0..n)
-        .map(|_| Message::new(topic.clone(), payload.clone()))
-        .collect();
-    let cpu = threads_cpu();
-    let started = Instant::now();
     if let Path::Chunks = path {
-        let mut messages = messages;
-        let mut handles = Vec::with_capacity(n / CHUNK + 1);
-        while !messages.is_empty() {
-            let rest = messages.split_off(CHUNK.min(messages.len()));
-            handles.push(producer.produce_many_async(messages).unwrap());
-            messages = rest;
-        }
+        let chunks: Vec<Vec<Message>> = (0..n.div_ceil(CHUNK))
+            .map(|c| {
+                (c * CHUNK..n.min((c + 1) * CHUNK))
+                    .map(|_| Message::new(topic.clone(), payload.clone()))
+                    .collect()
+            })
+            .collect();
+        let cpu = threads_cpu();
+        let started = Instant::now();
+        let handles: Vec<_> = chunks
+            .into_iter()
+            .map(|chunk| producer.produce_many_async(chunk).unwrap())
+            .collect();
         let handed_over = started.elapsed();
         let mut delivered = 0;
         for handle in handles {
@@ -260,6 +261,11 @@ fn framework_throughput(
         producer.close().unwrap();
         return (n as f64 / took.as_secs_f64(), cpu, Duration::ZERO);
     }
+    let messages: Vec<Message> = (0..n)
+        .map(|_| Message::new(topic.clone(), payload.clone()))
+        .collect();
+    let cpu = threads_cpu();
+    let started = Instant::now();
     let mut delivery = match path {
         Path::Chunks => unreachable!("returned above"),
         Path::Many => producer.produce_many_async(messages).unwrap(),

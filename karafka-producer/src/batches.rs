@@ -27,15 +27,18 @@ fn shard(id: u32) -> &'static Shard {
     &REGISTRY[id as usize % SHARDS]
 }
 
-/// Registers a batch until [`unregister`]; returns its id (never 0).
+/// Ids are 31 bits: a delivery token packs the id above bit 32, under its tag bit (63).
+const ID_MASK: u32 = 0x7FFF_FFFF;
+
+/// Registers a batch until [`unregister`]; returns its id (never 0, below 2^31).
 pub(crate) fn register(state: &Arc<BatchState>) -> u32 {
     loop {
-        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed) & ID_MASK;
         if id == 0 {
             continue;
         }
         let mut entries = lock(shard(id));
-        // Ids wrap after 4 billion batches; skip one still in flight.
+        // Ids wrap after 2 billion batches; skip one still in flight.
         if entries.iter().any(|(i, _)| *i == id) {
             continue;
         }
@@ -93,4 +96,33 @@ pub(crate) fn with<R>(id: u32, f: impl FnOnce(&Arc<BatchState>) -> R) -> Option<
 /// The batch with `id`, if it is still in flight.
 pub(crate) fn get(id: u32) -> Option<Arc<BatchState>> {
     with(id, Arc::clone)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::delivery::{Delivery, QueueRoom, Shared};
+    use karafka_core::instrumentation::Monitor;
+    use std::sync::Mutex;
+
+    #[test]
+    fn ids_stay_below_the_token_tag_bit_and_round_trip() {
+        let shared = Arc::new(Shared {
+            producer_id: "p".into(),
+            monitor: Monitor::new(),
+            room: QueueRoom::default(),
+            undelivered: Mutex::new(None),
+        });
+        NEXT_ID.store(ID_MASK - 1, Ordering::Relaxed);
+        for _ in 0..4 {
+            let state = BatchState::new(shared.clone(), 1);
+            let delivery = Delivery::entry(&state, 0);
+            let token = delivery.token();
+            assert_eq!((token >> 32) as u32 & ID_MASK, state.id_for_tests());
+            // Disarm it (nothing to report) and settle the entry.
+            let _ = delivery.cancel();
+            state.settle(1);
+            assert!(state.id_for_tests() != 0 && state.id_for_tests() <= ID_MASK);
+        }
+    }
 }

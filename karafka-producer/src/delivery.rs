@@ -156,6 +156,16 @@ impl Delivery {
         }
     }
 
+    /// What identifies this delivery (its opaque value), to recognise it when a client hands
+    /// it back.
+    pub(crate) fn token(&self) -> usize {
+        match &self.repr {
+            Repr::Single(pending) => &**pending as *const Pending as usize,
+            Repr::Entry { batch, index } => ENTRY_TAG | (*batch as usize) << 32 | *index as usize,
+            Repr::Taken => 0,
+        }
+    }
+
     /// The topic of the message this delivery belongs to.
     pub fn topic(&self) -> Arc<str> {
         match &self.repr {
@@ -479,19 +489,24 @@ const PENDING: u8 = 0;
 const DELIVERED: u8 = 1;
 /// A batch entry whose delivery failed (the error is in `failures`).
 const FAILED: u8 = 2;
+/// A batch entry that was never handed to the client (settled by the dispatcher).
+const NOT_SENT: u8 = 3;
 
 /// `len` zeroed values of an integer atomic type, from zeroed memory: fresh pages from the OS
 /// are not written here (their first write is the one that needs them).
-fn zeroed<T: Default>(len: usize) -> Box<[T]> {
+///
+/// # Safety
+///
+/// All-zero bytes are a valid `T` (integer atomics).
+#[allow(unsafe_code)]
+unsafe fn zeroed<T: Default>(len: usize) -> Box<[T]> {
     let layout = match std::alloc::Layout::array::<T>(len) {
         Ok(layout) if layout.size() > 0 => layout,
         _ => return (0..len).map(|_| T::default()).collect(),
     };
-    // SAFETY: `layout` has a non-zero size. Callers use this only for integer atomics, for
-    // which all-zero bytes are a valid value (see the uses), so the zeroed allocation holds
-    // `len` valid values; it was made with the layout of a `[T]` of `len`, as `Box<[T]>` frees
-    // it.
-    #[allow(unsafe_code)]
+    // SAFETY: `layout` has a non-zero size; all-zero bytes are a valid `T` (the caller's
+    // contract), so the zeroed allocation holds `len` valid values; it was made with the layout
+    // of a `[T]` of `len`, as `Box<[T]>` frees it.
     unsafe {
         let ptr = std::alloc::alloc_zeroed(layout).cast::<T>();
         if ptr.is_null() {
@@ -656,7 +671,11 @@ impl ReportSlots {
     unsafe fn to_vec(&self, len: usize, capacity: usize) -> Option<Vec<DeliveryReport>> {
         let wanted = Layout::array::<DeliveryReport>(capacity).ok()?;
         if wanted.size() == 0 || self.layout.size() == 0 {
-            return (len == 0).then(Vec::new);
+            // Nothing to report (no entries, or none allocated): no slot was written.
+            debug_assert_eq!(len, 0, "reports without memory");
+            // SAFETY: no slot holds a report (`len` is 0); freed once, not handed to a `Vec`.
+            unsafe { self.free() };
+            return Some(Vec::new());
         }
         let ptr = if wanted == self.layout {
             self.ptr.as_ptr()
@@ -783,6 +802,11 @@ impl BatchState {
         self.id.load(Ordering::Acquire)
     }
 
+    #[cfg(test)]
+    pub(crate) fn id_for_tests(&self) -> u32 {
+        self.id()
+    }
+
     fn len(&self) -> usize {
         self.states.len()
     }
@@ -822,13 +846,17 @@ impl BatchState {
         let len = self.len();
         // Zero is already there: most batches have one topic and no partitions.
         if topic_index != 0 {
-            let topics = self.entry_topics.get_or_init(|| zeroed(len));
+            // SAFETY: all-zero bytes are a valid `AtomicU32`.
+            #[allow(unsafe_code)]
+            let topics = self.entry_topics.get_or_init(|| unsafe { zeroed(len) });
             if let Some(t) = topics.get(index) {
                 t.store(topic_index, Ordering::Relaxed);
             }
         }
         if let Some(p) = partition {
-            let requested = self.requested.get_or_init(|| zeroed(len));
+            // SAFETY: all-zero bytes are a valid `AtomicI32`.
+            #[allow(unsafe_code)]
+            let requested = self.requested.get_or_init(|| unsafe { zeroed(len) });
             if let Some(r) = requested.get(index) {
                 r.store(p.wrapping_add(1), Ordering::Relaxed);
             }
@@ -865,7 +893,7 @@ impl BatchState {
             .map(|p| p.wrapping_sub(1))
     }
 
-    fn take_label(&self, index: usize) -> Option<Label> {
+    pub(crate) fn take_label(&self, index: usize) -> Option<Label> {
         if !self.has_labels.load(Ordering::Acquire) {
             return None;
         }
@@ -879,20 +907,35 @@ impl BatchState {
         }
     }
 
-    /// Claims entry `index` for its outcome. An entry is completed once: its [`Delivery`] is
-    /// made once per dispatch, is not `Clone`, and completing consumes it; so a plain load and
-    /// store suffice (no locked instruction per message), the load only guarding against a
-    /// second report all the same (the first result stays).
+    /// Claims entry `index` for its first outcome, with a compare-and-swap: whatever a
+    /// [`Client`](crate::client::Client) does with its deliveries, one thread alone writes an
+    /// entry's slot, once, and an entry that was never sent (or already settled) is never
+    /// claimed.
     fn claim(&self, index: usize, state: u8) -> bool {
         let Some(cell) = self.states.get(index) else {
             return false;
         };
-        if cell.load(Ordering::Acquire) != PENDING {
+        if cell
+            .compare_exchange(PENDING, state, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
             return false;
         }
-        cell.store(state, Ordering::Release);
         self.shared.room.released();
         true
+    }
+
+    /// Marks entries `from..to` as never sent and settles them: a late completion of one (a
+    /// client that kept its delivery) can no longer claim it.
+    pub(crate) fn not_sent(&self, from: usize, to: usize) {
+        let to = to.min(self.len());
+        if from >= to {
+            return;
+        }
+        for cell in &self.states[from..to] {
+            let _ = cell.compare_exchange(PENDING, NOT_SENT, Ordering::AcqRel, Ordering::Acquire);
+        }
+        self.settle(to - from);
     }
 
     /// Records that entry `index` was delivered (its report goes in its slot), then settles it.
@@ -1047,7 +1090,7 @@ impl BatchState {
     /// The batch's handle is gone: once every entry settled, nobody takes the results, so
     /// they are dropped then (not when the last thread that served the batch lets go of it:
     /// a thread keeps the batch it served last).
-    fn abandon(&self) {
+    pub(crate) fn abandon(&self) {
         // SeqCst with `settle`: one of the two sees the other's write and releases.
         self.abandoned.store(true, Ordering::SeqCst);
         if self.remaining.load(Ordering::SeqCst) == 0 {

@@ -490,12 +490,24 @@ impl Dispatcher<'_> {
         // while it is in cache (no second walk over the batch at the end).
         let (memory, reader) = ReportMemory::of(messages);
         let state = BatchState::over_messages(inner.shared.clone(), count, memory);
+        // If a client panics, what was not handed over is dropped and settled on the way out.
+        let mut unwinding = Unwinding {
+            state: &state,
+            reader,
+            next: 0,
+            count,
+            current_unsent: false,
+            armed: true,
+        };
         let mut last_topic: Option<(Arc<str>, u32)> = None;
         for index in 0..count {
-            // SAFETY: `state` (alive until the end of this function) holds the allocation;
-            // each index is taken once, in order, before its entry is handed to the client.
+            // SAFETY: the allocation lives until every entry settled, which cannot happen
+            // before the messages not taken yet are taken (below, or by `unwinding`); each
+            // index is taken once, in order, before its entry is handed to the client.
             #[allow(unsafe_code)]
             let mut message = unsafe { reader.take(index) };
+            unwinding.next = index + 1;
+            unwinding.current_unsent = true;
             let topic_index = match &last_topic {
                 Some((t, i)) if Arc::ptr_eq(t, &message.topic) || *t == message.topic => *i,
                 _ => {
@@ -513,24 +525,32 @@ impl Dispatcher<'_> {
                         message.partition,
                         message.label.take(),
                     );
+                    // From here the entry's delivery settles it, even on a panic.
+                    unwinding.current_unsent = false;
                     self.enqueue(&client, &message, Delivery::entry(&state, index))
                 });
             if let Err(refused) = sent {
+                unwinding.armed = false;
                 // The rest go back to the caller, moved out before the batch may settle.
                 // SAFETY: as above; these indexes were never taken and are not sent.
                 #[allow(unsafe_code)]
                 let not_sent = (index + 1..count)
                     .map(|i| unsafe { reader.take(i) })
                     .collect();
-                state.settle(count - index);
+                if message.label.is_none() {
+                    message.label = state.take_label(index);
+                }
+                state.not_sent(index, count);
                 return Err(Error::PartiallyDispatched {
                     dispatched: index,
-                    delivery: Box::new(BatchDelivery::new(state, index)),
+                    delivery: Box::new(BatchDelivery::new(state.clone(), index)),
                     failure: Box::new(refused.into_error(inner, message)),
                     not_sent,
                 });
             }
         }
+        unwinding.armed = false;
+        drop(unwinding);
         Ok(BatchDelivery::new(state, count))
     }
 
@@ -592,6 +612,7 @@ impl Dispatcher<'_> {
     ) -> std::result::Result<(), Refused> {
         let config = &self.inner().config;
         let topic_config = self.topic_config.map(|c| &**c);
+        let token = delivery.token();
         let mut delivery = delivery;
         let mut started: Option<Instant> = None;
         loop {
@@ -603,6 +624,21 @@ impl Dispatcher<'_> {
                 Err(rejected) => rejected,
             };
             let waited = started.map_or(Duration::ZERO, |s| s.elapsed());
+            if back.token() != token {
+                // A client that gives back another message's delivery keeps this one: the
+                // message is refused (a late report of it is ignored), and the delivery it
+                // gave back is dropped, which reports that message as failed to its owner.
+                drop(back);
+                return Err(Refused {
+                    reason: Rejection::Kafka(karafka_core::KafkaError::other(
+                        "produce",
+                        "the client refused the message but handed back another message's \
+                         delivery (a Client must give back the Delivery it was given)",
+                    )),
+                    label: None,
+                    waited,
+                });
+            }
             if let Rejection::QueueFull = reason {
                 let since = *started.get_or_insert_with(Instant::now);
                 let waited = since.elapsed();
@@ -621,6 +657,43 @@ impl Dispatcher<'_> {
                 waited,
             });
         }
+    }
+}
+
+/// Settles what a batch's dispatch loop did not hand over when it unwinds (a client that
+/// panicked): the messages not taken yet are dropped, and their entries, with the current one
+/// when its delivery was not made yet, are marked never sent. (A delivery already made
+/// settles its entry itself, when completed or dropped.)
+struct Unwinding<'a> {
+    state: &'a Arc<BatchState>,
+    reader: crate::delivery::MessageReader,
+    /// The next message to take.
+    next: usize,
+    count: usize,
+    /// Message `next - 1` was taken but its delivery not made.
+    current_unsent: bool,
+    armed: bool,
+}
+
+impl Drop for Unwinding<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for i in self.next..self.count {
+            // SAFETY: these indexes were never taken (`next` follows the loop), in order,
+            // and the allocation lives: their entries are not settled yet.
+            #[allow(unsafe_code)]
+            drop(unsafe { self.reader.take(i) });
+        }
+        let from = if self.current_unsent {
+            self.next.saturating_sub(1)
+        } else {
+            self.next
+        };
+        self.state.not_sent(from, self.count);
+        // No handle will take the results: they are dropped once every entry settled.
+        self.state.abandon();
     }
 }
 

@@ -22,6 +22,12 @@ enum Fate {
     Deliver,
     FailDelivery,
     Refuse,
+    /// Drops the delivery without completing it (a buggy client).
+    DropDelivery,
+    /// Keeps this delivery and refuses with the one it kept before (a buggy client).
+    Swap,
+    /// Panics inside `produce`.
+    Panic,
 }
 
 #[derive(Debug)]
@@ -30,6 +36,8 @@ struct Scripted {
     calls: AtomicUsize,
     /// Deliveries completed later, on another thread (every other delivered message).
     deferred: Mutex<Vec<(Delivery, Partition, i64)>>,
+    /// Deliveries a `Swap` keeps.
+    kept: Mutex<Vec<Delivery>>,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +55,7 @@ impl Factory {
             script,
             calls: AtomicUsize::new(0),
             deferred: Mutex::new(Vec::new()),
+            kept: Mutex::new(Vec::new()),
         }))
     }
 
@@ -86,6 +95,23 @@ impl Client for Factory {
                 reason: Rejection::Kafka(KafkaError::other("produce", "scripted refusal")),
                 delivery,
             }),
+            Fate::DropDelivery => {
+                drop(delivery);
+                Ok(())
+            }
+            Fate::Swap => {
+                let mut kept = self.0.kept.lock().unwrap();
+                let previous = kept.pop();
+                kept.push(delivery);
+                match previous {
+                    Some(other) => Err(Rejected {
+                        reason: Rejection::Kafka(KafkaError::other("produce", "swapped")),
+                        delivery: other,
+                    }),
+                    None => Ok(()),
+                }
+            }
+            Fate::Panic => panic!("scripted panic in produce"),
             Fate::FailDelivery => {
                 delivery.complete(Outcome::Failed {
                     error: KafkaError::other("deliver message", "scripted failure"),
@@ -347,4 +373,260 @@ fn a_batch_handle_dropped_untaken_frees_its_reports() {
     factory.complete_deferred();
     drop(flushed);
     assert_eq!(drops.load(Ordering::SeqCst), 110);
+}
+
+/// Hands every delivery to a worker thread that completes it at once, in pairs swapped
+/// (out of order), while the dispatcher goes on reading the batch.
+#[derive(Clone, Debug)]
+struct Threaded {
+    sender: Arc<Mutex<std::sync::mpsc::Sender<(Delivery, Partition, i64)>>>,
+}
+
+impl Threaded {
+    fn start() -> (Self, std::thread::JoinHandle<()>) {
+        let (sender, receiver) = std::sync::mpsc::channel::<(Delivery, Partition, i64)>();
+        let worker = std::thread::spawn(move || {
+            let mut held = None;
+            for (delivery, partition, offset) in receiver {
+                match held.take() {
+                    None => held = Some((delivery, partition, offset)),
+                    Some((first, p, o)) => {
+                        delivery.complete(Outcome::Delivered { partition, offset });
+                        first.complete(Outcome::Delivered {
+                            partition: p,
+                            offset: o,
+                        });
+                    }
+                }
+            }
+            if let Some((delivery, partition, offset)) = held {
+                delivery.complete(Outcome::Delivered { partition, offset });
+            }
+        });
+        (
+            Threaded {
+                sender: Arc::new(Mutex::new(sender)),
+            },
+            worker,
+        )
+    }
+}
+
+impl ClientFactory for Threaded {
+    fn create(&self, _setup: &ClientSetup<'_>) -> Result<Box<dyn Client>, KafkaError> {
+        Ok(Box::new(self.clone()))
+    }
+}
+
+impl Client for Threaded {
+    fn produce(
+        &self,
+        message: &Message,
+        _topic_config: Option<&TopicConfig>,
+        delivery: Delivery,
+    ) -> Result<(), Rejected> {
+        let n = payload_number(message);
+        let partition = message.partition.unwrap_or((n % 3) as Partition);
+        self.sender
+            .lock()
+            .unwrap()
+            .send((delivery, partition, n))
+            .unwrap();
+        Ok(())
+    }
+    fn partition_for_key(
+        &self,
+        _: &str,
+        _: Option<&TopicConfig>,
+        _: &[u8],
+    ) -> Result<Partition, KafkaError> {
+        Ok(0)
+    }
+    fn flush(&self, _: Duration) -> Result<(), KafkaError> {
+        Ok(())
+    }
+    fn in_flight(&self) -> usize {
+        0
+    }
+    fn close(&self, _: Duration) {}
+    fn init_transactions(&self, _: Duration) -> Result<(), KafkaError> {
+        Ok(())
+    }
+    fn begin_transaction(&self) -> Result<(), KafkaError> {
+        Ok(())
+    }
+    fn send_offsets_to_transaction(
+        &self,
+        _: &[(TopicPartition, i64)],
+        _: &ConsumerGroupMetadata,
+        _: Duration,
+    ) -> Result<(), KafkaError> {
+        Ok(())
+    }
+    fn commit_transaction(&self, _: Duration) -> Result<(), KafkaError> {
+        Ok(())
+    }
+    fn abort_transaction(&self, _: Duration) -> Result<(), KafkaError> {
+        Ok(())
+    }
+}
+
+#[test]
+fn reports_written_by_another_thread_while_the_batch_is_dispatched() {
+    let (client, worker) = Threaded::start();
+    let producer = Producer::builder().client(client).build().unwrap();
+    for round in 0..3 {
+        // Spare capacity: the batch's allocation is larger than its messages.
+        let mut batch = Vec::with_capacity(40_000);
+        batch.extend(messages(20_000));
+        let reports = producer
+            .produce_many_async(batch)
+            .unwrap()
+            .wait(Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(reports.len(), 20_000, "round {round}");
+        for (i, report) in reports.iter().enumerate() {
+            check_report(i, report);
+        }
+    }
+    // Through the buffer, filled twice (the second call extends it).
+    producer.buffer_many(messages(5_000)).unwrap();
+    producer
+        .buffer_many(messages(10_000).split_off(5_000))
+        .unwrap();
+    let reports = producer
+        .flush_async()
+        .unwrap()
+        .wait(Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(reports.len(), 10_000);
+    for (i, report) in reports.iter().enumerate() {
+        check_report(i, report);
+    }
+    drop(producer);
+    worker.join().unwrap();
+}
+
+#[test]
+fn a_refusal_of_the_first_message_sends_nothing() {
+    let factory = Factory::new(|n| if n == 0 { Fate::Refuse } else { Fate::Deliver });
+    let producer = producer_on(&factory);
+    let Err(Error::PartiallyDispatched {
+        dispatched,
+        delivery,
+        failure,
+        not_sent,
+    }) = producer.produce_many_async(messages(50))
+    else {
+        panic!("expected PartiallyDispatched");
+    };
+    assert_eq!(dispatched, 0);
+    let refused = failure.into_message().unwrap();
+    assert_eq!(payload_number(&refused), 0);
+    assert_eq!(
+        refused.label.as_ref().and_then(Label::as_str),
+        Some("label-0")
+    );
+    assert_eq!(not_sent.len(), 49);
+    assert!(delivery.wait(Duration::from_secs(1)).unwrap().is_empty());
+}
+
+#[test]
+fn a_client_that_drops_a_delivery_reports_that_message_failed() {
+    let factory = Factory::new(|n| {
+        if n == 4 {
+            Fate::DropDelivery
+        } else {
+            Fate::Deliver
+        }
+    });
+    let producer = producer_on(&factory);
+    let batch = producer.produce_many_async(messages(10)).unwrap();
+    factory.complete_deferred();
+    let Err(Error::DeliveriesFailed { failed, results }) = batch.wait(Duration::from_secs(5))
+    else {
+        panic!("entry 4 failed");
+    };
+    assert_eq!(failed, 1);
+    assert!(results[4].is_err());
+    assert!(
+        results
+            .iter()
+            .enumerate()
+            .all(|(i, r)| (i == 4) == r.is_err())
+    );
+}
+
+#[test]
+fn a_client_that_hands_back_another_delivery_cannot_corrupt_either_batch() {
+    // Message 2 of the first batch is kept (and taken as sent); message 3 is refused with
+    // message 2's delivery handed back in its place.
+    let factory = Factory::new(|n| {
+        if n == 2 || n == 3 {
+            Fate::Swap
+        } else {
+            Fate::Deliver
+        }
+    });
+    let producer = producer_on(&factory);
+    let Err(Error::PartiallyDispatched {
+        dispatched,
+        delivery,
+        failure,
+        not_sent,
+    }) = producer.produce_many_async(messages(6))
+    else {
+        panic!("expected PartiallyDispatched");
+    };
+    assert_eq!(dispatched, 3);
+    assert!(
+        failure.to_string().contains("another message's delivery"),
+        "{failure}"
+    );
+    assert_eq!(payload_number(&failure.into_message().unwrap()), 3);
+    assert_eq!(not_sent.len(), 2);
+    factory.complete_deferred();
+    // Entry 2's delivery, handed back and dropped, reported it failed; message 3's delivery
+    // is still kept by the client: completing it late changes nothing.
+    let Err(Error::DeliveriesFailed { failed, results }) = delivery.wait(Duration::from_secs(5))
+    else {
+        panic!("entry 2 failed");
+    };
+    assert_eq!((failed, results.len()), (1, 3));
+    assert!(results[2].is_err());
+    let kept = factory.0.kept.lock().unwrap().pop().unwrap();
+    kept.complete(Outcome::Delivered {
+        partition: 0,
+        offset: 99,
+    });
+}
+
+#[test]
+fn a_client_that_panics_mid_batch_leaves_nothing_behind() {
+    let drops = Arc::new(AtomicUsize::new(0));
+    struct Counted(Arc<AtomicUsize>);
+    impl Drop for Counted {
+        fn drop(&mut self) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let factory = Factory::new(|n| if n == 30 { Fate::Panic } else { Fate::Deliver });
+    let producer = producer_on(&factory);
+    let batch: Vec<Message> = (0..100)
+        .map(|i| Message::new("t", i.to_string()).label(Label::new(Counted(drops.clone()))))
+        .collect();
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        producer.produce_many_async(batch)
+    }));
+    assert!(outcome.is_err(), "the client's panic comes through");
+    factory.complete_deferred();
+    assert_eq!(
+        drops.load(Ordering::SeqCst),
+        100,
+        "every message (and label) is dropped: sent ones with their reports, the rest unsent"
+    );
+    // The producer still works.
+    let reports = producer.produce_many_async(messages(10)).unwrap();
+    factory.complete_deferred();
+    assert_eq!(reports.wait(Duration::from_secs(5)).unwrap().len(), 10);
 }

@@ -169,15 +169,19 @@ impl ProducerContext for Context {
     }
 }
 
-/// A topic handle created for a variant; holds librdkafka's app reference so the handle (and
-/// its settings) lives as long as the client.
+/// A topic's handle (with a variant's settings or the client's defaults) that messages are
+/// sent through; holds librdkafka's app reference so the handle (and its settings) lives as
+/// long as the client.
 struct TopicHandle(NonNull<sys::RDKafkaTopic>);
 
-// SAFETY: librdkafka topic handles are reference-counted objects safe to use and release from
-// any thread; this wrapper only releases its reference, once, in Drop.
+// SAFETY: librdkafka topic handles are reference-counted, internally locked objects that may
+// be used (`rd_kafka_producev` with RD_KAFKA_VTYPE_RKT, from any number of threads at once) and
+// released from any thread; this wrapper only hands the pointer to librdkafka and releases its
+// reference, once, in Drop.
 #[allow(unsafe_code)]
 unsafe impl Send for TopicHandle {}
-// SAFETY: no method reads through the pointer; see Send.
+// SAFETY: see Send: sharing the pointer only lets threads pass it to librdkafka calls that are
+// thread-safe for topic handles.
 #[allow(unsafe_code)]
 unsafe impl Sync for TopicHandle {}
 
@@ -396,9 +400,12 @@ impl RdKafkaClient {
         topic: &str,
         config: Option<&TopicConfig>,
     ) -> Result<(TopicHandle, bool), Rejection> {
-        let fail = |message: String| {
-            Rejection::Kafka(KafkaError::other("apply variant topic settings", message))
+        let operation = if config.is_some() {
+            "apply variant topic settings"
+        } else {
+            "produce"
         };
+        let fail = |message: String| Rejection::Kafka(KafkaError::other(operation, message));
         let name = CString::new(topic)
             .map_err(|_| fail(format!("topic `{topic}` contains a NUL byte")))?;
         let rk = self.producer.client().native_ptr();
