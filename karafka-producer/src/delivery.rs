@@ -926,16 +926,21 @@ impl BatchState {
     }
 
     /// Marks entries `from..to` as never sent and settles them: a late completion of one (a
-    /// client that kept its delivery) can no longer claim it.
+    /// client that kept its delivery) can no longer claim it. An entry a client completed
+    /// meanwhile was settled by that completion and is not counted again.
     pub(crate) fn not_sent(&self, from: usize, to: usize) {
         let to = to.min(self.len());
         if from >= to {
             return;
         }
-        for cell in &self.states[from..to] {
-            let _ = cell.compare_exchange(PENDING, NOT_SENT, Ordering::AcqRel, Ordering::Acquire);
-        }
-        self.settle(to - from);
+        let marked = self.states[from..to]
+            .iter()
+            .filter(|cell| {
+                cell.compare_exchange(PENDING, NOT_SENT, Ordering::AcqRel, Ordering::Acquire)
+                    .is_ok()
+            })
+            .count();
+        self.settle(marked);
     }
 
     /// Records that entry `index` was delivered (its report goes in its slot), then settles it.
@@ -1022,6 +1027,16 @@ impl BatchState {
                     }))
                 })
                 .collect());
+        }
+        // An entry past `len` was not sent, unless a client completed it before the
+        // dispatcher gave up on it: such a report is dropped here, not handed over.
+        for (i, state) in self.states.iter().enumerate().skip(len) {
+            if state.load(Ordering::Acquire) == DELIVERED {
+                // SAFETY: delivered, so written; `taken` was just set, so this is the slot's
+                // only read; every entry settled, so nobody writes it.
+                #[allow(unsafe_code)]
+                drop(unsafe { self.reports.read(i) });
+            }
         }
         let states = &self.states[..len];
         if states
@@ -1380,5 +1395,32 @@ mod tests {
             1,
             "the batches keep no reference"
         );
+    }
+
+    #[test]
+    fn an_entry_completed_before_the_dispatcher_gives_up_on_it_settles_once() {
+        let drops = Arc::new(AtomicUsize::new(0));
+        let state = BatchState::new(shared(), 3);
+        let topic: Arc<str> = "t".into();
+        let i = state.topic_index(&topic);
+        state.prepare_entry(0, i, None, Some(Label::new(Counted(drops.clone()))));
+        state.prepare_entry(1, i, None, Some(Label::new(Counted(drops.clone()))));
+        delivery_of(&state, 0, 0, 1);
+        // A client completed entry 1 although the dispatcher takes it as refused.
+        delivery_of(&state, 1, 0, 2);
+        state.not_sent(1, 3);
+        assert!(!state.is_open(), "every entry settled exactly once");
+        let reports = state.take_reports(1).expect("entry 0 was delivered");
+        assert_eq!(reports.len(), 1);
+        assert_eq!(
+            drops.load(Ordering::SeqCst),
+            1,
+            "entry 1's report was dropped"
+        );
+        drop(reports);
+        assert_eq!(drops.load(Ordering::SeqCst), 2);
+        // A late completion of a never-sent entry changes nothing.
+        state.delivered(2, 0, 3);
+        assert!(!state.is_open());
     }
 }
