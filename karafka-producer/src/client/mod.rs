@@ -71,7 +71,9 @@ pub trait Client: Send + Sync + fmt::Debug + 'static {
     /// Takes `message` for delivery with `topic_config` (a variant's topic settings, `None`
     /// for the producer's own), copying what it needs (the producer keeps the message, to give
     /// it back if the client refuses it). On `Ok`, the client must later call
-    /// [`Delivery::complete`] exactly once; on `Err`, it gives the delivery back uncompleted.
+    /// [`Delivery::complete`] exactly once (dropping it reports the message failed); on `Err`,
+    /// it gives the same delivery back uncompleted (handing back another one gets the message
+    /// refused, and the other dropped: reported failed).
     fn produce(
         &self,
         message: &Message,
