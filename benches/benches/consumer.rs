@@ -44,7 +44,7 @@ use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use karafka_benches::{Summary, child_result, env_usize, process_cpu, rate, rss_bytes};
+use karafka_benches::{Summary, child_result, env_usize, process_cpu, rate, ratio_row, rss_bytes};
 use karafka_consumer::payload::Raw;
 use karafka_consumer::{App, ConsumeResult, Consumer, Context, Scheduling};
 use karafka_core::KafkaSettings;
@@ -448,17 +448,7 @@ fn main() {
     }
 
     let row = |name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String| {
-        let (r, f) = (Summary::of(raw), Summary::of(fw));
-        println!(
-            "| {name} | {} / {} / {} | {} / {} / {} | {:.3} |",
-            fmt(r.min),
-            fmt(r.median),
-            fmt(r.max),
-            fmt(f.min),
-            fmt(f.median),
-            fmt(f.max),
-            f.median / r.median
-        );
+        println!("{}", ratio_row(name, raw, fw, fmt));
     };
     println!();
     println!(

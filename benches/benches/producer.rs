@@ -24,7 +24,9 @@ use std::sync::{Arc, Condvar, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use karafka_benches::{Summary, env_usize, quantile, rate, threads_cpu, threads_cpu_delta};
+use karafka_benches::{
+    Summary, env_usize, quantile, rate, ratio_row, threads_cpu, threads_cpu_delta,
+};
 use karafka_core::KafkaSettings;
 use karafka_producer::{Message, Producer};
 use karafka_testing::{EmbeddedCluster, TestBroker, client_config};
@@ -403,17 +405,7 @@ impl Scenario {
 }
 
 fn row(name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String) {
-    let (r, f) = (Summary::of(raw), Summary::of(fw));
-    println!(
-        "| {name} | {} / {} / {} | {} / {} / {} | {:.3} |",
-        fmt(r.min),
-        fmt(r.median),
-        fmt(r.max),
-        fmt(f.min),
-        fmt(f.median),
-        fmt(f.max),
-        f.median / r.median
-    );
+    println!("{}", ratio_row(name, raw, fw, fmt));
 }
 
 fn main() {

@@ -71,6 +71,22 @@ pub fn process_cpu() -> Option<Duration> {
     Some(Duration::from_millis((utime + stime) * 10))
 }
 
+/// One markdown row comparing raw and karafka-rs samples: min / median / max of each, then
+/// the ratio of the medians (karafka-rs / raw), each value written with `fmt`.
+pub fn ratio_row(name: &str, raw: &[f64], fw: &[f64], fmt: &dyn Fn(f64) -> String) -> String {
+    let (r, f) = (Summary::of(raw), Summary::of(fw));
+    format!(
+        "| {name} | {} / {} / {} | {} / {} / {} | {:.3} |",
+        fmt(r.min),
+        fmt(r.median),
+        fmt(r.max),
+        fmt(f.min),
+        fmt(f.median),
+        fmt(f.max),
+        f.median / r.median
+    )
+}
+
 /// CPU time of every live thread of this process, by thread id, with the thread's name, from
 /// `/proc/self/task/*/schedstat` (nanosecond precision, unlike the 10 ms ticks of
 /// [`process_cpu`]). Sum the differences of two readings over the ids in both for the CPU of

@@ -123,6 +123,17 @@ pub(crate) struct Pending {
 
 /// Tags a batch entry in librdkafka's opaque pointer (user-space pointers never set it).
 const ENTRY_TAG: usize = 1 << 63;
+
+/// A batch entry's opaque value.
+fn entry_token(batch: u32, index: u32) -> usize {
+    ENTRY_TAG | (batch as usize) << 32 | index as usize
+}
+
+/// The batch entry an opaque value names, if it names one.
+fn entry_of(opaque: usize) -> Option<(u32, u32)> {
+    (opaque & ENTRY_TAG != 0).then_some((((opaque & !ENTRY_TAG) >> 32) as u32, opaque as u32))
+}
+
 const _: () = assert!(
     usize::BITS == 64,
     "karafka-producer needs a 64-bit target (delivery tokens pack a batch id and an index)"
@@ -161,7 +172,7 @@ impl Delivery {
     pub(crate) fn token(&self) -> usize {
         match &self.repr {
             Repr::Single(pending) => &**pending as *const Pending as usize,
-            Repr::Entry { batch, index } => ENTRY_TAG | (*batch as usize) << 32 | *index as usize,
+            Repr::Entry { batch, index } => entry_token(*batch, *index),
             Repr::Taken => 0,
         }
     }
@@ -208,10 +219,10 @@ impl Delivery {
     /// [`into_opaque`](Self::into_opaque) and is turned back exactly once.
     #[allow(unsafe_code)]
     pub(crate) unsafe fn delivered_from_opaque(opaque: usize, partition: Partition, offset: i64) {
-        if opaque & ENTRY_TAG != 0 {
-            let batch = ((opaque & !ENTRY_TAG) >> 32) as u32;
-            let index = opaque as u32 as usize;
-            crate::batches::with(batch, |state| state.delivered(index, partition, offset));
+        if let Some((batch, index)) = entry_of(opaque) {
+            crate::batches::with(batch, |state| {
+                state.delivered(index as usize, partition, offset)
+            });
             return;
         }
         // SAFETY: per this function's contract.
@@ -236,7 +247,7 @@ impl Delivery {
     pub(crate) fn into_opaque(mut self) -> usize {
         match std::mem::replace(&mut self.repr, Repr::Taken) {
             Repr::Single(pending) => Box::into_raw(pending) as usize,
-            Repr::Entry { batch, index } => ENTRY_TAG | (batch as usize) << 32 | index as usize,
+            Repr::Entry { batch, index } => entry_token(batch, index),
             Repr::Taken => 0,
         }
     }
@@ -252,11 +263,8 @@ impl Delivery {
     pub(crate) unsafe fn from_opaque(opaque: usize) -> Self {
         let repr = if opaque == 0 {
             Repr::Taken
-        } else if opaque & ENTRY_TAG != 0 {
-            Repr::Entry {
-                batch: ((opaque & !ENTRY_TAG) >> 32) as u32,
-                index: opaque as u32,
-            }
+        } else if let Some((batch, index)) = entry_of(opaque) {
+            Repr::Entry { batch, index }
         } else {
             // SAFETY: per this function's contract the value is a pointer from
             // `Box::into_raw` in `into_opaque` (user-space pointers never carry ENTRY_TAG),

@@ -3,7 +3,8 @@
 //! label), failed ones give their message back, one refused mid-batch gives back itself and
 //! every message after it, untouched, and a batch handle dropped untaken frees what its
 //! reports hold. A scripted client decides each message's fate; deliveries complete on the
-//! dispatching thread (the client completes them inside `produce`) and on another thread.
+//! dispatching thread (the client completes them inside `produce`), later on another thread,
+//! and on a worker thread while the batch is still being dispatched.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -38,6 +39,8 @@ struct Scripted {
     deferred: Mutex<Vec<(Delivery, Partition, i64)>>,
     /// Deliveries a `Swap` keeps.
     kept: Mutex<Vec<Delivery>>,
+    /// When set, every delivered message goes to a worker thread that completes it at once.
+    worker: Mutex<Option<std::sync::mpsc::Sender<(Delivery, Partition, i64)>>>,
 }
 
 #[derive(Clone, Debug)]
@@ -56,7 +59,40 @@ impl Factory {
             calls: AtomicUsize::new(0),
             deferred: Mutex::new(Vec::new()),
             kept: Mutex::new(Vec::new()),
+            worker: Mutex::new(None),
         }))
+    }
+
+    /// Delivers every message on a worker thread, at once and in pairs swapped (out of
+    /// order), while the dispatcher goes on reading the batch. The worker ends once
+    /// [`stop_worker`](Self::stop_worker) is called.
+    fn with_worker() -> (Self, std::thread::JoinHandle<()>) {
+        let factory = Self::new(|_| Fate::Deliver);
+        let (sender, receiver) = std::sync::mpsc::channel::<(Delivery, Partition, i64)>();
+        *factory.0.worker.lock().unwrap() = Some(sender);
+        let worker = std::thread::spawn(move || {
+            let mut held = None;
+            for (delivery, partition, offset) in receiver {
+                match held.take() {
+                    None => held = Some((delivery, partition, offset)),
+                    Some((first, p, o)) => {
+                        delivery.complete(Outcome::Delivered { partition, offset });
+                        first.complete(Outcome::Delivered {
+                            partition: p,
+                            offset: o,
+                        });
+                    }
+                }
+            }
+            if let Some((delivery, partition, offset)) = held {
+                delivery.complete(Outcome::Delivered { partition, offset });
+            }
+        });
+        (factory, worker)
+    }
+
+    fn stop_worker(&self) {
+        self.0.worker.lock().unwrap().take();
     }
 
     /// Completes the deferred deliveries on another thread.
@@ -120,6 +156,13 @@ impl Client for Factory {
                 Ok(())
             }
             // The offset is the payload's number: reports are checked against it.
+            Fate::Deliver if self.0.worker.lock().unwrap().is_some() => {
+                let worker = self.0.worker.lock().unwrap();
+                if let Some(worker) = worker.as_ref() {
+                    worker.send((delivery, partition, n_payload)).unwrap();
+                }
+                Ok(())
+            }
             Fate::Deliver if n % 2 == 0 => {
                 delivery.complete(Outcome::Delivered {
                     partition,
@@ -375,106 +418,10 @@ fn a_batch_handle_dropped_untaken_frees_its_reports() {
     assert_eq!(drops.load(Ordering::SeqCst), 110);
 }
 
-/// Hands every delivery to a worker thread that completes it at once, in pairs swapped
-/// (out of order), while the dispatcher goes on reading the batch.
-#[derive(Clone, Debug)]
-struct Threaded {
-    sender: Arc<Mutex<std::sync::mpsc::Sender<(Delivery, Partition, i64)>>>,
-}
-
-impl Threaded {
-    fn start() -> (Self, std::thread::JoinHandle<()>) {
-        let (sender, receiver) = std::sync::mpsc::channel::<(Delivery, Partition, i64)>();
-        let worker = std::thread::spawn(move || {
-            let mut held = None;
-            for (delivery, partition, offset) in receiver {
-                match held.take() {
-                    None => held = Some((delivery, partition, offset)),
-                    Some((first, p, o)) => {
-                        delivery.complete(Outcome::Delivered { partition, offset });
-                        first.complete(Outcome::Delivered {
-                            partition: p,
-                            offset: o,
-                        });
-                    }
-                }
-            }
-            if let Some((delivery, partition, offset)) = held {
-                delivery.complete(Outcome::Delivered { partition, offset });
-            }
-        });
-        (
-            Threaded {
-                sender: Arc::new(Mutex::new(sender)),
-            },
-            worker,
-        )
-    }
-}
-
-impl ClientFactory for Threaded {
-    fn create(&self, _setup: &ClientSetup<'_>) -> Result<Box<dyn Client>, KafkaError> {
-        Ok(Box::new(self.clone()))
-    }
-}
-
-impl Client for Threaded {
-    fn produce(
-        &self,
-        message: &Message,
-        _topic_config: Option<&TopicConfig>,
-        delivery: Delivery,
-    ) -> Result<(), Rejected> {
-        let n = payload_number(message);
-        let partition = message.partition.unwrap_or((n % 3) as Partition);
-        self.sender
-            .lock()
-            .unwrap()
-            .send((delivery, partition, n))
-            .unwrap();
-        Ok(())
-    }
-    fn partition_for_key(
-        &self,
-        _: &str,
-        _: Option<&TopicConfig>,
-        _: &[u8],
-    ) -> Result<Partition, KafkaError> {
-        Ok(0)
-    }
-    fn flush(&self, _: Duration) -> Result<(), KafkaError> {
-        Ok(())
-    }
-    fn in_flight(&self) -> usize {
-        0
-    }
-    fn close(&self, _: Duration) {}
-    fn init_transactions(&self, _: Duration) -> Result<(), KafkaError> {
-        Ok(())
-    }
-    fn begin_transaction(&self) -> Result<(), KafkaError> {
-        Ok(())
-    }
-    fn send_offsets_to_transaction(
-        &self,
-        _: &[(TopicPartition, i64)],
-        _: &ConsumerGroupMetadata,
-        _: Duration,
-    ) -> Result<(), KafkaError> {
-        Ok(())
-    }
-    fn commit_transaction(&self, _: Duration) -> Result<(), KafkaError> {
-        Ok(())
-    }
-    fn abort_transaction(&self, _: Duration) -> Result<(), KafkaError> {
-        Ok(())
-    }
-}
-
 #[test]
 fn reports_written_by_another_thread_while_the_batch_is_dispatched() {
-    let (client, worker) = Threaded::start();
-    let producer = Producer::builder().client(client).build().unwrap();
+    let (factory, worker) = Factory::with_worker();
+    let producer = producer_on(&factory);
     for round in 0..3 {
         // Spare capacity: the batch's allocation is larger than its messages.
         let mut batch = Vec::with_capacity(40_000);
@@ -503,7 +450,7 @@ fn reports_written_by_another_thread_while_the_batch_is_dispatched() {
     for (i, report) in reports.iter().enumerate() {
         check_report(i, report);
     }
-    drop(producer);
+    factory.stop_worker();
     worker.join().unwrap();
 }
 
