@@ -4,13 +4,15 @@
 //!
 //! Completions look their batch up here; each thread caches the batch it completed last, so a
 //! thread serving a batch's delivery reports takes the registry lock once per batch, not once
-//! per message.
+//! per message. The client's polling thread also defers settling the entries it reports
+//! ([`delivered_once`]): one count per batch, not one locked instruction per message.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use crate::delivery::{BatchState, lock};
+use karafka_core::Partition;
 
 const SHARDS: usize = 16;
 
@@ -19,8 +21,32 @@ type Shard = Mutex<Vec<(u32, Arc<BatchState>)>>;
 
 static REGISTRY: [Shard; SHARDS] = [const { Mutex::new(Vec::new()) }; SHARDS];
 
+/// A thread's last batch, with the entries it reported but did not settle yet.
+struct Cached {
+    id: u32,
+    state: Arc<BatchState>,
+    unsettled: usize,
+}
+
+impl Cached {
+    fn settle(&mut self) {
+        let n = std::mem::take(&mut self.unsettled);
+        self.state.settle(n);
+    }
+}
+
+impl Drop for Cached {
+    /// A batch leaves the cache (another one replaces it, or the thread ends) with its
+    /// deferred entries settled: none is ever lost.
+    fn drop(&mut self) {
+        self.settle();
+    }
+}
+
 thread_local! {
-    static LAST: RefCell<Option<(u32, Arc<BatchState>)>> = const { RefCell::new(None) };
+    static LAST: RefCell<Option<Cached>> = const { RefCell::new(None) };
+    /// This thread defers settling (see [`defer_settling`]).
+    static DEFERRING: Cell<bool> = const { Cell::new(false) };
 }
 
 fn shard(id: u32) -> &'static Shard {
@@ -50,9 +76,11 @@ pub(crate) fn register(state: &Arc<BatchState>) -> u32 {
 /// Forgets a finished batch (and this thread's cached reference to it).
 pub(crate) fn unregister(id: u32) {
     lock(shard(id)).retain(|(i, _)| *i != id);
-    LAST.with(|last| {
+    // (Not reachable while the thread's locals are destroyed: a cached batch settled then
+    // is unregistered from here, and is forgotten with them anyway.)
+    let _ = LAST.try_with(|last| {
         if let Ok(mut last) = last.try_borrow_mut() {
-            if last.as_ref().is_some_and(|(i, _)| *i == id) {
+            if last.as_ref().is_some_and(|c| c.id == id) {
                 *last = None;
             }
         }
@@ -60,37 +88,94 @@ pub(crate) fn unregister(id: u32) {
     // A batch lent out by `with` is not cached back once `is_open` turns false.
 }
 
+/// This thread's cached batch if it is `id`, taken out of the cache; another batch there
+/// leaves it (settling what this thread deferred for it).
+fn take_cached(id: u32) -> Option<Cached> {
+    let cached = LAST.with(|last| last.try_borrow_mut().ok().and_then(|mut l| l.take()))?;
+    if cached.id == id {
+        return Some(cached);
+    }
+    // Dropped out of the borrow: settling may unregister, which looks at the cache.
+    drop(cached);
+    None
+}
+
+/// Caches `cached` as this thread's last batch while it is in flight; a batch it replaces
+/// (or that cannot be cached) settles its deferred entries as it is dropped.
+fn cache(cached: Cached) {
+    if !cached.state.is_open() {
+        return;
+    }
+    let replaced = LAST.with(|last| match last.try_borrow_mut() {
+        Ok(mut last) => last.replace(cached),
+        Err(_) => Some(cached),
+    });
+    // Dropped out of the borrow: settling may unregister, which looks at the cache.
+    drop(replaced);
+}
+
+fn lookup(id: u32) -> Option<Cached> {
+    let state = lock(shard(id))
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map(|(_, s)| s.clone())?;
+    Some(Cached {
+        id,
+        state,
+        unsettled: 0,
+    })
+}
+
 /// Runs `f` with the batch `id`, if it is still in flight. The thread's cached batch is lent
 /// out while `f` runs (no reference count touched); a nested call from inside `f` (a listener
 /// producing) finds the cache empty and looks the registry up instead.
 pub(crate) fn with<R>(id: u32, f: impl FnOnce(&Arc<BatchState>) -> R) -> Option<R> {
-    let cached = LAST.with(|last| {
-        let mut last = last.try_borrow_mut().ok()?;
-        match last.take() {
-            Some((i, state)) if i == id => Some(state),
-            other => {
-                *last = other;
-                None
-            }
-        }
-    });
-    let state = match cached {
-        Some(state) => state,
-        None => lock(shard(id))
-            .iter()
-            .find(|(i, _)| *i == id)
-            .map(|(_, s)| s.clone())?,
-    };
-    let out = f(&state);
-    LAST.with(|last| {
-        if let Ok(mut last) = last.try_borrow_mut() {
-            // Keep it cached unless it finished meanwhile (it then left the registry).
-            if state.is_open() {
-                *last = Some((id, state));
-            }
-        }
-    });
+    let cached = take_cached(id).or_else(|| lookup(id))?;
+    let out = f(&cached.state);
+    cache(cached);
     Some(out)
+}
+
+/// Records librdkafka's delivery report of entry `index` of batch `id`
+/// ([`BatchState::delivered_once`]). On a thread that defers settling (the client's polling
+/// thread) the entry is counted here, and the count settled when every entry the batch still
+/// waits for is counted here (so a batch finishes with its last report, as without deferring),
+/// when the thread moves on to another batch, or at [`settle_deferred`]; elsewhere it settles
+/// at once.
+///
+/// # Safety
+///
+/// As [`BatchState::delivered_once`]: the entry was handed to librdkafka, which reports it
+/// once, here.
+#[allow(unsafe_code)]
+pub(crate) unsafe fn delivered_once(id: u32, index: usize, partition: Partition, offset: i64) {
+    let Some(mut cached) = take_cached(id).or_else(|| lookup(id)) else {
+        return;
+    };
+    // SAFETY: per this function's contract.
+    if unsafe { cached.state.delivered_once(index, partition, offset) } {
+        cached.unsettled += 1;
+    }
+    if !DEFERRING.get() || cached.unsettled >= cached.state.unsettled() {
+        cached.settle();
+    }
+    cache(cached);
+}
+
+/// Makes this thread defer settling the entries it reports through [`delivered_once`]; it
+/// must then call [`settle_deferred`] regularly (a batch whose other entries settle elsewhere
+/// waits for it) and when it stops.
+pub(crate) fn defer_settling() {
+    DEFERRING.set(true);
+}
+
+/// Settles the entries this thread reported and has not settled yet.
+pub(crate) fn settle_deferred() {
+    let cached = LAST.with(|last| last.try_borrow_mut().ok().and_then(|mut l| l.take()));
+    if let Some(mut cached) = cached {
+        cached.settle();
+        cache(cached);
+    }
 }
 
 /// The batch with `id`, if it is still in flight.
@@ -101,9 +186,109 @@ pub(crate) fn get(id: u32) -> Option<Arc<BatchState>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::delivery::{Delivery, QueueRoom, Shared};
+    use crate::delivery::{Delivery, Outcome, QueueRoom, Shared};
     use karafka_core::instrumentation::Monitor;
     use std::sync::Mutex;
+
+    fn prepared(shared: &Arc<Shared>, len: usize) -> Arc<BatchState> {
+        let state = BatchState::new(shared.clone(), len);
+        let topic: Arc<str> = "t".into();
+        let topic_index = state.topic_index(&topic);
+        for index in 0..len {
+            // SAFETY: each entry prepared once, before its delivery.
+            #[allow(unsafe_code)]
+            unsafe {
+                state.prepare_entry(index, topic_index, topic.clone(), None, None)
+            };
+        }
+        state
+    }
+
+    fn report(state: &Arc<BatchState>, index: usize) {
+        // Made (as the dispatcher does) and handed to "librdkafka", which reports it once.
+        let _ = Delivery::entry(state, index).into_opaque();
+        // SAFETY: entry `index` was handed out above and is reported once, here.
+        #[allow(unsafe_code)]
+        unsafe {
+            delivered_once(state.id_for_tests(), index, 0, index as i64)
+        };
+    }
+
+    #[test]
+    fn a_deferring_thread_settles_every_entry_it_reports() {
+        let shared = Arc::new(Shared {
+            producer_id: "p".into(),
+            monitor: Monitor::new(),
+            room: QueueRoom::default(),
+            undelivered: Mutex::new(None),
+        });
+        let (mixed, whole, switched, other, at_exit) = (
+            prepared(&shared, 4),
+            prepared(&shared, 2),
+            prepared(&shared, 2),
+            prepared(&shared, 1),
+            prepared(&shared, 2),
+        );
+        let (to_poller, steps) = std::sync::mpsc::channel::<u8>();
+        let (done, step_done) = std::sync::mpsc::channel::<()>();
+        std::thread::scope(|scope| {
+            let poller = scope.spawn(|| {
+                defer_settling();
+                for step in steps {
+                    match step {
+                        0 => (0..3).for_each(|i| report(&mixed, i)),
+                        1 => settle_deferred(),
+                        2 => (0..2).for_each(|i| report(&whole, i)),
+                        3 => {
+                            report(&switched, 0);
+                            report(&other, 0);
+                        }
+                        _ => report(&at_exit, 0),
+                    }
+                    done.send(()).unwrap();
+                }
+            });
+            let step = |n: u8| {
+                to_poller.send(n).unwrap();
+                step_done.recv().unwrap();
+            };
+            // Three reports deferred, the last entry completed on another thread: the batch
+            // waits for the poller's next settle.
+            step(0);
+            assert_eq!(mixed.unsettled(), 4, "deferred, not settled");
+            Delivery::entry(&mixed, 3).complete(Outcome::Delivered {
+                partition: 0,
+                offset: 3,
+            });
+            assert_eq!(mixed.unsettled(), 3);
+            step(1);
+            assert!(!mixed.is_open(), "settled after the poll");
+            // Every entry reported by the poller: done with the last report.
+            step(2);
+            assert!(!whole.is_open(), "done with its last report");
+            // Moving on to another batch settles the previous one's count.
+            step(3);
+            assert!(!other.is_open());
+            assert_eq!(
+                switched.unsettled(),
+                1,
+                "the first entry settled on the switch"
+            );
+            // A count still held when the thread ends is settled as it ends.
+            step(4);
+            Delivery::entry(&at_exit, 1).complete(Outcome::Delivered {
+                partition: 0,
+                offset: 1,
+            });
+            assert_eq!(at_exit.unsettled(), 1);
+            drop(to_poller);
+            // (A join waits for the thread's locals to be destroyed; the scope's end may not.)
+            poller.join().unwrap();
+        });
+        assert!(!at_exit.is_open(), "settled when the thread ended");
+        report(&switched, 1);
+        assert!(!switched.is_open());
+    }
 
     #[test]
     fn ids_stay_below_the_token_tag_bit_and_round_trip() {

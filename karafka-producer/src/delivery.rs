@@ -220,9 +220,12 @@ impl Delivery {
     #[allow(unsafe_code)]
     pub(crate) unsafe fn delivered_from_opaque(opaque: usize, partition: Partition, offset: i64) {
         if let Some((batch, index)) = entry_of(opaque) {
-            crate::batches::with(batch, |state| {
-                state.delivered(index as usize, partition, offset)
-            });
+            // SAFETY: per this function's contract, librdkafka reports this entry once; it
+            // accepted the entry, so the dispatcher did not mark it never sent.
+            #[allow(unsafe_code)]
+            unsafe {
+                crate::batches::delivered_once(batch, index as usize, partition, offset)
+            };
             return;
         }
         // SAFETY: per this function's contract.
@@ -535,10 +538,18 @@ unsafe fn zeroed<T: Default>(len: usize) -> Box<[T]> {
 /// thread, measured as half its cost). At hand-over the allocation shrinks in place to a
 /// `Vec<DeliveryReport>`'s layout.
 ///
-/// Invariants (upheld by [`BatchState`]): slot `i` is written at most once, by the thread that
-/// moved entry `i`'s state from [`PENDING`] to [`DELIVERED`]; it is read (moved out) only after
-/// every entry settled (`remaining` reached zero with `AcqRel`, after the write), and only once
-/// (`taken`). Until then nothing else touches its bytes.
+/// Each message's topic reference moves into its report (no reference count touched for it
+/// on either thread): the dispatcher writes slot `i`'s topic before it hands entry `i` out, the
+/// entry's delivery writes the rest.
+///
+/// Invariants (upheld by [`BatchState`]): slot `i`'s topic is written once, by the dispatcher,
+/// before entry `i` is handed to a client, and is owned by the slot from then on, unless the
+/// dispatcher takes it back when the client refuses the entry (which then ends
+/// [`NOT_SENT`]); once every entry settled, a slot holds a topic exactly when its entry is
+/// [`DELIVERED`] or [`FAILED`]. The rest of slot `i` is written at most once, by the thread
+/// that moved entry `i`'s state from [`PENDING`] to [`DELIVERED`]. Until every entry settled
+/// (`remaining` reached zero with `AcqRel`, after the writes) only the thread that claimed
+/// entry `i` reads its topic; after, slots are read (moved out or dropped) once (`taken`).
 struct ReportSlots {
     ptr: NonNull<DeliveryReport>,
     /// The allocation's layout (as the global allocator knows it); zero-sized: nothing
@@ -641,18 +652,68 @@ impl ReportSlots {
         }
     }
 
-    /// Writes slot `index`.
+    /// Gives slot `index` its topic (the dispatcher, before the entry is handed out; the rest
+    /// of the report is written by its delivery, see [`complete`](Self::complete)).
     ///
     /// # Safety
     ///
-    /// `index` is an entry of the batch; the caller holds the only right to write slot
-    /// `index`, once (it moved the entry from [`PENDING`] to [`DELIVERED`]), and nobody reads
-    /// it before the batch settled.
+    /// `index` is an entry of the batch whose message was moved out; its slot's topic is not
+    /// initialized, and no other thread touches the slot until the entry is handed out.
     #[allow(unsafe_code)]
-    unsafe fn write(&self, index: usize, report: DeliveryReport) {
-        // SAFETY: in bounds (an entry's report lies in the allocation: see the type's docs)
-        // and exclusive, per the contract.
-        unsafe { self.ptr.as_ptr().add(index).write(report) }
+    unsafe fn write_topic(&self, index: usize, topic: Arc<str>) {
+        // SAFETY: in bounds and exclusive, per the contract; a field of a place, written
+        // through a raw pointer (no reference to the uninitialized report).
+        unsafe { (&raw mut (*self.ptr.as_ptr().add(index)).topic).write(topic) }
+    }
+
+    /// Slot `index`'s topic.
+    ///
+    /// # Safety
+    ///
+    /// The topic was written ([`write_topic`](Self::write_topic)) and is not moved out or
+    /// dropped while the reference lives (other fields may be written meanwhile: the
+    /// reference covers the topic's bytes only).
+    #[allow(unsafe_code)]
+    unsafe fn topic(&self, index: usize) -> &Arc<str> {
+        // SAFETY: initialized and alive, per the contract; the reference is to the field
+        // (a place through the raw pointer), not to the whole report.
+        unsafe { &(*self.ptr.as_ptr().add(index)).topic }
+    }
+
+    /// Moves slot `index`'s topic out (an entry that will have no report).
+    ///
+    /// # Safety
+    ///
+    /// The topic was written, and is not read, moved out or dropped after this.
+    #[allow(unsafe_code)]
+    unsafe fn take_topic(&self, index: usize) -> Arc<str> {
+        // SAFETY: initialized, moved out once, per the contract.
+        unsafe { (&raw const (*self.ptr.as_ptr().add(index)).topic).read() }
+    }
+
+    /// Writes the rest of slot `index`'s report, which is then whole.
+    ///
+    /// # Safety
+    ///
+    /// The topic was written; the caller holds the only right to complete slot `index`, once
+    /// (it moved the entry from [`PENDING`] to [`DELIVERED`]), and nobody reads the report
+    /// before the batch settled.
+    #[allow(unsafe_code)]
+    unsafe fn complete(
+        &self,
+        index: usize,
+        partition: Partition,
+        offset: i64,
+        label: Option<Label>,
+    ) {
+        let report = self.ptr.as_ptr().wrapping_add(index);
+        // SAFETY: in bounds and exclusive, per the contract; fields written through raw
+        // pointers, beside the topic another thread may be reading.
+        unsafe {
+            (&raw mut (*report).partition).write(partition);
+            (&raw mut (*report).offset).write(offset);
+            (&raw mut (*report).label).write(label);
+        }
     }
 
     /// Moves slot `index` out.
@@ -815,13 +876,18 @@ impl BatchState {
         self.id()
     }
 
-    fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.states.len()
     }
 
     /// Whether some entry is not settled yet.
     pub(crate) fn is_open(&self) -> bool {
-        self.remaining.load(Ordering::Acquire) > 0
+        self.unsettled() > 0
+    }
+
+    /// How many entries are not settled yet.
+    pub(crate) fn unsettled(&self) -> usize {
+        self.remaining.load(Ordering::Acquire)
     }
 
     /// Registers `topic` and returns its index (dispatchers call this when the topic changes
@@ -831,26 +897,40 @@ impl BatchState {
         if let Some(i) = topics.iter().position(|t| t == topic) {
             return i as u32;
         }
-        // A copy of the name, not another reference: reports clone it on the delivery thread
-        // while the dispatching thread drops the messages' references, and one shared count
-        // would bounce between the two cores for every message.
-        let own: Arc<str> = Arc::from(&**topic);
+        // Kept for the rare paths that need an entry's topic without owning its slot (a
+        // client asking its delivery, a failed delivery); reports take the messages' own.
         if topics.is_empty() {
-            let _ = self.first_topic.set(own.clone());
+            let _ = self.first_topic.set(topic.clone());
         }
-        topics.push(own);
+        topics.push(topic.clone());
         (topics.len() - 1) as u32
     }
 
-    /// Records entry `index` before it is handed to the client: its topic, the partition it
-    /// asks for, and its label.
-    pub(crate) fn prepare_entry(
+    /// Records entry `index` before it is handed to the client: its topic (by index, and its
+    /// reference, which moves into the entry's report slot), the partition it asks for, and
+    /// its label.
+    ///
+    /// # Safety
+    ///
+    /// Called once per entry, before its delivery is made ([`Delivery::entry`]), after its
+    /// message was moved out of the batch's allocation; `topic` is the name `topic_index`
+    /// refers to.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn prepare_entry(
         &self,
         index: usize,
         topic_index: u32,
+        topic: Arc<str>,
         partition: Option<Partition>,
         label: Option<Label>,
     ) {
+        if index >= self.len() {
+            debug_assert!(false, "entry {index} of {}", self.len());
+            return;
+        }
+        // SAFETY: in bounds (above); written once, before the entry is handed out, per the
+        // contract.
+        unsafe { self.reports.write_topic(index, topic) };
         let len = self.len();
         // Zero is already there: most batches have one topic and no partitions.
         if topic_index != 0 {
@@ -956,28 +1036,96 @@ impl BatchState {
         if !self.claim(index, DELIVERED) {
             return;
         }
-        let topic = self.topic_of(index);
-        let label = self.take_label(index);
-        if self.shared.monitor.has_listeners() {
-            self.shared
-                .acknowledged(&topic, partition, offset, label.as_ref());
-        }
         // SAFETY: the claim above moved entry `index` (in bounds: `claim` checked it) from
-        // PENDING to DELIVERED, which happens once: this thread alone writes the slot, once.
-        // It is read only after `settle` below brings `remaining` to zero.
+        // PENDING to DELIVERED, which happens once; it is settled below, after the write.
         #[allow(unsafe_code)]
         unsafe {
-            self.reports.write(
-                index,
-                DeliveryReport {
-                    topic,
-                    partition,
-                    offset,
-                    label,
-                },
-            )
+            self.write_report(index, partition, offset)
         };
         self.settle(1);
+    }
+
+    /// Records librdkafka's delivery report of entry `index`, without claiming it by
+    /// compare-and-swap and without settling it: the caller settles it (see
+    /// [`crate::batches::delivered_once`]). Returns whether there is an entry to settle.
+    ///
+    /// # Safety
+    ///
+    /// Entry `index` was handed to the client and is reported once, here: librdkafka reports
+    /// each message it accepted once, and an accepted entry is never marked never sent (only
+    /// refused ones are), so nothing else claims it.
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn delivered_once(
+        &self,
+        index: usize,
+        partition: Partition,
+        offset: i64,
+    ) -> bool {
+        let Some(cell) = self.states.get(index) else {
+            return false;
+        };
+        debug_assert_eq!(
+            cell.load(Ordering::Relaxed),
+            PENDING,
+            "entry {index} reported twice"
+        );
+        // Published by the settle's release, as the report is.
+        cell.store(DELIVERED, Ordering::Relaxed);
+        self.shared.room.released();
+        // SAFETY: this thread alone completes entry `index` (the contract), which is in bounds.
+        unsafe { self.write_report(index, partition, offset) };
+        true
+    }
+
+    /// Completes entry `index`'s report: the topic the dispatcher put in its slot, and the
+    /// rest; emits `message.acknowledged`.
+    ///
+    /// # Safety
+    ///
+    /// `index` is in bounds and this thread moved it to [`DELIVERED`] (or has the only right
+    /// to), and has not settled it yet.
+    #[allow(unsafe_code)]
+    unsafe fn write_report(&self, index: usize, partition: Partition, offset: i64) {
+        let label = self.take_label(index);
+        if self.shared.monitor.has_listeners() {
+            // SAFETY: the entry was handed out, so its topic was written; the slot keeps it
+            // until the results are taken, after the settle.
+            let topic = unsafe { self.reports.topic(index) };
+            self.shared
+                .acknowledged(topic, partition, offset, label.as_ref());
+        }
+        // SAFETY: the only write of the rest of the slot (the contract); read after the settle.
+        unsafe { self.reports.complete(index, partition, offset, label) };
+    }
+
+    /// Takes back entry `index`, which its client refused: marks it never sent, settles it and
+    /// returns its topic (which [`prepare_entry`](Self::prepare_entry) gave its slot), for
+    /// the message going back to the caller. If a completion claimed the entry meanwhile (a
+    /// client that reported a message it refused), that completion settled it and its slot
+    /// keeps the topic: a clone comes back.
+    ///
+    /// # Safety
+    ///
+    /// Entry `index` was prepared; this is called once for it, by the dispatcher, before the
+    /// batch's handle exists (nothing takes or releases the results meanwhile).
+    #[allow(unsafe_code)]
+    pub(crate) unsafe fn refused(&self, index: usize) -> Arc<str> {
+        let Some(cell) = self.states.get(index) else {
+            return self.topic_of(index);
+        };
+        if cell
+            .compare_exchange(PENDING, NOT_SENT, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+        {
+            // SAFETY: prepared, so written; NOT_SENT now, so no completion claims the entry
+            // and reads its slot, and nothing drops a NOT_SENT slot's topic: moved out once.
+            let topic = unsafe { self.reports.take_topic(index) };
+            self.settle(1);
+            return topic;
+        }
+        // SAFETY: claimed by a completion, so the slot owns the topic until the results are
+        // taken or released, which cannot happen before the batch's handle exists.
+        unsafe { self.reports.topic(index).clone() }
     }
 
     /// Records that entry `index` failed (the error owns its message), then settles it.
@@ -1039,12 +1187,12 @@ impl BatchState {
         // An entry past `len` was not sent, unless a client completed it before the
         // dispatcher gave up on it: such a report is dropped here, not handed over.
         for (i, state) in self.states.iter().enumerate().skip(len) {
-            if state.load(Ordering::Acquire) == DELIVERED {
-                // SAFETY: delivered, so written; `taken` was just set, so this is the slot's
-                // only read; every entry settled, so nobody writes it.
-                #[allow(unsafe_code)]
-                drop(unsafe { self.reports.read(i) });
-            }
+            // SAFETY: `taken` was just set, so this is the slot's only read; every entry
+            // settled, so nobody writes it.
+            #[allow(unsafe_code)]
+            unsafe {
+                self.drop_slot(i, state.load(Ordering::Acquire))
+            };
         }
         let states = &self.states[..len];
         if states
@@ -1081,11 +1229,18 @@ impl BatchState {
                 // set, so this is its only read (`Drop` then frees without dropping slots).
                 #[allow(unsafe_code)]
                 DELIVERED => Ok(unsafe { self.reports.read(i) }),
-                FAILED => Err(failures.remove(&i).unwrap_or_else(|| {
-                    Error::Core(karafka_core::Error::Closed {
-                        what: "batch delivery (a failed entry lost its error)".into(),
-                    })
-                })),
+                FAILED => {
+                    // SAFETY: as above; a failed entry's slot holds its topic only.
+                    #[allow(unsafe_code)]
+                    unsafe {
+                        self.drop_slot(i, FAILED)
+                    };
+                    Err(failures.remove(&i).unwrap_or_else(|| {
+                        Error::Core(karafka_core::Error::Closed {
+                            what: "batch delivery (a failed entry lost its error)".into(),
+                        })
+                    }))
+                }
                 _ => Err(Error::Core(karafka_core::Error::Closed {
                     what: "batch delivery (an entry was never reported)".into(),
                 })),
@@ -1099,6 +1254,24 @@ impl BatchState {
             self.reports.free()
         };
         Err(results)
+    }
+
+    /// Drops what slot `index` holds for an entry that ended in `state`: a whole report
+    /// when delivered, its topic when failed, nothing when never sent.
+    ///
+    /// # Safety
+    ///
+    /// Every entry settled; the slot is not read or dropped again.
+    #[allow(unsafe_code)]
+    unsafe fn drop_slot(&self, index: usize, state: u8) {
+        match state {
+            // SAFETY: a delivered entry's report is whole; read once, per the contract.
+            DELIVERED => drop(unsafe { self.reports.read(index) }),
+            // SAFETY: a failed entry was handed out, so its slot holds its topic (the
+            // module's invariants); moved out once, per the contract.
+            FAILED => drop(unsafe { self.reports.take_topic(index) }),
+            _ => {}
+        }
     }
 
     fn take_results(&self, len: usize) -> Vec<Result<DeliveryReport, Error>> {
@@ -1128,13 +1301,13 @@ impl BatchState {
             return;
         }
         for (i, state) in self.states.iter().enumerate() {
-            if state.load(Ordering::Acquire) == DELIVERED {
-                // SAFETY: delivered, so written; `taken` was just set by this call, so the slot
-                // was never read and is dropped once, here. Every entry settled (callers), so
-                // no thread writes slots any more.
-                #[allow(unsafe_code)]
-                drop(unsafe { self.reports.read(i) });
-            }
+            // SAFETY: `taken` was just set by this call, so the slot was never read and is
+            // dropped once, here. Every entry settled (callers), so no thread writes slots
+            // any more.
+            #[allow(unsafe_code)]
+            unsafe {
+                self.drop_slot(i, state.load(Ordering::Acquire))
+            };
         }
         // SAFETY: every written slot was just moved out and dropped; not handed to a `Vec`.
         #[allow(unsafe_code)]
@@ -1263,6 +1436,22 @@ mod tests {
         })
     }
 
+    /// Prepares entry `index` as the dispatcher does (the topic named by `topic_index`).
+    fn prepare(
+        state: &BatchState,
+        index: usize,
+        topic: &Arc<str>,
+        partition: Option<Partition>,
+        label: Option<Label>,
+    ) {
+        let topic_index = state.topic_index(topic);
+        // SAFETY: each test prepares an entry once, before its delivery.
+        #[allow(unsafe_code)]
+        unsafe {
+            state.prepare_entry(index, topic_index, topic.clone(), partition, label)
+        };
+    }
+
     fn delivery_of(state: &Arc<BatchState>, index: usize, partition: Partition, offset: i64) {
         let opaque = Delivery::entry(state, index).into_opaque();
         // SAFETY: the opaque comes from `into_opaque` just above and is turned back once.
@@ -1276,12 +1465,10 @@ mod tests {
     fn a_batch_keeps_topic_requested_partition_label_and_outcome_of_every_entry() {
         let state = BatchState::new(shared(), 4);
         let (a, b): (Arc<str>, Arc<str>) = ("a".into(), "b".into());
-        let ia = state.topic_index(&a);
-        let ib = state.topic_index(&b);
-        state.prepare_entry(0, ia, None, None);
-        state.prepare_entry(1, ib, Some(0), Some(Label::from("one")));
-        state.prepare_entry(2, ia, Some(i32::MAX), None);
-        state.prepare_entry(3, ib, Some(7), None);
+        prepare(&state, 0, &a, None, None);
+        prepare(&state, 1, &b, Some(0), Some(Label::from("one")));
+        prepare(&state, 2, &a, Some(i32::MAX), None);
+        prepare(&state, 3, &b, Some(7), None);
         assert_eq!(state.requested_partition(1), Some(0));
         assert_eq!(state.requested_partition(2), Some(i32::MAX));
         assert_eq!(state.requested_partition(0), None);
@@ -1324,9 +1511,8 @@ mod tests {
     fn an_all_delivered_batch_gives_every_report_in_order() {
         let state = BatchState::new(shared(), 3);
         let topic: Arc<str> = "t".into();
-        let i = state.topic_index(&topic);
         for index in 0..3 {
-            state.prepare_entry(index, i, None, None);
+            prepare(&state, index, &topic, None, None);
         }
         for index in (0..3).rev() {
             delivery_of(&state, index, index as i32, 10 + index as i64);
@@ -1351,9 +1537,8 @@ mod tests {
         let label = || Some(Label::new(Counted(drops.clone())));
 
         let state = BatchState::new(shared(), 2);
-        let i = state.topic_index(&topic);
         for index in 0..2 {
-            state.prepare_entry(index, i, None, label());
+            prepare(&state, index, &topic, None, label());
         }
         delivery_of(&state, 0, 0, 1);
         delivery_of(&state, 1, 0, 2);
@@ -1372,23 +1557,23 @@ mod tests {
 
         // Delivered but never taken: dropping the batch drops its reports.
         let untaken = BatchState::new(shared(), 3);
-        let i = untaken.topic_index(&topic);
         for index in 0..3 {
-            untaken.prepare_entry(index, i, None, label());
+            prepare(&untaken, index, &topic, None, label());
         }
         delivery_of(&untaken, 0, 0, 1);
         delivery_of(&untaken, 2, 0, 3);
-        // Entry 1 was never dispatched: its label comes back to the dispatcher.
+        // Entry 1 was refused: its label and topic come back to the dispatcher.
         drop(untaken.take_label(1));
-        untaken.settle(1);
+        // SAFETY: prepared, refused once, before any handle exists.
+        #[allow(unsafe_code)]
+        drop(unsafe { untaken.refused(1) });
         assert_eq!(drops.load(Ordering::SeqCst), 3);
         drop(untaken);
         assert_eq!(drops.load(Ordering::SeqCst), 5);
 
         // A partly dispatched batch: the first entries' reports, from the same slots.
         let partial = BatchState::new(shared(), 3);
-        let i = partial.topic_index(&topic);
-        partial.prepare_entry(0, i, None, label());
+        prepare(&partial, 0, &topic, None, label());
         partial.settle(2);
         delivery_of(&partial, 0, 4, 7);
         let reports = partial
@@ -1410,13 +1595,31 @@ mod tests {
         let drops = Arc::new(AtomicUsize::new(0));
         let state = BatchState::new(shared(), 3);
         let topic: Arc<str> = "t".into();
-        let i = state.topic_index(&topic);
-        state.prepare_entry(0, i, None, Some(Label::new(Counted(drops.clone()))));
-        state.prepare_entry(1, i, None, Some(Label::new(Counted(drops.clone()))));
+        prepare(
+            &state,
+            0,
+            &topic,
+            None,
+            Some(Label::new(Counted(drops.clone()))),
+        );
+        prepare(
+            &state,
+            1,
+            &topic,
+            None,
+            Some(Label::new(Counted(drops.clone()))),
+        );
         delivery_of(&state, 0, 0, 1);
         // A client completed entry 1 although the dispatcher takes it as refused.
-        delivery_of(&state, 1, 0, 2);
-        state.not_sent(1, 3);
+        Delivery::entry(&state, 1).complete(Outcome::Delivered {
+            partition: 0,
+            offset: 2,
+        });
+        // SAFETY: prepared, refused once, before any handle exists.
+        #[allow(unsafe_code)]
+        let back = unsafe { state.refused(1) };
+        assert_eq!(&*back, "t", "the refused message gets its topic back");
+        state.not_sent(2, 3);
         assert!(!state.is_open(), "every entry settled exactly once");
         let reports = state.take_reports(1).expect("entry 0 was delivered");
         assert_eq!(reports.len(), 1);

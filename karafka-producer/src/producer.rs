@@ -516,42 +516,71 @@ impl Dispatcher<'_> {
                     i
                 }
             };
-            let sent = self
-                .resolve_partition(&client, &mut message)
-                .and_then(|()| {
-                    state.prepare_entry(
-                        index,
-                        topic_index,
-                        message.partition,
-                        message.label.take(),
-                    );
-                    // From here the entry's delivery settles it, even on a panic.
-                    unwinding.current_unsent = false;
-                    self.enqueue(&client, &message, Delivery::entry(&state, index))
-                });
-            if let Err(refused) = sent {
+            if let Err(refused) = self.resolve_partition(&client, &mut message) {
                 unwinding.armed = false;
-                // The rest go back to the caller, moved out before the batch may settle.
-                // SAFETY: as above; these indexes were never taken and are not sent.
+                return Err(self.give_up(&state, reader, index, refused, message, false));
+            }
+            let label = message.label.take();
+            let partition = message.partition;
+            // The entry's report slot takes the message's topic reference; the message keeps
+            // a bitwise copy for the client to read, which is never dropped.
+            // SAFETY: the copy is never dropped (`LentTopic`), so the reference is owned once.
+            #[allow(unsafe_code)]
+            let topic = unsafe { std::ptr::read(&message.topic) };
+            let message = LentTopic(std::mem::ManuallyDrop::new(message));
+            // SAFETY: once for this entry, after its message was taken, before its delivery.
+            #[allow(unsafe_code)]
+            unsafe {
+                state.prepare_entry(index, topic_index, topic, partition, label)
+            };
+            // From here the entry's delivery settles it, even on a panic.
+            unwinding.current_unsent = false;
+            if let Err(refused) = self.enqueue(&client, &message, Delivery::entry(&state, index)) {
+                let mut message = message.into_message();
+                // SAFETY: prepared above; refused once, here, before the handle exists.
                 #[allow(unsafe_code)]
-                let not_sent = (index + 1..count)
-                    .map(|i| unsafe { reader.take(i) })
-                    .collect();
-                if message.label.is_none() {
-                    message.label = state.take_label(index);
-                }
-                state.not_sent(index, count);
-                return Err(Error::PartiallyDispatched {
-                    dispatched: index,
-                    delivery: Box::new(BatchDelivery::new(state.clone(), index)),
-                    failure: Box::new(refused.into_error(inner, message)),
-                    not_sent,
-                });
+                let topic = unsafe { state.refused(index) };
+                // The bitwise copy gives way to the reference handed back (not dropped).
+                std::mem::forget(std::mem::replace(&mut message.topic, topic));
+                unwinding.armed = false;
+                return Err(self.give_up(&state, reader, index, refused, message, true));
             }
         }
         unwinding.armed = false;
         drop(unwinding);
         Ok(BatchDelivery::new(state, count))
+    }
+
+    /// Ends a batch's dispatch at entry `index`, which was refused: the messages after it go
+    /// back to the caller with it, their entries are marked never sent (entry `index` too
+    /// unless `settled`: the caller took it back already).
+    fn give_up(
+        &self,
+        state: &Arc<BatchState>,
+        reader: crate::delivery::MessageReader,
+        index: usize,
+        refused: Refused,
+        mut message: Message,
+        settled: bool,
+    ) -> Error {
+        let count = state.len();
+        // The rest go back to the caller, moved out before the batch may settle.
+        // SAFETY: the indexes after `index` were never taken, nor sent (the dispatch loop
+        // takes them in order and stops here).
+        #[allow(unsafe_code)]
+        let not_sent = (index + 1..count)
+            .map(|i| unsafe { reader.take(i) })
+            .collect();
+        if message.label.is_none() {
+            message.label = state.take_label(index);
+        }
+        state.not_sent(if settled { index + 1 } else { index }, count);
+        Error::PartiallyDispatched {
+            dispatched: index,
+            delivery: Box::new(BatchDelivery::new(state.clone(), index)),
+            failure: Box::new(refused.into_error(self.inner(), message)),
+            not_sent,
+        }
     }
 
     fn enqueue_single(
@@ -694,6 +723,48 @@ impl Drop for Unwinding<'_> {
         self.state.not_sent(from, self.count);
         // No handle will take the results: they are dropped once every entry settled.
         self.state.abandon();
+    }
+}
+
+/// A batch message whose topic reference its entry's report slot owns: the message holds a
+/// bitwise copy (for the client to read), and dropping it drops everything but that copy.
+struct LentTopic(std::mem::ManuallyDrop<Message>);
+
+impl LentTopic {
+    /// The message, still holding the copy: the caller replaces it without dropping it.
+    fn into_message(self) -> Message {
+        let mut this = std::mem::ManuallyDrop::new(self);
+        // SAFETY: `this` is never used or dropped again, so the message is taken once.
+        #[allow(unsafe_code)]
+        unsafe {
+            std::mem::ManuallyDrop::take(&mut this.0)
+        }
+    }
+}
+
+impl std::ops::Deref for LentTopic {
+    type Target = Message;
+    fn deref(&self) -> &Message {
+        &self.0
+    }
+}
+
+impl Drop for LentTopic {
+    fn drop(&mut self) {
+        // SAFETY: dropped once; the message is not used after this.
+        #[allow(unsafe_code)]
+        let Message {
+            topic,
+            payload,
+            key,
+            partition: _,
+            partition_key,
+            timestamp: _,
+            headers,
+            label,
+        } = unsafe { std::mem::ManuallyDrop::take(&mut self.0) };
+        std::mem::forget(topic);
+        drop((payload, key, partition_key, headers, label));
     }
 }
 
@@ -989,11 +1060,23 @@ impl Inner {
             for mut message in buffered {
                 let state = BatchState::new(self.shared.clone(), 1);
                 let topic_index = state.topic_index(&message.topic);
-                state.prepare_entry(0, topic_index, message.partition, message.label.take());
+                // SAFETY: the only entry, prepared once, before its delivery is made.
+                #[allow(unsafe_code)]
+                unsafe {
+                    state.prepare_entry(
+                        0,
+                        topic_index,
+                        message.topic.clone(),
+                        message.partition,
+                        message.label.take(),
+                    )
+                };
                 if let Err(rejected) = client.0.produce(&message, None, Delivery::entry(&state, 0))
                 {
                     message.label = rejected.delivery.cancel();
-                    state.settle(1);
+                    // SAFETY: prepared above, refused once, here; no handle exists.
+                    #[allow(unsafe_code)]
+                    drop(unsafe { state.refused(0) });
                     undelivered.push(message);
                 }
             }

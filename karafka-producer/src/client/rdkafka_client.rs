@@ -298,10 +298,16 @@ impl RdKafkaClient {
             std::thread::Builder::new()
                 .name(format!("karafka.producer#{}", setup.producer_id))
                 .spawn(move || {
-                    // poll() blocks in librdkafka until an event arrives or 100 ms pass.
+                    // Batch entries reported here settle once per batch, not per message;
+                    // what a batch whose last reports came elsewhere still waits for settles
+                    // after each poll.
+                    crate::batches::defer_settling();
+                    // poll() serves events for 100 ms, then returns.
                     while !stop.load(Ordering::Acquire) {
                         producer.poll(Duration::from_millis(100));
+                        crate::batches::settle_deferred();
                     }
+                    crate::batches::settle_deferred();
                 })
                 .map_err(|e| KafkaError::other("start the delivery report thread", e.to_string()))?
         };
