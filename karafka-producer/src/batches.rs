@@ -149,9 +149,41 @@ pub(crate) fn with<R>(id: u32, f: impl FnOnce(&Arc<BatchState>) -> R) -> Option<
 /// once, here.
 #[allow(unsafe_code)]
 pub(crate) unsafe fn delivered_once(id: u32, index: usize, partition: Partition, offset: i64) {
+    // The thread's cached batch, used in place (the common case: one batch's reports in a row).
+    let served = LAST.with(|last| {
+        let Ok(mut last) = last.try_borrow_mut() else {
+            return false;
+        };
+        let Some(cached) = last.as_mut().filter(|c| c.id == id) else {
+            return false;
+        };
+        // SAFETY: per this function's contract.
+        unsafe { record(cached, index, partition, offset) };
+        if !cached.state.is_open() {
+            // Finished (every deferred entry settled): nothing to settle on the way out.
+            *last = None;
+        }
+        true
+    });
+    if served {
+        return;
+    }
     let Some(mut cached) = take_cached(id).or_else(|| lookup(id)) else {
         return;
     };
+    // SAFETY: per this function's contract.
+    unsafe { record(&mut cached, index, partition, offset) };
+    cache(cached);
+}
+
+/// Records the report in `cached`'s batch, counting or settling the entry.
+///
+/// # Safety
+///
+/// As [`delivered_once`].
+#[allow(unsafe_code)]
+#[inline]
+unsafe fn record(cached: &mut Cached, index: usize, partition: Partition, offset: i64) {
     // SAFETY: per this function's contract.
     if unsafe { cached.state.delivered_once(index, partition, offset) } {
         cached.unsettled += 1;
@@ -159,7 +191,6 @@ pub(crate) unsafe fn delivered_once(id: u32, index: usize, partition: Partition,
     if !DEFERRING.get() || cached.unsettled >= cached.state.unsettled() {
         cached.settle();
     }
-    cache(cached);
 }
 
 /// Makes this thread defer settling the entries it reports through [`delivered_once`]; it

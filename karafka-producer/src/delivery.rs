@@ -72,12 +72,18 @@ pub(crate) struct QueueRoom {
 
 impl QueueRoom {
     /// Called for every completed delivery: wakes waiters, if any (one atomic load otherwise).
+    #[inline]
     fn released(&self) {
         if self.waiters.load(Ordering::Acquire) > 0 {
-            let mut generation = lock(&self.lock);
-            *generation += 1;
-            self.freed.notify_all();
+            self.wake();
         }
+    }
+
+    #[cold]
+    fn wake(&self) {
+        let mut generation = lock(&self.lock);
+        *generation += 1;
+        self.freed.notify_all();
     }
 
     /// Waits until a delivery completes or `step` passes.
@@ -981,10 +987,16 @@ impl BatchState {
             .map(|p| p.wrapping_sub(1))
     }
 
+    #[inline]
     pub(crate) fn take_label(&self, index: usize) -> Option<Label> {
         if !self.has_labels.load(Ordering::Acquire) {
             return None;
         }
+        self.take_label_slow(index)
+    }
+
+    #[cold]
+    fn take_label_slow(&self, index: usize) -> Option<Label> {
         lock(&self.labels).remove(&index)
     }
 
@@ -1085,6 +1097,7 @@ impl BatchState {
     /// `index` is in bounds and this thread moved it to [`DELIVERED`] (or has the only right
     /// to), and has not settled it yet.
     #[allow(unsafe_code)]
+    #[inline]
     unsafe fn write_report(&self, index: usize, partition: Partition, offset: i64) {
         let label = self.take_label(index);
         if self.shared.monitor.has_listeners() {

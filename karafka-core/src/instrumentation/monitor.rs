@@ -128,11 +128,13 @@ impl Monitor {
     }
 
     /// Number of listeners.
+    #[inline]
     pub fn listener_count(&self) -> usize {
         self.shared.count.load(Ordering::Acquire)
     }
 
     /// Whether anyone listens (lets hot paths skip building events nobody reads).
+    #[inline]
     pub fn has_listeners(&self) -> bool {
         self.listener_count() > 0
     }
