@@ -1,5 +1,6 @@
 //! Producer scenarios, karafka-rs against raw rdkafka in the same run, on the same embedded
-//! cluster (or `KARAFKA_BROKERS`), alternating runs:
+//! cluster (or `KARAFKA_BROKERS`), alternating runs (their order rotates each round, after a
+//! half-second pause for the broker to settle):
 //!
 //! - throughput: 1M × 100-byte messages (`BENCH_MESSAGES`) and 100k × 10 KB
 //!   (`BENCH_LARGE_MESSAGES`), each through one `produce_many_async`, through the buffer
@@ -37,6 +38,8 @@ use rdkafka::producer::{BaseProducer, BaseRecord, Producer as _, ProducerContext
 static SMALL: [u8; 100] = [b'x'; 100];
 /// Messages per `produce_many_async` call on the chunked path.
 const CHUNK: usize = 10_000;
+/// Pause before each timed run, for the broker to finish with the previous one.
+const SETTLE_MS: u64 = 500;
 static LARGE: [u8; 10_240] = [b'x'; 10_240];
 
 fn throughput_settings(brokers: &str) -> KafkaSettings {
@@ -365,18 +368,31 @@ impl Scenario {
         }
     }
 
+    /// One run of each side, in an order that rotates with `round` (each side runs first,
+    /// second, ... in turn: no side always follows another's load on the broker), with a pause
+    /// before each run for the broker to settle.
     fn round(&mut self, brokers: &str, topic: &dyn Fn(&str) -> String, round: usize) {
         let n = self.messages;
-        let (r, c) = raw_throughput(brokers, &topic("raw"), n, self.payload);
-        println!(
-            "  {} round {round}: raw                     {:>12} msg/s  cpu {:.2} s",
-            self.label,
-            rate(r),
-            c.as_secs_f64()
-        );
-        self.raw.push(r);
-        self.raw_cpu.push(c.as_secs_f64());
-        for path in [Path::Many, Path::Buffered, Path::Chunks] {
+        let paths = [
+            None,
+            Some(Path::Many),
+            Some(Path::Buffered),
+            Some(Path::Chunks),
+        ];
+        for step in 0..paths.len() {
+            std::thread::sleep(Duration::from_millis(SETTLE_MS));
+            let Some(path) = paths[(round + step) % paths.len()] else {
+                let (r, c) = raw_throughput(brokers, &topic("raw"), n, self.payload);
+                println!(
+                    "  {} round {round}: raw                     {:>12} msg/s  cpu {:.2} s",
+                    self.label,
+                    rate(r),
+                    c.as_secs_f64()
+                );
+                self.raw.push(r);
+                self.raw_cpu.push(c.as_secs_f64());
+                continue;
+            };
             let (r, c, m) = framework_throughput(brokers, &topic("fw"), n, self.payload, path);
             let name = match path {
                 Path::Many => "produce_many_async",
@@ -452,18 +468,20 @@ fn main() {
     if large > 0 {
         scenarios.push(Scenario::new(format!("{large} x 10 KB"), large, &LARGE));
     }
-    // BENCH_ONLY=karafka / raw runs only that side's produce_many_async rounds (for profiling).
+    // BENCH_ONLY=karafka / raw runs only that side's rounds (for profiling, and for
+    // `benches/producer-ab`, which runs each side in its own process against a fresh broker);
+    // karafka-rs's path is BENCH_PATH: many (default), buffered or chunks.
     match std::env::var("BENCH_ONLY").as_deref() {
         Ok("karafka") => {
+            let path = match std::env::var("BENCH_PATH").as_deref() {
+                Ok("buffered") => Path::Buffered,
+                Ok("chunks") => Path::Chunks,
+                _ => Path::Many,
+            };
             for s in &scenarios {
                 for round in 0..rounds {
-                    let (r, c, m) = framework_throughput(
-                        &brokers,
-                        &topic("fw"),
-                        s.messages,
-                        s.payload,
-                        Path::Many,
-                    );
+                    let (r, c, m) =
+                        framework_throughput(&brokers, &topic("fw"), s.messages, s.payload, path);
                     println!(
                         "  {} round {round}: karafka-rs {:>12} msg/s  cpu {:.2} s  reports materialized in {:.1} ms",
                         s.label,

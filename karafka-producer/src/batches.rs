@@ -73,11 +73,11 @@ pub(crate) fn register(state: &Arc<BatchState>) -> u32 {
     }
 }
 
-/// Forgets a finished batch (and this thread's cached reference to it).
+/// Forgets a finished batch (and this thread's cached reference to it; other threads find
+/// theirs finished, see [`matches`]).
 pub(crate) fn unregister(id: u32) {
     lock(shard(id)).retain(|(i, _)| *i != id);
-    // (Not reachable while the thread's locals are destroyed: a cached batch settled then
-    // is unregistered from here, and is forgotten with them anyway.)
+    // `try_with`: a cached batch settled while the thread's locals are destroyed lands here.
     let _ = LAST.try_with(|last| {
         if let Ok(mut last) = last.try_borrow_mut() {
             if last.as_ref().is_some_and(|c| c.id == id) {
@@ -88,11 +88,21 @@ pub(crate) fn unregister(id: u32) {
     // A batch lent out by `with` is not cached back once `is_open` turns false.
 }
 
+/// Whether a cached batch is batch `id`: the same id, and still in flight (a batch that
+/// finished on another thread may stay in this thread's cache, and its id be given to a new
+/// batch after 2^31 others).
+fn matches(cached: &Cached, id: u32) -> bool {
+    cached.id == id && cached.state.is_open()
+}
+
 /// This thread's cached batch if it is `id`, taken out of the cache; another batch there
 /// leaves it (settling what this thread deferred for it).
 fn take_cached(id: u32) -> Option<Cached> {
-    let cached = LAST.with(|last| last.try_borrow_mut().ok().and_then(|mut l| l.take()))?;
-    if cached.id == id {
+    let cached = LAST
+        .try_with(|last| last.try_borrow_mut().ok().and_then(|mut l| l.take()))
+        .ok()
+        .flatten()?;
+    if matches(&cached, id) {
         return Some(cached);
     }
     // Dropped out of the borrow: settling may unregister, which looks at the cache.
@@ -106,12 +116,18 @@ fn cache(cached: Cached) {
     if !cached.state.is_open() {
         return;
     }
-    let replaced = LAST.with(|last| match last.try_borrow_mut() {
-        Ok(mut last) => last.replace(cached),
-        Err(_) => Some(cached),
-    });
-    // Dropped out of the borrow: settling may unregister, which looks at the cache.
+    let mut cached = Some(cached);
+    let replaced = LAST
+        .try_with(|last| match last.try_borrow_mut() {
+            Ok(mut last) => std::mem::replace(&mut *last, cached.take()),
+            Err(_) => None,
+        })
+        .ok()
+        .flatten();
+    // Dropped out of the borrow: settling may unregister, which looks at the cache. (`cached`
+    // is still here when the cache could not take it: it settles as it goes.)
     drop(replaced);
+    drop(cached);
 }
 
 fn lookup(id: u32) -> Option<Cached> {
@@ -126,22 +142,40 @@ fn lookup(id: u32) -> Option<Cached> {
     })
 }
 
+/// Whether this thread defers settling.
+fn deferring() -> bool {
+    DEFERRING.get()
+}
+
 /// Runs `f` with the batch `id`, if it is still in flight. The thread's cached batch is lent
 /// out while `f` runs (no reference count touched); a nested call from inside `f` (a listener
 /// producing) finds the cache empty and looks the registry up instead.
 pub(crate) fn with<R>(id: u32, f: impl FnOnce(&Arc<BatchState>) -> R) -> Option<R> {
-    let cached = take_cached(id).or_else(|| lookup(id))?;
+    let mut cached = take_cached(id).or_else(|| lookup(id))?;
     let out = f(&cached.state);
+    // `f` may have settled the batch's last entry not counted here (a failed report on the
+    // polling thread): the count held here is then all it waits for.
+    settle_if_last(&mut cached);
     cache(cached);
     Some(out)
+}
+
+/// Settles what this thread counted for the batch when that is every entry it still waits
+/// for, or when this thread does not defer.
+#[inline]
+fn settle_if_last(cached: &mut Cached) {
+    if cached.unsettled > 0 && (!deferring() || cached.unsettled >= cached.state.unsettled()) {
+        cached.settle();
+    }
 }
 
 /// Records librdkafka's delivery report of entry `index` of batch `id`
 /// ([`BatchState::delivered_once`]). On a thread that defers settling (the client's polling
 /// thread) the entry is counted here, and the count settled when every entry the batch still
-/// waits for is counted here (so a batch finishes with its last report, as without deferring),
-/// when the thread moves on to another batch, or at [`settle_deferred`]; elsewhere it settles
-/// at once.
+/// waits for is counted here (so a batch whose reports all come here finishes with its last
+/// one), when the thread moves on to another batch, or at [`settle_deferred`] (after each poll:
+/// a batch whose other entries settled elsewhere, a refused entry or a report served by
+/// another thread, waits for it); elsewhere it settles at once.
 ///
 /// # Safety
 ///
@@ -150,21 +184,23 @@ pub(crate) fn with<R>(id: u32, f: impl FnOnce(&Arc<BatchState>) -> R) -> Option<
 #[allow(unsafe_code)]
 pub(crate) unsafe fn delivered_once(id: u32, index: usize, partition: Partition, offset: i64) {
     // The thread's cached batch, used in place (the common case: one batch's reports in a row).
-    let served = LAST.with(|last| {
-        let Ok(mut last) = last.try_borrow_mut() else {
-            return false;
-        };
-        let Some(cached) = last.as_mut().filter(|c| c.id == id) else {
-            return false;
-        };
-        // SAFETY: per this function's contract.
-        unsafe { record(cached, index, partition, offset) };
-        if !cached.state.is_open() {
-            // Finished (every deferred entry settled): nothing to settle on the way out.
-            *last = None;
-        }
-        true
-    });
+    let served = LAST
+        .try_with(|last| {
+            let Ok(mut last) = last.try_borrow_mut() else {
+                return false;
+            };
+            let Some(cached) = last.as_mut().filter(|c| matches(c, id)) else {
+                return false;
+            };
+            // SAFETY: per this function's contract.
+            unsafe { record(cached, index, partition, offset) };
+            if !cached.state.is_open() {
+                // Finished (every deferred entry settled): nothing to settle on the way out.
+                *last = None;
+            }
+            true
+        })
+        .unwrap_or(false);
     if served {
         return;
     }
@@ -188,9 +224,7 @@ unsafe fn record(cached: &mut Cached, index: usize, partition: Partition, offset
     if unsafe { cached.state.delivered_once(index, partition, offset) } {
         cached.unsettled += 1;
     }
-    if !DEFERRING.get() || cached.unsettled >= cached.state.unsettled() {
-        cached.settle();
-    }
+    settle_if_last(cached);
 }
 
 /// Makes this thread defer settling the entries it reports through [`delivered_once`]; it
@@ -202,7 +236,10 @@ pub(crate) fn defer_settling() {
 
 /// Settles the entries this thread reported and has not settled yet.
 pub(crate) fn settle_deferred() {
-    let cached = LAST.with(|last| last.try_borrow_mut().ok().and_then(|mut l| l.take()));
+    let cached = LAST
+        .try_with(|last| last.try_borrow_mut().ok().and_then(|mut l| l.take()))
+        .ok()
+        .flatten();
     if let Some(mut cached) = cached {
         cached.settle();
         cache(cached);
@@ -253,13 +290,17 @@ mod tests {
             room: QueueRoom::default(),
             undelivered: Mutex::new(None),
         });
-        let (mixed, whole, switched, other, at_exit) = (
+        let (mixed, whole, switched, other, at_exit, failed_last, abandoned) = (
             prepared(&shared, 4),
             prepared(&shared, 2),
             prepared(&shared, 2),
             prepared(&shared, 1),
             prepared(&shared, 2),
+            prepared(&shared, 2),
+            prepared(&shared, 2),
         );
+        // A handle dropped before its batch finished: the results go when it settles.
+        drop(crate::delivery::BatchDelivery::new(abandoned.clone(), 2));
         let (to_poller, steps) = std::sync::mpsc::channel::<u8>();
         let (done, step_done) = std::sync::mpsc::channel::<()>();
         std::thread::scope(|scope| {
@@ -274,6 +315,16 @@ mod tests {
                             report(&switched, 0);
                             report(&other, 0);
                         }
+                        4 => {
+                            // The last entry fails on this thread: settled with the count.
+                            report(&failed_last, 0);
+                            Delivery::entry(&failed_last, 1).complete(Outcome::Failed {
+                                error: karafka_core::KafkaError::other("deliver", "failed"),
+                                message: Box::new(crate::Message::new("t", "x")),
+                            });
+                        }
+                        5 => report(&abandoned, 0),
+                        6 => settle_deferred(),
                         _ => report(&at_exit, 0),
                     }
                     done.send(()).unwrap();
@@ -305,8 +356,19 @@ mod tests {
                 1,
                 "the first entry settled on the switch"
             );
-            // A count still held when the thread ends is settled as it ends.
             step(4);
+            assert!(!failed_last.is_open(), "settled with the failure");
+            // An abandoned batch whose last count is held here is released when it settles.
+            step(5);
+            Delivery::entry(&abandoned, 1).complete(Outcome::Delivered {
+                partition: 0,
+                offset: 1,
+            });
+            assert_eq!(abandoned.unsettled(), 1);
+            step(6);
+            assert!(!abandoned.is_open());
+            // A count still held when the thread ends is settled as it ends.
+            step(7);
             Delivery::entry(&at_exit, 1).complete(Outcome::Delivered {
                 partition: 0,
                 offset: 1,

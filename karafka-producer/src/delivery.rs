@@ -554,8 +554,10 @@ unsafe fn zeroed<T: Default>(len: usize) -> Box<[T]> {
 /// [`NOT_SENT`]); once every entry settled, a slot holds a topic exactly when its entry is
 /// [`DELIVERED`] or [`FAILED`]. The rest of slot `i` is written at most once, by the thread
 /// that moved entry `i`'s state from [`PENDING`] to [`DELIVERED`]. Until every entry settled
-/// (`remaining` reached zero with `AcqRel`, after the writes) only the thread that claimed
-/// entry `i` reads its topic; after, slots are read (moved out or dropped) once (`taken`).
+/// (`remaining` reached zero with `AcqRel`, after the writes) a slot's topic is read only by
+/// the thread that claimed its entry, or by the dispatcher taking back or cloning the topic
+/// of a refused entry (reads of bytes nobody writes any more); after, slots are read (moved
+/// out or dropped) once (`taken`).
 struct ReportSlots {
     ptr: NonNull<DeliveryReport>,
     /// The allocation's layout (as the global allocator knows it); zero-sized: nothing
@@ -622,9 +624,10 @@ const _: () = assert!(
         && std::mem::align_of::<DeliveryReport>() == std::mem::align_of::<Message>()
 );
 
-// SAFETY: the slots are plain memory owned by the batch; per the invariants above each slot
-// is written by one thread and read after that write happened-before, so sharing the pointer
-// between threads races on nothing. `DeliveryReport` is `Send + Sync`.
+// SAFETY: the slots are plain memory owned by the batch; per the invariants above each field
+// of a slot is written by one thread (the topic by the dispatcher, the rest by the completing
+// thread) and read after that write happened-before, so sharing the pointer between threads
+// races on nothing. `DeliveryReport` is `Send + Sync`.
 #[allow(unsafe_code)]
 unsafe impl Send for ReportSlots {}
 // SAFETY: see `Send`.
@@ -802,7 +805,7 @@ pub(crate) struct BatchState {
     /// Each entry's requested partition plus one (0: none), allocated (zeroed) when an entry
     /// asks for one.
     requested: OnceLock<Box<[AtomicI32]>>,
-    /// [`PENDING`], [`DELIVERED`] or [`FAILED`], per entry.
+    /// [`PENDING`], [`DELIVERED`], [`FAILED`] or [`NOT_SENT`], per entry.
     states: Box<[AtomicU8]>,
     reports: ReportSlots,
     /// Set once the results are taken: slots are read once.
@@ -903,12 +906,15 @@ impl BatchState {
         if let Some(i) = topics.iter().position(|t| t == topic) {
             return i as u32;
         }
-        // Kept for the rare paths that need an entry's topic without owning its slot (a
-        // client asking its delivery, a failed delivery); reports take the messages' own.
+        // For the rare paths that need an entry's topic without owning its slot (a client
+        // asking its delivery, a failed delivery); reports take the messages' own references.
+        // A copy of the name: a batch that stays in some thread's cache after it finished
+        // (see `crate::batches`) pins none of the caller's references.
+        let own: Arc<str> = Arc::from(&**topic);
         if topics.is_empty() {
-            let _ = self.first_topic.set(topic.clone());
+            let _ = self.first_topic.set(own.clone());
         }
-        topics.push(topic.clone());
+        topics.push(own);
         (topics.len() - 1) as u32
     }
 

@@ -536,12 +536,10 @@ impl Dispatcher<'_> {
             // From here the entry's delivery settles it, even on a panic.
             unwinding.current_unsent = false;
             if let Err(refused) = self.enqueue(&client, &message, Delivery::entry(&state, index)) {
-                let mut message = message.into_message();
                 // SAFETY: prepared above; refused once, here, before the handle exists.
                 #[allow(unsafe_code)]
                 let topic = unsafe { state.refused(index) };
-                // The bitwise copy gives way to the reference handed back (not dropped).
-                std::mem::forget(std::mem::replace(&mut message.topic, topic));
+                let message = message.give_back(topic);
                 unwinding.armed = false;
                 return Err(self.give_up(&state, reader, index, refused, message, true));
             }
@@ -731,14 +729,15 @@ impl Drop for Unwinding<'_> {
 struct LentTopic(std::mem::ManuallyDrop<Message>);
 
 impl LentTopic {
-    /// The message, still holding the copy: the caller replaces it without dropping it.
-    fn into_message(self) -> Message {
+    /// The message again, owning `topic` (the reference its slot gave back) in place of the
+    /// copy, which is not dropped.
+    fn give_back(self, topic: Arc<str>) -> Message {
         let mut this = std::mem::ManuallyDrop::new(self);
         // SAFETY: `this` is never used or dropped again, so the message is taken once.
         #[allow(unsafe_code)]
-        unsafe {
-            std::mem::ManuallyDrop::take(&mut this.0)
-        }
+        let mut message = unsafe { std::mem::ManuallyDrop::take(&mut this.0) };
+        std::mem::forget(std::mem::replace(&mut message.topic, topic));
+        message
     }
 }
 
@@ -1071,9 +1070,18 @@ impl Inner {
                         message.label.take(),
                     )
                 };
-                if let Err(rejected) = client.0.produce(&message, None, Delivery::entry(&state, 0))
-                {
-                    message.label = rejected.delivery.cancel();
+                let delivery = Delivery::entry(&state, 0);
+                let token = delivery.token();
+                if let Err(rejected) = client.0.produce(&message, None, delivery) {
+                    message.label = if rejected.delivery.token() == token {
+                        rejected.delivery.cancel()
+                    } else {
+                        // Another message's delivery (a client must give back its own):
+                        // dropped, it reports that message failed; this one's label stays
+                        // with the batch.
+                        drop(rejected.delivery);
+                        state.take_label(0)
+                    };
                     // SAFETY: prepared above, refused once, here; no handle exists.
                     #[allow(unsafe_code)]
                     drop(unsafe { state.refused(0) });

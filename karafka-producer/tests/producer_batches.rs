@@ -29,6 +29,9 @@ enum Fate {
     Swap,
     /// Panics inside `produce`.
     Panic,
+    /// Reports this message delivered at once, then refuses it, handing back the delivery a
+    /// `Swap` kept (a buggy client).
+    DeliverAndSwap,
 }
 
 #[derive(Debug)]
@@ -148,6 +151,19 @@ impl Client for Factory {
                 }
             }
             Fate::Panic => panic!("scripted panic in produce"),
+            Fate::DeliverAndSwap => {
+                delivery.complete(Outcome::Delivered {
+                    partition,
+                    offset: n_payload,
+                });
+                match self.0.kept.lock().unwrap().pop() {
+                    Some(other) => Err(Rejected {
+                        reason: Rejection::Kafka(KafkaError::other("produce", "swapped")),
+                        delivery: other,
+                    }),
+                    None => Ok(()),
+                }
+            }
             Fate::FailDelivery => {
                 delivery.complete(Outcome::Failed {
                     error: KafkaError::other("deliver message", "scripted failure"),
@@ -228,10 +244,27 @@ impl Client for Factory {
     }
 }
 
+/// The three topics of [`messages`], as one test's own references.
+fn topics() -> [Arc<str>; 3] {
+    ["batch-a".into(), "batch-b".into(), "batch-c".into()]
+}
+
+/// Checks that nothing kept a reference to a test's topics (batch messages move theirs into
+/// their reports: a lost or doubled reference shows here).
+fn assert_released(topics: &[Arc<str>; 3]) {
+    for topic in topics {
+        assert_eq!(Arc::strong_count(topic), 1, "references to {topic} left");
+    }
+}
+
 /// Message `i`: payload `i`, one of three topics in runs of ten, an explicit partition on
 /// every fifth, a label on every fourth.
 fn messages(count: usize) -> Vec<Message> {
-    let topics: [Arc<str>; 3] = ["batch-a".into(), "batch-b".into(), "batch-c".into()];
+    messages_on(&topics(), count)
+}
+
+/// [`messages`] on the given topic references.
+fn messages_on(topics: &[Arc<str>; 3], count: usize) -> Vec<Message> {
     (0..count)
         .map(|i| {
             let mut message = Message::new(topics[(i / 10) % 3].clone(), i.to_string());
@@ -328,7 +361,10 @@ fn a_refusal_mid_batch_gives_back_that_message_and_every_later_one() {
         }
     });
     let producer = producer_on(&factory);
-    let error = producer.produce_many_async(messages(300)).unwrap_err();
+    let topics = topics();
+    let error = producer
+        .produce_many_async(messages_on(&topics, 300))
+        .unwrap_err();
     let Error::PartiallyDispatched {
         dispatched,
         delivery,
@@ -364,6 +400,8 @@ fn a_refusal_mid_batch_gives_back_that_message_and_every_later_one() {
             Err(_) => assert_eq!(i, 40),
         }
     }
+    drop((refused, not_sent, results));
+    assert_released(&topics);
 
     // All delivered before the refusal: the reports of the dispatched part.
     let factory = Factory::new(|n| if n == 5 { Fate::Refuse } else { Fate::Deliver });
@@ -391,8 +429,11 @@ fn a_batch_handle_dropped_untaken_frees_its_reports() {
     }
     let factory = Factory::new(|_| Fate::Deliver);
     let producer = producer_on(&factory);
+    let topic: Arc<str> = "t".into();
     let batch: Vec<Message> = (0..100)
-        .map(|i| Message::new("t", i.to_string()).label(Label::new(Counted(drops.clone()))))
+        .map(|i| {
+            Message::new(topic.clone(), i.to_string()).label(Label::new(Counted(drops.clone())))
+        })
         .collect();
     let delivery = producer.produce_many_async(batch).unwrap();
     drop(delivery);
@@ -403,6 +444,11 @@ fn a_batch_handle_dropped_untaken_frees_its_reports() {
     );
     factory.complete_deferred();
     assert_eq!(drops.load(Ordering::SeqCst), 100);
+    assert_eq!(
+        Arc::strong_count(&topic),
+        1,
+        "the reports' topics are dropped too"
+    );
 
     // The same through the buffer.
     producer
@@ -516,12 +562,13 @@ fn a_client_that_hands_back_another_delivery_cannot_corrupt_either_batch() {
         }
     });
     let producer = producer_on(&factory);
+    let topics = topics();
     let Err(Error::PartiallyDispatched {
         dispatched,
         delivery,
         failure,
         not_sent,
-    }) = producer.produce_many_async(messages(6))
+    }) = producer.produce_many_async(messages_on(&topics, 6))
     else {
         panic!("expected PartiallyDispatched");
     };
@@ -546,6 +593,89 @@ fn a_client_that_hands_back_another_delivery_cannot_corrupt_either_batch() {
         partition: 0,
         offset: 99,
     });
+    drop((not_sent, results));
+    assert_released(&topics);
+}
+
+#[test]
+fn a_message_reported_delivered_and_refused_comes_back_and_its_report_is_dropped() {
+    // Message 1 is kept; message 2 is reported delivered at once, then refused with message
+    // 1's delivery handed back: message 2 goes back to the caller (with its topic), its late
+    // report is dropped, message 1's dropped delivery reports it failed.
+    let factory = Factory::new(|n| match n {
+        1 => Fate::Swap,
+        2 => Fate::DeliverAndSwap,
+        _ => Fate::Deliver,
+    });
+    let producer = producer_on(&factory);
+    let topics = topics();
+    let Err(Error::PartiallyDispatched {
+        dispatched,
+        delivery,
+        failure,
+        not_sent,
+    }) = producer.produce_many_async(messages_on(&topics, 5))
+    else {
+        panic!("expected PartiallyDispatched");
+    };
+    assert_eq!((dispatched, not_sent.len()), (2, 2));
+    let refused = failure.into_message().unwrap();
+    assert_eq!(payload_number(&refused), 2);
+    assert_eq!(&*refused.topic, "batch-a");
+    factory.complete_deferred();
+    let Err(Error::DeliveriesFailed { failed, results }) = delivery.wait(Duration::from_secs(5))
+    else {
+        panic!("entry 1 failed");
+    };
+    assert_eq!((failed, results.len()), (1, 2));
+    check_report(0, results[0].as_ref().unwrap());
+    drop((refused, not_sent, results));
+    assert_released(&topics);
+}
+
+#[test]
+fn an_empty_batch_reports_nothing() {
+    let factory = Factory::new(|_| Fate::Deliver);
+    let producer = producer_on(&factory);
+    let delivery = producer.produce_many_async(Vec::new()).unwrap();
+    assert!(delivery.is_empty() && delivery.is_done());
+    assert!(delivery.wait(Duration::from_secs(1)).unwrap().is_empty());
+    producer.buffer_many(Vec::new()).unwrap();
+    assert!(producer.flush_sync().unwrap().is_empty());
+}
+
+#[test]
+fn messages_refused_while_closing_come_back_whole() {
+    let factory = Factory::new(|n| {
+        if n % 2 == 0 {
+            Fate::Refuse
+        } else {
+            Fate::Deliver
+        }
+    });
+    let producer = producer_on(&factory);
+    let topics = topics();
+    producer.buffer_many(messages_on(&topics, 6)).unwrap();
+    let Err(Error::Undelivered { undelivered }) = producer.close() else {
+        panic!("the refused messages come back");
+    };
+    let mut back: Vec<_> = undelivered
+        .iter()
+        .map(|m| {
+            let label = m.label.as_ref().and_then(Label::as_str).map(str::to_owned);
+            (payload_number(m), label, m.topic.to_string())
+        })
+        .collect();
+    back.sort();
+    let label = |i: i64| Some(format!("label-{i}"));
+    let a = || "batch-a".to_owned();
+    assert_eq!(
+        back,
+        [(0, label(0), a()), (2, None, a()), (4, label(4), a())]
+    );
+    drop(undelivered);
+    drop(producer);
+    assert_released(&topics);
 }
 
 #[test]
@@ -559,8 +689,11 @@ fn a_client_that_panics_mid_batch_leaves_nothing_behind() {
     }
     let factory = Factory::new(|n| if n == 30 { Fate::Panic } else { Fate::Deliver });
     let producer = producer_on(&factory);
+    let topic: Arc<str> = "t".into();
     let batch: Vec<Message> = (0..100)
-        .map(|i| Message::new("t", i.to_string()).label(Label::new(Counted(drops.clone()))))
+        .map(|i| {
+            Message::new(topic.clone(), i.to_string()).label(Label::new(Counted(drops.clone())))
+        })
         .collect();
     let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         producer.produce_many_async(batch)
@@ -572,6 +705,7 @@ fn a_client_that_panics_mid_batch_leaves_nothing_behind() {
         100,
         "every message (and label) is dropped: sent ones with their reports, the rest unsent"
     );
+    assert_eq!(Arc::strong_count(&topic), 1, "and every topic reference");
     // The producer still works.
     let reports = producer.produce_many_async(messages(10)).unwrap();
     factory.complete_deferred();

@@ -246,6 +246,10 @@ struct LastHandle {
     handle: NonNull<sys::RDKafkaTopic>,
 }
 
+/// The polling thread's poll deadline: the longest a batch waits for entries counted there
+/// but not settled yet (see [`crate::batches::delivered_once`]).
+const DEFERRED_SETTLE_BOUND: Duration = Duration::from_millis(10);
+
 thread_local! {
     static LAST_HANDLE: RefCell<Option<LastHandle>> = const { RefCell::new(None) };
 }
@@ -299,12 +303,15 @@ impl RdKafkaClient {
                 .name(format!("karafka.producer#{}", setup.producer_id))
                 .spawn(move || {
                     // Batch entries reported here settle once per batch, not per message;
-                    // what a batch whose last reports came elsewhere still waits for settles
-                    // after each poll.
+                    // what a batch still waits for from here when its last entries settled
+                    // elsewhere (refused ones, reports served by a `flush` on another thread)
+                    // settles after each poll.
                     crate::batches::defer_settling();
-                    // poll() serves events for 100 ms, then returns.
+                    // poll() serves events until its deadline, then returns: that deadline
+                    // bounds how late such a batch finishes (an idle producer wakes 100 times
+                    // a second for it, a few microseconds each).
                     while !stop.load(Ordering::Acquire) {
-                        producer.poll(Duration::from_millis(100));
+                        producer.poll(DEFERRED_SETTLE_BOUND);
                         crate::batches::settle_deferred();
                     }
                     crate::batches::settle_deferred();
