@@ -248,7 +248,7 @@ struct LastHandle {
 
 /// The polling thread's poll deadline: the longest a batch waits for entries counted there
 /// but not settled yet (see [`crate::batches::delivered_once`]).
-const DEFERRED_SETTLE_BOUND: Duration = Duration::from_millis(10);
+const DEFERRED_SETTLE_BOUND: Duration = Duration::from_millis(100);
 
 thread_local! {
     static LAST_HANDLE: RefCell<Option<LastHandle>> = const { RefCell::new(None) };
@@ -308,8 +308,9 @@ impl RdKafkaClient {
                     // settles after each poll.
                     crate::batches::defer_settling();
                     // poll() serves events until its deadline, then returns: that deadline
-                    // bounds how late such a batch finishes (an idle producer wakes 100 times
-                    // a second for it, a few microseconds each).
+                    // bounds how late such a batch finishes. (Not shorter: rdkafka's poll
+                    // spins through its deadline's last millisecond, rounded down to a zero
+                    // timeout, so an idle producer spends up to 1 ms of each deadline on it.)
                     while !stop.load(Ordering::Acquire) {
                         producer.poll(DEFERRED_SETTLE_BOUND);
                         crate::batches::settle_deferred();
