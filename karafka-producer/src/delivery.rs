@@ -183,6 +183,15 @@ impl Delivery {
         }
     }
 
+    /// This delivery, handed back by a client that refused a message, if it is the one
+    /// identified by `token` (the one the client was given). A client that hands back
+    /// another message's delivery keeps the one it was given (a late report of it is then
+    /// ignored); the one it handed back is dropped, which reports that message failed to
+    /// its owner.
+    pub(crate) fn reclaim(self, token: usize) -> Option<Delivery> {
+        (self.token() == token).then_some(self)
+    }
+
     /// The topic of the message this delivery belongs to.
     pub fn topic(&self) -> Arc<str> {
         match &self.repr {
@@ -715,10 +724,10 @@ impl ReportSlots {
         offset: i64,
         label: Option<Label>,
     ) {
-        let report = self.ptr.as_ptr().wrapping_add(index);
         // SAFETY: in bounds and exclusive, per the contract; fields written through raw
         // pointers, beside the topic another thread may be reading.
         unsafe {
+            let report = self.ptr.as_ptr().add(index);
             (&raw mut (*report).partition).write(partition);
             (&raw mut (*report).offset).write(offset);
             (&raw mut (*report).label).write(label);

@@ -651,11 +651,7 @@ impl Dispatcher<'_> {
                 Err(rejected) => rejected,
             };
             let waited = started.map_or(Duration::ZERO, |s| s.elapsed());
-            if back.token() != token {
-                // A client that gives back another message's delivery keeps this one: the
-                // message is refused (a late report of it is ignored), and the delivery it
-                // gave back is dropped, which reports that message as failed to its owner.
-                drop(back);
+            let Some(back) = back.reclaim(token) else {
                 return Err(Refused {
                     reason: Rejection::Kafka(karafka_core::KafkaError::other(
                         "produce",
@@ -665,7 +661,7 @@ impl Dispatcher<'_> {
                     label: None,
                     waited,
                 });
-            }
+            };
             if let Rejection::QueueFull = reason {
                 let since = *started.get_or_insert_with(Instant::now);
                 let waited = since.elapsed();
@@ -1073,14 +1069,11 @@ impl Inner {
                 let delivery = Delivery::entry(&state, 0);
                 let token = delivery.token();
                 if let Err(rejected) = client.0.produce(&message, None, delivery) {
-                    message.label = if rejected.delivery.token() == token {
-                        rejected.delivery.cancel()
-                    } else {
-                        // Another message's delivery (a client must give back its own):
-                        // dropped, it reports that message failed; this one's label stays
-                        // with the batch.
-                        drop(rejected.delivery);
-                        state.take_label(0)
+                    message.label = match rejected.delivery.reclaim(token) {
+                        Some(own) => own.cancel(),
+                        // Another message's delivery (see `reclaim`): this one's label is
+                        // still with the batch.
+                        None => state.take_label(0),
                     };
                     // SAFETY: prepared above, refused once, here; no handle exists.
                     #[allow(unsafe_code)]

@@ -15,7 +15,7 @@ use karafka_producer::client::{
     Client, ClientFactory, ClientSetup, ConsumerGroupMetadata, Rejected, Rejection,
 };
 use karafka_producer::variant::TopicConfig;
-use karafka_producer::{Delivery, Error, Message, Outcome, Producer};
+use karafka_producer::{BatchDelivery, Delivery, Error, Message, Outcome, Producer};
 
 /// What the scripted client does with the `n`-th message it is given (from 0).
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -290,6 +290,21 @@ fn check_report(i: usize, report: &karafka_producer::DeliveryReport) {
     assert_eq!(label, expected.as_deref(), "entry {i}");
 }
 
+/// The parts of the `PartiallyDispatched` error a batch call is expected to fail with.
+fn partially_dispatched(
+    result: Result<BatchDelivery, Error>,
+) -> (usize, BatchDelivery, Box<Error>, Vec<Message>) {
+    match result {
+        Err(Error::PartiallyDispatched {
+            dispatched,
+            delivery,
+            failure,
+            not_sent,
+        }) => (dispatched, *delivery, failure, not_sent),
+        other => panic!("expected PartiallyDispatched, got {other:?}"),
+    }
+}
+
 fn producer_on(factory: &Factory) -> Producer {
     Producer::builder().client(factory.clone()).build().unwrap()
 }
@@ -362,18 +377,8 @@ fn a_refusal_mid_batch_gives_back_that_message_and_every_later_one() {
     });
     let producer = producer_on(&factory);
     let topics = topics();
-    let error = producer
-        .produce_many_async(messages_on(&topics, 300))
-        .unwrap_err();
-    let Error::PartiallyDispatched {
-        dispatched,
-        delivery,
-        failure,
-        not_sent,
-    } = error
-    else {
-        panic!("expected PartiallyDispatched");
-    };
+    let (dispatched, delivery, failure, not_sent) =
+        partially_dispatched(producer.produce_many_async(messages_on(&topics, 300)));
     assert_eq!(dispatched, 137);
     let refused = failure
         .into_message()
@@ -406,10 +411,7 @@ fn a_refusal_mid_batch_gives_back_that_message_and_every_later_one() {
     // All delivered before the refusal: the reports of the dispatched part.
     let factory = Factory::new(|n| if n == 5 { Fate::Refuse } else { Fate::Deliver });
     let producer = producer_on(&factory);
-    let Err(Error::PartiallyDispatched { delivery, .. }) = producer.produce_many_async(messages(9))
-    else {
-        panic!("expected PartiallyDispatched");
-    };
+    let (_, delivery, _, _) = partially_dispatched(producer.produce_many_async(messages(9)));
     factory.complete_deferred();
     let reports = delivery.wait(Duration::from_secs(5)).unwrap();
     assert_eq!(reports.len(), 5);
@@ -504,15 +506,8 @@ fn reports_written_by_another_thread_while_the_batch_is_dispatched() {
 fn a_refusal_of_the_first_message_sends_nothing() {
     let factory = Factory::new(|n| if n == 0 { Fate::Refuse } else { Fate::Deliver });
     let producer = producer_on(&factory);
-    let Err(Error::PartiallyDispatched {
-        dispatched,
-        delivery,
-        failure,
-        not_sent,
-    }) = producer.produce_many_async(messages(50))
-    else {
-        panic!("expected PartiallyDispatched");
-    };
+    let (dispatched, delivery, failure, not_sent) =
+        partially_dispatched(producer.produce_many_async(messages(50)));
     assert_eq!(dispatched, 0);
     let refused = failure.into_message().unwrap();
     assert_eq!(payload_number(&refused), 0);
@@ -563,15 +558,8 @@ fn a_client_that_hands_back_another_delivery_cannot_corrupt_either_batch() {
     });
     let producer = producer_on(&factory);
     let topics = topics();
-    let Err(Error::PartiallyDispatched {
-        dispatched,
-        delivery,
-        failure,
-        not_sent,
-    }) = producer.produce_many_async(messages_on(&topics, 6))
-    else {
-        panic!("expected PartiallyDispatched");
-    };
+    let (dispatched, delivery, failure, not_sent) =
+        partially_dispatched(producer.produce_many_async(messages_on(&topics, 6)));
     assert_eq!(dispatched, 3);
     assert!(
         failure.to_string().contains("another message's delivery"),
@@ -609,15 +597,8 @@ fn a_message_reported_delivered_and_refused_comes_back_and_its_report_is_dropped
     });
     let producer = producer_on(&factory);
     let topics = topics();
-    let Err(Error::PartiallyDispatched {
-        dispatched,
-        delivery,
-        failure,
-        not_sent,
-    }) = producer.produce_many_async(messages_on(&topics, 5))
-    else {
-        panic!("expected PartiallyDispatched");
-    };
+    let (dispatched, delivery, failure, not_sent) =
+        partially_dispatched(producer.produce_many_async(messages_on(&topics, 5)));
     assert_eq!((dispatched, not_sent.len()), (2, 2));
     let refused = failure.into_message().unwrap();
     assert_eq!(payload_number(&refused), 2);
