@@ -627,24 +627,28 @@ impl CommittedOffsets {
     /// The committed offset (the next to read) of each partition of `topic` in
     /// `0..partitions` that has one; empty when the broker does not answer in 10 s.
     pub fn of(&self, topic: &str, partitions: i32) -> BTreeMap<i32, i64> {
+        self.try_of(topic, partitions).unwrap_or_default()
+    }
+
+    /// The committed offset of each partition of `topic` in `0..partitions` that has one, or
+    /// why the broker did not say within 10 s (an empty map: nothing committed yet).
+    pub fn try_of(&self, topic: &str, partitions: i32) -> Result<BTreeMap<i32, i64>, String> {
         let mut list = rdkafka::TopicPartitionList::new();
         for p in 0..partitions {
             list.add_partition(topic, p);
         }
-        let Ok(committed) = self
+        let committed = self
             .consumer
             .committed_offsets(list, Duration::from_secs(10))
-        else {
-            return BTreeMap::new();
-        };
-        committed
+            .map_err(|e| format!("cannot read the committed offsets of {topic}: {e}"))?;
+        Ok(committed
             .elements()
             .iter()
             .filter_map(|e| match e.offset() {
                 rdkafka::Offset::Offset(o) => Some((e.partition(), o)),
                 _ => None,
             })
-            .collect()
+            .collect())
     }
 }
 

@@ -46,6 +46,12 @@
 //! [`TestBroker::create_topic`] (on either broker), [`LogCapture`] (what was logged through
 //! `tracing`, librdkafka's own lines included).
 //!
+//! ## Counting under faults
+//!
+//! [`chaos`]: the ledger of what member processes recorded as processed, checked against
+//! what was produced and what the group committed, and the table of a fault scenario's
+//! figures (lost, duplicates, commits ahead of processing, longest stall, drain).
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use karafka_testing::{TestBroker, unique_topic, wait_until};
@@ -59,6 +65,7 @@
 
 mod broker;
 mod buffered;
+pub mod chaos;
 mod embedded;
 mod logs;
 mod names;
