@@ -9,21 +9,32 @@
 
 use std::path::PathBuf;
 use std::process::{Child, Command};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use karafka_producer::{Message, Producer};
+use karafka_producer::{Error, Message, Producer};
 use karafka_testing::chaos::{ChaosReport, ChaosRun};
-use karafka_testing::{Capability, TestBroker, Xorshift, unique_group, unique_topic};
+use karafka_testing::{
+    ApiKey, Capability, ErrorCode, TestBroker, Xorshift, unique_group, unique_topic,
+};
 
 const PARTITIONS: i32 = 8;
 const KEYS: usize = 97;
 
 fn long() -> bool {
     std::env::var("KARAFKA_CHAOS").is_ok_and(|v| v == "long")
+}
+
+/// One scenario at a time: they stop brokers and spawn processes, and share two cores.
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Prints the row (with the header) and appends it to `KARAFKA_CHAOS_REPORT` when set.
@@ -141,42 +152,102 @@ impl Drop for Scene {
 
 /// Produces `total` messages (keyed, round-robin over the partitions) at about `rate` a
 /// second in a thread, sending each delivered batch's (partition, offset) pairs to the test.
-/// Panics (failing the test) when a message is neither delivered nor given back.
+/// A message the producer gives back (an error that owns it) is given again in the next
+/// batch, a moment later; one that is neither delivered nor given back fails the test.
 struct Feed {
     reports: mpsc::Receiver<Vec<(i32, i64)>>,
     done: Arc<AtomicBool>,
+    handed_back: Arc<AtomicUsize>,
+    delivered: Arc<AtomicUsize>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Feed {
     fn start(broker: &TestBroker, topic: &str, total: usize, rate: usize) -> Feed {
-        let producer = Producer::builder()
+        Self::with(broker, topic, total, rate, &[])
+    }
+
+    /// With producer settings (e.g. a short `message.timeout.ms`, so that a broker outage
+    /// hands messages back).
+    fn with(
+        broker: &TestBroker,
+        topic: &str,
+        total: usize,
+        rate: usize,
+        settings: &[(&str, &str)],
+    ) -> Feed {
+        let mut builder = Producer::builder()
             .kafka_settings(&broker.producer_settings())
-            .kafka("linger.ms", "5")
-            .build()
-            .unwrap();
+            .kafka("linger.ms", "5");
+        for (k, v) in settings {
+            builder = builder.kafka(*k, *v);
+        }
+        let producer = builder.build().unwrap();
+        let wait = producer.config().max_wait_timeout();
         let (tx, reports) = mpsc::channel();
         let done = Arc::new(AtomicBool::new(false));
-        let finished = done.clone();
+        let handed_back = Arc::new(AtomicUsize::new(0));
+        let delivered_count = Arc::new(AtomicUsize::new(0));
+        let (finished, back_count, delivered_counter) =
+            (done.clone(), handed_back.clone(), delivered_count.clone());
         let topic: Arc<str> = topic.into();
         let thread = std::thread::spawn(move || {
             let chunk = (rate / 20).max(1);
             let started = Instant::now();
-            let mut sent = 0;
-            while sent < total {
-                let n = chunk.min(total - sent);
-                let batch: Vec<Message> = (sent..sent + n)
-                    .map(|i| {
+            let (mut created, mut delivered_total) = (0, 0);
+            let mut again: Vec<Message> = Vec::new();
+            while delivered_total < total {
+                let n = chunk.min(total - created);
+                let batch: Vec<Message> = std::mem::take(&mut again)
+                    .into_iter()
+                    .chain((created..created + n).map(|i| {
                         Message::new(topic.clone(), i.to_string())
                             .key(format!("k{}", i % KEYS))
                             .partition(i as i32 % PARTITIONS)
-                    })
+                    }))
                     .collect();
-                let delivered = producer.produce_many_sync(batch).unwrap();
-                assert_eq!(delivered.len(), n, "a message of the feed vanished");
-                let _ = tx.send(delivered.iter().map(|r| (r.partition, r.offset)).collect());
-                sent += n;
-                let due = started + Duration::from_secs_f64(sent as f64 / rate as f64);
+                created += n;
+                let given = batch.len();
+                let mut back = Vec::new();
+                let results = match producer.produce_many_async(batch) {
+                    Ok(delivery) => delivery.wait_all(wait).unwrap(),
+                    Err(Error::PartiallyDispatched {
+                        delivery,
+                        failure,
+                        not_sent,
+                        ..
+                    }) => {
+                        back.extend(failure.into_message());
+                        back.extend(not_sent);
+                        delivery.wait_all(wait).unwrap()
+                    }
+                    Err(other) => {
+                        back.extend(other.into_messages());
+                        Vec::new()
+                    }
+                };
+                let mut delivered = Vec::with_capacity(given);
+                for result in results {
+                    match result {
+                        Ok(report) => delivered.push((report.partition, report.offset)),
+                        Err(e) => back.extend(e.into_message()),
+                    }
+                }
+                assert_eq!(
+                    delivered.len() + back.len(),
+                    given,
+                    "a message given to the producer was neither delivered nor given back"
+                );
+                delivered_total += delivered.len();
+                delivered_counter.fetch_add(delivered.len(), Ordering::Relaxed);
+                back_count.fetch_add(back.len(), Ordering::Relaxed);
+                let _ = tx.send(delivered);
+                if !back.is_empty() {
+                    // The broker is in trouble: give the messages again a moment later.
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                again = back;
+                let due = started + Duration::from_secs_f64(created as f64 / rate as f64);
                 if let Some(wait) = due.checked_duration_since(Instant::now()) {
                     std::thread::sleep(wait);
                 }
@@ -187,8 +258,21 @@ impl Feed {
         Feed {
             reports,
             done,
+            handed_back,
+            delivered: delivered_count,
             thread: Some(thread),
         }
+    }
+
+    /// Delivery reports the feed received (each message once, when its last attempt was
+    /// delivered).
+    fn delivered(&self) -> usize {
+        self.delivered.load(Ordering::Relaxed)
+    }
+
+    /// Messages the producer gave back (and the feed gave again).
+    fn handed_back(&self) -> usize {
+        self.handed_back.load(Ordering::Relaxed)
     }
 
     /// Hands what was delivered so far to `run`; true once everything was.
@@ -247,10 +331,172 @@ fn drive(
     }
 }
 
+/// Ticks `run` for `time` (a fault's duration); a tick may overrun it while the broker
+/// does not answer.
+fn pause(run: &mut ChaosRun, feed: &mut Feed, time: Duration) {
+    let until = Instant::now() + time;
+    drive(run, feed, time + Duration::from_secs(30), |_, _| {
+        Instant::now() >= until
+    });
+}
+
+/// Ticks until every delivered message was processed and the feed is done.
+fn drain(run: &mut ChaosRun, feed: &mut Feed) {
+    run.fault_ended();
+    drive(run, feed, Duration::from_secs(240), |r, fed| {
+        fed && r.all_processed()
+    });
+}
+
+/// Resumes a stopped process when dropped (also when the test fails meanwhile).
+struct Stopped(u32);
+
+impl Stopped {
+    fn stop(pid: u32) -> Stopped {
+        signal(pid, "STOP");
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        signal(self.0, "CONT");
+    }
+}
+
+fn signal(pid: u32, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &pid.to_string()])
+        .status()
+        .expect("run kill");
+    assert!(status.success(), "kill -{name} {pid} failed");
+}
+
+/// Scenario 3 on the embedded cluster: while two members consume and the feed produces,
+/// responses slow to 500 ms for 3 s, then fetch, produce and commit requests fail with
+/// retriable errors, then the broker is down for 10 s. The producer's messages time out
+/// after 5 s, so the outage hands messages back, which the feed gives again.
+#[test]
+fn broker_trouble_on_the_mock_loses_nothing() {
+    let _serial = serial();
+    let Some(broker) = TestBroker::require(&[Capability::FaultInjection]) else {
+        return;
+    };
+    let (total, rate) = if long() {
+        (1_000_000, 30_000)
+    } else {
+        (40_000, 2_000)
+    };
+    let cluster = broker.embedded_cluster().unwrap().clone();
+    let mut scene = Scene::new(broker, "chaos-mock-faults");
+    let mut run = scene.run();
+    run.expect(total);
+    let mut feed = Feed::with(
+        &scene.broker,
+        &scene.topic,
+        total,
+        rate,
+        &[("message.timeout.ms", "5000")],
+    );
+    scene.spawn("a", 0);
+    scene.spawn("b", 0);
+    pause(&mut run, &mut feed, Duration::from_secs(3));
+    cluster
+        .set_round_trip_time(1, Duration::from_millis(500))
+        .unwrap();
+    pause(&mut run, &mut feed, Duration::from_secs(3));
+    cluster.set_round_trip_time(1, Duration::ZERO).unwrap();
+    use ErrorCode::*;
+    cluster.push_request_errors(
+        ApiKey::Fetch,
+        &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 5],
+    );
+    cluster.push_request_errors(
+        ApiKey::Produce,
+        &[RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 5],
+    );
+    cluster.push_request_errors(
+        ApiKey::OffsetCommit,
+        &[RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 3],
+    );
+    pause(&mut run, &mut feed, Duration::from_secs(3));
+    cluster.broker_down(1).unwrap();
+    pause(&mut run, &mut feed, Duration::from_secs(10));
+    cluster.broker_up(1).unwrap();
+    drain(&mut run, &mut feed);
+    let report = run.report(
+        &format!("slow 3 s, request errors, broker down 10 s; 2 members, {total} messages"),
+        &scene.broker_name(),
+    );
+    publish(
+        &report,
+        &format!(
+            "the producer handed back {} messages (given again); {} extra copies in the topic \
+             (handed back after a timeout although the broker had written them: without \
+             idempotence a retry can write a message twice)",
+            feed.handed_back(),
+            report.produced - feed.delivered()
+        ),
+    );
+    report.sound().unwrap();
+    assert_eq!(feed.delivered(), total, "the feed delivered every message");
+}
+
+/// Scenario 3 on an external broker whose process the test may stop (Tansu from
+/// `scripts/broker`): while two members consume and the feed produces, the broker is stopped
+/// (SIGSTOP) for 10 s and resumed.
+#[test]
+fn a_broker_stopped_for_10_s_loses_nothing() {
+    let _serial = serial();
+    let Some(broker) = TestBroker::require(&[Capability::BrokerProcess]) else {
+        return;
+    };
+    let pid = broker.process_id().unwrap();
+    let (total, rate) = if long() {
+        (1_000_000, 30_000)
+    } else {
+        (40_000, 2_000)
+    };
+    let mut scene = Scene::new(broker, "chaos-sigstop");
+    let mut run = scene.run();
+    run.expect(total);
+    let mut feed = Feed::with(
+        &scene.broker,
+        &scene.topic,
+        total,
+        rate,
+        &[("message.timeout.ms", "5000")],
+    );
+    scene.spawn("a", 0);
+    scene.spawn("b", 0);
+    pause(&mut run, &mut feed, Duration::from_secs(4));
+    let stopped = Stopped::stop(pid);
+    pause(&mut run, &mut feed, Duration::from_secs(10));
+    drop(stopped);
+    drain(&mut run, &mut feed);
+    let report = run.report(
+        &format!("broker stopped (SIGSTOP) 10 s; 2 members, {total} messages"),
+        &scene.broker_name(),
+    );
+    publish(
+        &report,
+        &format!(
+            "the producer handed back {} messages (given again); {} extra copies in the topic \
+             (handed back after a timeout although the broker had written them: without \
+             idempotence a retry can write a message twice)",
+            feed.handed_back(),
+            report.produced - feed.delivered()
+        ),
+    );
+    report.sound().unwrap();
+    assert_eq!(feed.delivered(), total, "the feed delivered every message");
+}
+
 /// Scenario 1: two members consume while messages flow; one of them, picked at random, is
 /// killed with SIGKILL at random moments and restarted, five times (ten in the long form).
 #[test]
 fn kill_9_of_members_while_messages_flow_loses_nothing() {
+    let _serial = serial();
     let Some(broker) = TestBroker::require(&[]) else {
         return;
     };
@@ -266,6 +512,7 @@ fn kill_9_of_members_while_messages_flow_loses_nothing() {
         .env
         .push(("COMMIT_INTERVAL_MS".into(), commit_interval_ms.to_string()));
     let mut run = scene.run();
+    run.expect(total);
     let mut feed = Feed::start(&scene.broker, &scene.topic, total, rate);
     scene.spawn("a", 0);
     scene.spawn("b", 0);
@@ -287,10 +534,7 @@ fn kill_9_of_members_while_messages_flow_loses_nothing() {
         let victim = random.below(scene.members.len() as u64) as usize;
         uncommitted += scene.kill_and_restart(victim, &run);
     }
-    run.fault_ended();
-    drive(&mut run, &mut feed, Duration::from_secs(240), |r, fed| {
-        fed && r.all_processed()
-    });
+    drain(&mut run, &mut feed);
     let elapsed = started.elapsed();
     let report = run.report(
         &format!("kill -9 x{kills}, 2 members, {total} messages"),
@@ -312,7 +556,7 @@ fn kill_9_of_members_while_messages_flow_loses_nothing() {
         ),
     );
     report.sound().unwrap();
-    assert_eq!(report.produced, total, "the feed delivered every message");
+    assert_eq!(feed.delivered(), total, "the feed delivered every message");
     // Duplicates come only from work a killed member processed but had not committed.
     assert!(
         report.duplicates <= uncommitted,

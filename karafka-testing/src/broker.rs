@@ -23,6 +23,10 @@ pub const KIND_ENV: &str = "KARAFKA_TEST_BROKER_KIND";
 /// was skipped (one tab-separated line each); `.ci/run` counts them.
 pub const REPORT_ENV: &str = "KARAFKA_TEST_REPORT";
 
+/// Environment variable with the external test broker's process id (`scripts/broker env`
+/// prints it), for tests that stop and resume the broker ([`Capability::BrokerProcess`]).
+pub const PROCESS_ENV: &str = "KARAFKA_TEST_BROKER_PID";
+
 /// Environment variable naming a listener of the test broker that requires TLS
 /// (`scripts/broker start` runs one; see [`SecureListeners`]).
 pub const TLS_BROKERS_ENV: &str = "KARAFKA_TEST_TLS_BROKERS";
@@ -83,7 +87,7 @@ impl BrokerKind {
         use Capability::*;
         match (self, capability) {
             // Not a property of the kind: the embedded cluster's handle, the environment.
-            (_, FaultInjection | SecureListeners) => false,
+            (_, FaultInjection | SecureListeners | BrokerProcess) => false,
             (BrokerKind::Kafka, _) => true,
             (
                 BrokerKind::Mock,
@@ -171,6 +175,11 @@ pub enum Capability {
     /// REBALANCE_IN_PROGRESS (its group is already joining), so an eager revocation there
     /// commits nothing and the next owner starts from the last background commit.
     CommitsDuringEagerRebalance,
+    /// The broker's process id is known ([`PROCESS_ENV`], which `scripts/broker env`
+    /// prints for the Tansu it started), so a test can stop the broker (SIGSTOP) and resume
+    /// it (SIGCONT). Not the embedded cluster (it lives in the test's own process; its fault
+    /// injection takes brokers down instead).
+    BrokerProcess,
 }
 
 impl Capability {
@@ -196,6 +205,10 @@ impl Capability {
             }
             Capability::CommitsDuringEagerRebalance => {
                 "offset commits while an eager rebalance is pending (from the revocation callback)"
+            }
+            Capability::BrokerProcess => {
+                "the broker's process id (KARAFKA_TEST_BROKER_PID: `scripts/broker env` prints it), \
+                 to stop and resume the broker"
             }
             Capability::SecureListeners => {
                 "TLS and SASL_SSL listeners (KARAFKA_TEST_TLS_BROKERS, KARAFKA_TEST_SASL_SSL_BROKERS: \
@@ -438,6 +451,7 @@ impl TestBroker {
         match capability {
             Capability::FaultInjection => self.embedded.is_some(),
             Capability::SecureListeners => self.secure.is_some(),
+            Capability::BrokerProcess => self.embedded.is_none() && self.process_id().is_some(),
             other => self.kind.supports(other),
         }
     }
@@ -456,6 +470,14 @@ impl TestBroker {
     /// names them ([`Capability::SecureListeners`]).
     pub fn secure(&self) -> Option<&SecureListeners> {
         self.secure.as_ref()
+    }
+
+    /// The external broker's process id, from [`PROCESS_ENV`] ([`Capability::BrokerProcess`]).
+    pub fn process_id(&self) -> Option<u32> {
+        if self.embedded.is_some() {
+            return None;
+        }
+        std::env::var(PROCESS_ENV).ok()?.trim().parse().ok()
     }
 
     /// The embedded cluster, for fault injection (`None` on an external broker).

@@ -265,6 +265,8 @@ pub struct ChaosRun {
     partitions: i32,
     /// Per partition, how many messages were produced (offsets `0..end`).
     produced: BTreeMap<i32, i64>,
+    /// How many messages the scenario will produce in all.
+    expected: usize,
     last_progress: Option<Instant>,
     last_unique: usize,
     longest_stall: Duration,
@@ -296,6 +298,7 @@ impl ChaosRun {
             topic: topic.into(),
             partitions,
             produced: BTreeMap::new(),
+            expected: 0,
             last_progress: None,
             last_unique: 0,
             longest_stall: Duration::ZERO,
@@ -312,6 +315,12 @@ impl ChaosRun {
     pub fn produced(&mut self, partition: i32, offset: i64) {
         let end = self.produced.entry(partition).or_insert(0);
         *end = (*end).max(offset + 1);
+    }
+
+    /// Says how many messages the scenario produces in all: [`all_processed`](Self::all_processed)
+    /// (and the drain time) waits for that many.
+    pub fn expect(&mut self, total: usize) {
+        self.expected = total;
     }
 
     /// Messages delivered so far.
@@ -366,9 +375,11 @@ impl ChaosRun {
         Ok(())
     }
 
-    /// Whether every produced message was recorded (and something was produced).
+    /// Whether every produced message was recorded, something was produced, and at least
+    /// as many as [`expect`](Self::expect)ed.
     pub fn all_processed(&self) -> bool {
         !self.produced.is_empty()
+            && self.produced_total() >= self.expected
             && self
                 .produced
                 .iter()

@@ -14,6 +14,8 @@
 //!   - `KARAFKA_TEST_BROKER_KIND=mock|tansu|kafka` (default `kafka` when an address is
 //!     given): which [`Capability`]s the broker has;
 //!   - `KARAFKA_TEST_REPORT=path`: append a line per broker test saying whether it ran;
+//!   - `KARAFKA_TEST_BROKER_PID`: the external broker's process id, for tests that stop and
+//!     resume it ([`Capability::BrokerProcess`]);
 //!   - `KARAFKA_TEST_TLS_BROKERS`, `KARAFKA_TEST_SASL_SSL_BROKERS`, `KARAFKA_TEST_TLS_CA`,
 //!     `KARAFKA_TEST_TLS_OTHER_CA`, `KARAFKA_TEST_SASL_USER`, `KARAFKA_TEST_SASL_PASSWORD`,
 //!     `KARAFKA_TEST_OAUTH_TOKEN`:
@@ -73,8 +75,8 @@ mod process;
 mod wait;
 
 pub use broker::{
-    BROKERS_ENV, BrokerKind, Capability, CommittedOffsets, KIND_ENV, OAUTH_TOKEN_ENV, REPORT_ENV,
-    SASL_PASSWORD_ENV, SASL_SSL_BROKERS_ENV, SASL_USER_ENV, SecureListeners,
+    BROKERS_ENV, BrokerKind, Capability, CommittedOffsets, KIND_ENV, OAUTH_TOKEN_ENV, PROCESS_ENV,
+    REPORT_ENV, SASL_PASSWORD_ENV, SASL_SSL_BROKERS_ENV, SASL_USER_ENV, SecureListeners,
     TEST_INITIAL_REBALANCE_DELAY, TEST_SESSION_TIMEOUT_MS, TLS_BROKERS_ENV, TLS_CA_ENV,
     TLS_OTHER_CA_ENV, TestBroker, client_config,
 };
