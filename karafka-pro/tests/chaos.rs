@@ -136,6 +136,30 @@ impl Scene {
     }
 }
 
+impl Scene {
+    /// Stops member `index` gracefully (SIGTERM: it finishes its work, commits and leaves the
+    /// group); panics when it has not exited within 60 s, or exited with a failure.
+    fn stop(&mut self, index: usize) -> Duration {
+        let (name, run, mut child) = self.members.remove(index);
+        let started = Instant::now();
+        signal(child.id(), "TERM");
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                assert!(
+                    status.success(),
+                    "member {name} run {run} exited with {status}"
+                );
+                return started.elapsed();
+            }
+            if started.elapsed() > Duration::from_secs(60) {
+                let _ = child.kill();
+                panic!("member {name} run {run} did not stop within 60 s of SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
 impl Drop for Scene {
     fn drop(&mut self) {
         for (_, _, child) in &mut self.members {
@@ -490,6 +514,88 @@ fn a_broker_stopped_for_10_s_loses_nothing() {
     );
     report.sound().unwrap();
     assert_eq!(feed.delivered(), total, "the feed delivered every message");
+}
+
+/// Scenario 2: a rebalance storm. Member `a` stays; others join and leave (SIGTERM, a
+/// graceful stop) every 1.5 to 4 s for 20 s (a minute in the long form), at most three
+/// members at a time, while messages flow.
+fn rebalance_storm(assignment: &str, needs: &[Capability]) {
+    let _serial = serial();
+    let Some(broker) = TestBroker::require(needs) else {
+        return;
+    };
+    let (total, rate, storm) = if long() {
+        (1_000_000, 15_000, Duration::from_secs(60))
+    } else {
+        (60_000, 2_500, Duration::from_secs(20))
+    };
+    if assignment == "consumer"
+        && let Some(cluster) = broker.embedded_cluster()
+    {
+        // In this protocol the broker owns the session timeout and heartbeat interval (the
+        // mock's defaults: 45 s and 3 s); as in the consumer's KIP-848 tests.
+        cluster.set_consumer_group_session_timeout(Duration::from_secs(6));
+        cluster.set_consumer_group_heartbeat_interval(Duration::from_millis(500));
+    }
+    let mut scene = Scene::new(broker, "chaos-storm");
+    scene.env.retain(|(k, _)| k != "ASSIGNMENT");
+    scene.env.push(("ASSIGNMENT".into(), assignment.into()));
+    let mut run = scene.run();
+    run.expect(total);
+    let mut feed = Feed::start(&scene.broker, &scene.topic, total, rate);
+    scene.spawn("a", 0);
+    let mut random = Xorshift::from_clock();
+    eprintln!("chaos storm ({assignment}): seed {}", random.seed());
+    let started = Instant::now();
+    let (mut joins, mut leaves, mut next) = (0, 0, 0u32);
+    let mut slowest_stop = Duration::ZERO;
+    while started.elapsed() < storm {
+        pause(
+            &mut run,
+            &mut feed,
+            Duration::from_millis(1500 + random.below(2500)),
+        );
+        let others = scene.members.len() - 1;
+        if others == 0 || (others < 2 && random.below(2) == 0) {
+            next += 1;
+            scene.spawn(&format!("m{next}"), 0);
+            joins += 1;
+        } else {
+            let index = 1 + random.below(others as u64) as usize;
+            slowest_stop = slowest_stop.max(scene.stop(index));
+            leaves += 1;
+        }
+    }
+    drain(&mut run, &mut feed);
+    let report = run.report(
+        &format!(
+            "rebalance storm {}s ({joins} joins, {leaves} leaves), {total} messages",
+            storm.as_secs()
+        ),
+        &format!("{} ({assignment})", scene.broker.kind().as_str()),
+    );
+    publish(
+        &report,
+        &format!("slowest graceful stop {:.1} s", slowest_stop.as_secs_f64()),
+    );
+    report.sound().unwrap();
+    assert_eq!(feed.delivered(), total, "the feed delivered every message");
+    assert!(joins > 0 && leaves > 0, "the storm changed nothing");
+}
+
+#[test]
+fn a_rebalance_storm_with_eager_assignment_loses_nothing() {
+    rebalance_storm("range", &[]);
+}
+
+#[test]
+fn a_rebalance_storm_with_cooperative_sticky_loses_nothing() {
+    rebalance_storm("cooperative-sticky", &[Capability::CooperativeRebalances]);
+}
+
+#[test]
+fn a_rebalance_storm_with_the_consumer_protocol_loses_nothing() {
+    rebalance_storm("consumer", &[Capability::ConsumerProtocol]);
 }
 
 /// Scenario 1: two members consume while messages flow; one of them, picked at random, is
