@@ -19,6 +19,8 @@
 //! - `STATIC=1`: a `group.instance.id` per member (static membership);
 //! - `COMMIT_INTERVAL_MS` (default 1000): librdkafka's `auto.commit.interval.ms`, how often
 //!   marked offsets are committed (fewer duplicates after a crash against more commits);
+//! - `DLQ`: a dead-letter topic for messages that fail twice (payloads are decimal numbers;
+//!   any other payload does not decode and fails its batch), with a 200 ms retry back-off;
 //! - `FEATURES`: a comma list of `vp` (virtual partitions by key), `multiplexing` (2
 //!   connections), `multiplexing-dynamic` (1 to 3, starting with 1), `lrj` (long-running job).
 
@@ -27,7 +29,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use karafka_consumer::payload::Raw;
-use karafka_consumer::routing::TopicBuilder;
+use karafka_consumer::routing::{DeadLetterQueue, TopicBuilder};
 use karafka_consumer::{App, ConsumeResult, Consumer, Context};
 use karafka_pro::{
     LongRunningJobTopic, Multiplexing, MultiplexingSubscriptionGroup, VirtualPartitions,
@@ -51,17 +53,42 @@ impl Consumer for Recorder {
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_millis());
         let mut lines = String::with_capacity(ctx.messages().len() * 32);
+        // Payloads are decimal numbers; anything else does not decode (poison): the messages
+        // before it are recorded and marked, and the batch fails at it (retried, then
+        // dead-lettered when a DLQ is routed).
+        let mut poison = None;
+        let mut last_good = None;
         for m in ctx.messages() {
+            let decodes = m
+                .raw_payload()
+                .ok()
+                .flatten()
+                .and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|p| p.parse::<u64>().ok())
+                .is_some();
+            if !decodes {
+                poison = Some(m.offset());
+                break;
+            }
             lines.push_str(&format!(
                 "{} {} {} {at}\n",
                 self.run,
                 m.partition(),
                 m.offset()
             ));
+            last_good = Some(m);
         }
-        // One append: when `consume` returns, the lines are in the kernel.
+        // One append: when `consume` returns (or marks), the lines are in the kernel.
         (&*self.file).write_all(lines.as_bytes())?;
-        Ok(())
+        match poison {
+            None => Ok(()),
+            Some(offset) => {
+                if let Some(m) = last_good {
+                    ctx.mark_as_consumed(m);
+                }
+                Err(format!("payload at offset {offset} does not decode").into())
+            }
+        }
     }
 }
 
@@ -128,6 +155,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         app = app.kafka("group.instance.id", format!("{group}-{member}"));
     }
 
+    let dlq = std::env::var("DLQ").ok().filter(|d| !d.is_empty());
+    if dlq.is_some() {
+        app = app
+            .pause_timeout(Duration::from_millis(200))
+            .pause_max_timeout(Duration::from_secs(2));
+    }
     let (vp, lrj) = (has("vp"), has("lrj"));
     let route = move |t: TopicBuilder| {
         let t = t.consumer(move || Recorder {
@@ -135,6 +168,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             run: run.clone(),
             delay,
         });
+        let t = match &dlq {
+            Some(topic) => t.dead_letter_queue(DeadLetterQueue::new(topic.as_str()).max_retries(1)),
+            None => t,
+        };
         let t = if vp {
             t.virtual_partitions(
                 VirtualPartitions::new(|m| m.key().map(<[u8]>::to_vec)).max_partitions(4),

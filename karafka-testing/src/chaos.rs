@@ -48,6 +48,7 @@ pub struct Ledger {
     /// Per partition: which offsets were recorded, and the first offset not recorded.
     partitions: BTreeMap<i32, Processed>,
     unique: usize,
+    exempt: usize,
 }
 
 #[derive(Debug, Default)]
@@ -65,6 +66,7 @@ impl Ledger {
             records: 0,
             partitions: BTreeMap::new(),
             unique: 0,
+            exempt: 0,
         }
     }
 
@@ -130,6 +132,23 @@ impl Ledger {
                 processed.prefix += 1;
             }
         }
+    }
+
+    /// Counts `partition`'s `offset` as handled without a record: a message that is meant
+    /// to be dead-lettered (the test checks the dead-letter topic for it instead). It moves
+    /// the processed prefix like a record, but is neither processed nor missing.
+    pub fn exempt(&mut self, partition: i32, offset: i64) {
+        let records = self.records;
+        let unique = self.unique;
+        self.record(partition, offset);
+        self.records = records;
+        self.unique = unique;
+        self.exempt += 1;
+    }
+
+    /// How many messages were [`exempt`](Self::exempt)ed.
+    pub fn exempted(&self) -> usize {
+        self.exempt
     }
 
     /// Records read, duplicates included.
@@ -267,6 +286,8 @@ pub struct ChaosRun {
     produced: BTreeMap<i32, i64>,
     /// How many messages the scenario will produce in all.
     expected: usize,
+    /// Messages meant to be dead-lettered.
+    dead_letters: std::collections::BTreeSet<(i32, i64)>,
     last_progress: Option<Instant>,
     last_unique: usize,
     longest_stall: Duration,
@@ -299,6 +320,7 @@ impl ChaosRun {
             partitions,
             produced: BTreeMap::new(),
             expected: 0,
+            dead_letters: std::collections::BTreeSet::new(),
             last_progress: None,
             last_unique: 0,
             longest_stall: Duration::ZERO,
@@ -321,6 +343,24 @@ impl ChaosRun {
     /// (and the drain time) waits for that many.
     pub fn expect(&mut self, total: usize) {
         self.expected = total;
+    }
+
+    /// A delivered message meant to be dead-lettered, not processed (see
+    /// [`Ledger::exempt`]).
+    pub fn dead_letter_expected(&mut self, partition: i32, offset: i64) {
+        self.produced(partition, offset);
+        self.ledger.exempt(partition, offset);
+        self.dead_letters.insert((partition, offset));
+    }
+
+    /// The messages meant to be dead-lettered: (partition, offset).
+    pub fn expected_dead_letters(&self) -> &std::collections::BTreeSet<(i32, i64)> {
+        &self.dead_letters
+    }
+
+    /// The end (last offset + 1) of what was delivered to `partition` so far.
+    pub fn produced_end(&self, partition: i32) -> i64 {
+        self.produced.get(&partition).copied().unwrap_or(0)
     }
 
     /// Messages delivered so far.
@@ -482,6 +522,20 @@ mod tests {
         assert!(ledger.contains(0, 2) && !ledger.contains(0, 3) && !ledger.contains(1, 0));
         assert_eq!(ledger.missing(&BTreeMap::from([(0, 5), (1, 2)])), 4);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_exempt_offset_moves_the_prefix_but_is_neither_processed_nor_missing() {
+        let mut ledger = Ledger::new(Path::new("/nonexistent"));
+        ledger.record(0, 0);
+        ledger.exempt(0, 1);
+        ledger.record(0, 2);
+        assert_eq!(ledger.processed_prefix(0), 3);
+        assert_eq!(
+            (ledger.records(), ledger.unique(), ledger.exempted()),
+            (2, 2, 1)
+        );
+        assert_eq!(ledger.missing(&BTreeMap::from([(0, 3)])), 0);
     }
 
     #[test]

@@ -275,7 +275,9 @@ impl EmbeddedCluster {
         Ok(())
     }
 
-    /// Moves the leadership of `topic`/`partition` to `broker_id` (`-1`: no leader).
+    /// Moves the leadership of `topic`/`partition` to `broker_id` (`-1`: no leader; but a
+    /// produce request to a partition without a leader crashes the mock in librdkafka
+    /// 2.12.1, a null leader written in its reply, `rdkafka_mock_handlers.c:53`).
     pub fn set_partition_leader(
         &self,
         topic: &str,
