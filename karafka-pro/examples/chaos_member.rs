@@ -22,7 +22,9 @@
 //! - `DLQ`: a dead-letter topic for messages that fail twice (payloads are decimal numbers;
 //!   any other payload does not decode and fails its batch), with a 200 ms retry back-off;
 //! - `FEATURES`: a comma list of `vp` (virtual partitions by key), `multiplexing` (2
-//!   connections), `multiplexing-dynamic` (1 to 3, starting with 1), `lrj` (long-running job).
+//!   connections), `multiplexing-dynamic` (1 to 3, starting with 1), `lrj` (long-running job),
+//!   `swarm` (a supervisor with 2 nodes, each restarted 1 s after it dies; a node
+//!   records to `OUTPUT/<MEMBER>-<RUN>-node<N>.log`).
 
 use std::io::Write;
 use std::sync::Arc;
@@ -32,8 +34,8 @@ use karafka_consumer::payload::Raw;
 use karafka_consumer::routing::{DeadLetterQueue, TopicBuilder};
 use karafka_consumer::{App, ConsumeResult, Consumer, Context};
 use karafka_pro::{
-    LongRunningJobTopic, Multiplexing, MultiplexingSubscriptionGroup, VirtualPartitions,
-    VirtualPartitionsTopic,
+    LongRunningJobTopic, Multiplexing, MultiplexingSubscriptionGroup, Swarm, SwarmApp,
+    VirtualPartitions, VirtualPartitionsTopic,
 };
 
 struct Recorder {
@@ -114,9 +116,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let features = std::env::var("FEATURES").unwrap_or_default();
     let has = |f: &str| features.split(',').any(|x| x.trim() == f);
     for f in features.split(',').map(str::trim).filter(|f| !f.is_empty()) {
-        if !["vp", "multiplexing", "multiplexing-dynamic", "lrj"].contains(&f) {
+        if !["vp", "multiplexing", "multiplexing-dynamic", "lrj", "swarm"].contains(&f) {
             return Err(format!(
-                "FEATURES: unknown feature `{f}` (known: vp, multiplexing, multiplexing-dynamic, lrj)"
+                "FEATURES: unknown feature `{f}` (known: vp, multiplexing, multiplexing-dynamic, \
+                 lrj, swarm)"
             )
             .into());
         }
@@ -124,12 +127,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let assignment = std::env::var("ASSIGNMENT").unwrap_or_else(|_| "cooperative-sticky".into());
 
     std::fs::create_dir_all(&output)?;
-    let file = Arc::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(output.join(format!("{member}-{run}.log")))?,
-    );
+    let file = Arc::new(std::fs::OpenOptions::new().create(true).append(true).open(
+        output.join(match std::env::var(karafka_pro::swarm::NODE_ENV) {
+            // A swarm node: a file of its own.
+            Ok(node) => format!("{member}-{run}-node{node}.log"),
+            Err(_) => format!("{member}-{run}.log"),
+        }),
+    )?);
 
     let mut app = App::builder()
         .name(group.as_str())
@@ -160,6 +164,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         app = app
             .pause_timeout(Duration::from_millis(200))
             .pause_max_timeout(Duration::from_secs(2));
+    }
+    let swarm = has("swarm");
+    if swarm {
+        app = app.swarm(
+            Swarm::new()
+                .nodes(2)
+                .node_restart_timeout(Duration::from_secs(1)),
+        );
     }
     let (vp, lrj) = (has("vp"), has("lrj"));
     let route = move |t: TopicBuilder| {
@@ -194,12 +206,25 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None
     };
     let app = match multiplexing {
-        Some(config) => app.consumer_group(&group, |cg| {
-            cg.subscription_group("chaos", |sg| sg.multiplexing(config).topic(&topic, route))
-        }),
+        Some(config) => app
+            // Dynamic multiplexing decides from librdkafka's statistics.
+            .kafka("statistics.interval.ms", "500")
+            .consumer_group(&group, |cg| {
+                cg.subscription_group("chaos", |sg| sg.multiplexing(config).topic(&topic, route))
+            }),
         None => app.topic(&topic, route),
     }
     .build()?;
+    if swarm {
+        // The supervisor (and, re-executed with the node variable set, each node).
+        let args = ["chaos_member", "swarm"];
+        let code = karafka_consumer::cli::run_from(&app, args);
+        return if code == std::process::ExitCode::SUCCESS {
+            Ok(())
+        } else {
+            Err(format!("swarm ended with {code:?}").into())
+        };
+    }
     let running = app.start()?;
     // Until killed; SIGTERM (or Ctrl-C) stops gracefully.
     let signals = tokio::runtime::Builder::new_current_thread()

@@ -165,6 +165,55 @@ impl Scene {
     }
 }
 
+impl Scene {
+    /// Kills a random node of the swarm member (the first member, a supervisor) with
+    /// SIGKILL; its supervisor restarts it. Returns what the node had processed but not
+    /// committed.
+    fn kill_a_node(&mut self, random: &mut Xorshift, watch: &ChaosRun) -> usize {
+        let (name, run, supervisor) = &self.members[0];
+        let pid = supervisor.id();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let nodes = loop {
+            let children =
+                std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+            let nodes: Vec<u32> = children
+                .split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect();
+            if !nodes.is_empty() {
+                break nodes;
+            }
+            assert!(Instant::now() < deadline, "the supervisor has no nodes");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let victim = nodes[random.below(nodes.len() as u64) as usize];
+        let node = std::fs::read(format!("/proc/{victim}/environ"))
+            .unwrap_or_default()
+            .split(|b| *b == 0)
+            .filter_map(|v| std::str::from_utf8(v).ok())
+            .find_map(|v| v.strip_prefix("KARAFKA_SWARM_NODE=").map(str::to_owned))
+            .expect("a node names itself");
+        signal(victim, "KILL");
+        // Its records: the file of that node (every start of it appends there).
+        watch
+            .uncommitted_in(&self.dir.join(format!("{name}-{run}-node{node}.log")))
+            .unwrap()
+    }
+}
+
+impl Scene {
+    /// Panics, with its output, when a member exited on its own.
+    fn assert_running(&mut self) {
+        for (name, run, child) in &mut self.members {
+            if let Some(status) = child.try_wait().unwrap() {
+                let out = std::fs::read_to_string(self.dir.join(format!("{name}-{run}.out")))
+                    .unwrap_or_default();
+                panic!("member {name} run {run} exited ({status}):\n{out}");
+            }
+        }
+    }
+}
+
 impl Drop for Scene {
     fn drop(&mut self) {
         for (_, _, child) in &mut self.members {
@@ -354,6 +403,7 @@ fn take(run: &mut ChaosRun, batch: Vec<(i32, i64, bool)>) {
 }
 
 fn drive(
+    scene: &mut Scene,
     run: &mut ChaosRun,
     feed: &mut Feed,
     timeout: Duration,
@@ -366,6 +416,7 @@ fn drive(
         if done(run, fed) {
             return;
         }
+        scene.assert_running();
         if let Some(thread) = &feed.thread
             && thread.is_finished()
             && !feed.done.load(Ordering::Acquire)
@@ -385,17 +436,17 @@ fn drive(
 
 /// Ticks `run` for `time` (a fault's duration); a tick may overrun it while the broker
 /// does not answer.
-fn pause(run: &mut ChaosRun, feed: &mut Feed, time: Duration) {
+fn pause(scene: &mut Scene, run: &mut ChaosRun, feed: &mut Feed, time: Duration) {
     let until = Instant::now() + time;
-    drive(run, feed, time + Duration::from_secs(30), |_, _| {
+    drive(scene, run, feed, time + Duration::from_secs(30), |_, _| {
         Instant::now() >= until
     });
 }
 
 /// Ticks until every delivered message was processed and the feed is done.
-fn drain(run: &mut ChaosRun, feed: &mut Feed) {
+fn drain(scene: &mut Scene, run: &mut ChaosRun, feed: &mut Feed) {
     run.fault_ended();
-    drive(run, feed, Duration::from_secs(240), |r, fed| {
+    drive(scene, run, feed, Duration::from_secs(240), |r, fed| {
         fed && r.all_processed()
     });
 }
@@ -453,11 +504,11 @@ fn broker_trouble_on_the_mock_loses_nothing() {
     );
     scene.spawn("a", 0);
     scene.spawn("b", 0);
-    pause(&mut run, &mut feed, Duration::from_secs(3));
+    pause(&mut scene, &mut run, &mut feed, Duration::from_secs(3));
     cluster
         .set_round_trip_time(1, Duration::from_millis(500))
         .unwrap();
-    pause(&mut run, &mut feed, Duration::from_secs(3));
+    pause(&mut scene, &mut run, &mut feed, Duration::from_secs(3));
     cluster.set_round_trip_time(1, Duration::ZERO).unwrap();
     use ErrorCode::*;
     cluster.push_request_errors(
@@ -472,11 +523,11 @@ fn broker_trouble_on_the_mock_loses_nothing() {
         ApiKey::OffsetCommit,
         &[RD_KAFKA_RESP_ERR_NOT_COORDINATOR; 3],
     );
-    pause(&mut run, &mut feed, Duration::from_secs(3));
+    pause(&mut scene, &mut run, &mut feed, Duration::from_secs(3));
     cluster.broker_down(1).unwrap();
-    pause(&mut run, &mut feed, Duration::from_secs(10));
+    pause(&mut scene, &mut run, &mut feed, Duration::from_secs(10));
     cluster.broker_up(1).unwrap();
-    drain(&mut run, &mut feed);
+    drain(&mut scene, &mut run, &mut feed);
     let report = run.report(
         &format!("slow 3 s, request errors, broker down 10 s; 2 members, {total} messages"),
         &scene.broker_name(),
@@ -523,11 +574,11 @@ fn a_broker_stopped_for_10_s_loses_nothing() {
     );
     scene.spawn("a", 0);
     scene.spawn("b", 0);
-    pause(&mut run, &mut feed, Duration::from_secs(4));
+    pause(&mut scene, &mut run, &mut feed, Duration::from_secs(4));
     let stopped = Stopped::stop(pid);
-    pause(&mut run, &mut feed, Duration::from_secs(10));
+    pause(&mut scene, &mut run, &mut feed, Duration::from_secs(10));
     drop(stopped);
-    drain(&mut run, &mut feed);
+    drain(&mut scene, &mut run, &mut feed);
     let report = run.report(
         &format!("broker stopped (SIGSTOP) 10 s; 2 members, {total} messages"),
         &scene.broker_name(),
@@ -581,6 +632,7 @@ fn rebalance_storm(assignment: &str, needs: &[Capability]) {
     let mut slowest_stop = Duration::ZERO;
     while started.elapsed() < storm {
         pause(
+            &mut scene,
             &mut run,
             &mut feed,
             Duration::from_millis(1500 + random.below(2500)),
@@ -596,7 +648,7 @@ fn rebalance_storm(assignment: &str, needs: &[Capability]) {
             leaves += 1;
         }
     }
-    drain(&mut run, &mut feed);
+    drain(&mut scene, &mut run, &mut feed);
     let report = run.report(
         &format!(
             "rebalance storm {}s ({joins} joins, {leaves} leaves), {total} messages",
@@ -721,15 +773,21 @@ fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
         let before = run.expected_dead_letters().clone();
         // Until a poison message came after the leader left, and its successor too.
         let mut held = None;
-        drive(&mut run, &mut feed, Duration::from_secs(60), |r, _| {
-            held = r
-                .expected_dead_letters()
-                .difference(&before)
-                .copied()
-                .find(|&(p, o)| r.produced_end(p) > o + 1);
-            held.is_some()
-        });
-        pause(&mut run, &mut feed, Duration::from_secs(4));
+        drive(
+            &mut scene,
+            &mut run,
+            &mut feed,
+            Duration::from_secs(60),
+            |r, _| {
+                held = r
+                    .expected_dead_letters()
+                    .difference(&before)
+                    .copied()
+                    .find(|&(p, o)| r.produced_end(p) > o + 1);
+                held.is_some()
+            },
+        );
+        pause(&mut scene, &mut run, &mut feed, Duration::from_secs(4));
         // Meanwhile its partition was held at it: nothing after it processed or committed.
         let (p, o) = held.unwrap();
         let committed = scene
@@ -752,7 +810,7 @@ fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
             .unwrap();
         unavailable = ", the DLQ unknown to metadata for a while";
     }
-    drain(&mut run, &mut feed);
+    drain(&mut scene, &mut run, &mut feed);
     let expected = run.expected_dead_letters().len();
     let copies = dead_letters(&scene.broker, &dlq, &scene.topic, &scene.group, expected);
     let distinct: std::collections::BTreeSet<_> = copies.iter().copied().collect();
@@ -787,10 +845,11 @@ fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
     );
 }
 
-/// Scenario 1: two members consume while messages flow; one of them, picked at random, is
-/// killed with SIGKILL at random moments and restarted, five times (ten in the long form).
-#[test]
-fn kill_9_of_members_while_messages_flow_loses_nothing() {
+/// Scenario 1 (and 5 with `features`, the `chaos_member`'s `FEATURES`): two members
+/// consume while messages flow; one of them, picked at random, is killed with SIGKILL at
+/// random moments and restarted, five times (ten in the long form). With `swarm`, one
+/// supervisor with two nodes, whose nodes are killed instead (the supervisor restarts them).
+fn kill_9(features: &str) {
     let _serial = serial();
     let Some(broker) = TestBroker::require(&[]) else {
         return;
@@ -801,8 +860,10 @@ fn kill_9_of_members_while_messages_flow_loses_nothing() {
         (40_000, 2_500, 5)
     };
     let commit_interval_ms = 1000;
+    let swarm = features.split(',').any(|f| f == "swarm");
     let mut scene = Scene::new(broker, "chaos-kill9");
     scene.env.push(("DELAY_MS".into(), "2".into()));
+    scene.env.push(("FEATURES".into(), features.into()));
     scene
         .env
         .push(("COMMIT_INTERVAL_MS".into(), commit_interval_ms.to_string()));
@@ -810,9 +871,11 @@ fn kill_9_of_members_while_messages_flow_loses_nothing() {
     run.expect(total);
     let mut feed = Feed::start(&scene.broker, &scene.topic, total, rate);
     scene.spawn("a", 0);
-    scene.spawn("b", 0);
+    if !swarm {
+        scene.spawn("b", 0);
+    }
     let mut random = Xorshift::from_clock();
-    eprintln!("chaos kill -9: seed {}", random.seed());
+    eprintln!("chaos kill -9 ({features}): seed {}", random.seed());
     let started = Instant::now();
     let mut uncommitted = 0;
     // At random moments while the messages flow: every 1.5 to 4.5 s (the feed lasts about
@@ -821,18 +884,32 @@ fn kill_9_of_members_while_messages_flow_loses_nothing() {
         let wait = Duration::from_millis(1500 + random.below(3000));
         let until = Instant::now() + wait;
         drive(
+            &mut scene,
             &mut run,
             &mut feed,
             wait + Duration::from_secs(5),
             |_, _| Instant::now() >= until,
         );
-        let victim = random.below(scene.members.len() as u64) as usize;
-        uncommitted += scene.kill_and_restart(victim, &run);
+        if swarm {
+            uncommitted += scene.kill_a_node(&mut random, &run);
+        } else {
+            let victim = random.below(scene.members.len() as u64) as usize;
+            uncommitted += scene.kill_and_restart(victim, &run);
+        }
     }
-    drain(&mut run, &mut feed);
+    drain(&mut scene, &mut run, &mut feed);
     let elapsed = started.elapsed();
+    let who = if swarm {
+        "swarm nodes (1 supervisor, 2 nodes)"
+    } else {
+        "2 members"
+    };
+    let with = match features.replace("swarm", "").trim_matches(',') {
+        "" => String::new(),
+        f => format!(" with {f}"),
+    };
     let report = run.report(
-        &format!("kill -9 x{kills}, 2 members, {total} messages"),
+        &format!("kill -9 x{kills} of {who}{with}, {total} messages"),
         &scene.broker_name(),
     );
     let throughput = report.processed as f64 / elapsed.as_secs_f64();
@@ -858,4 +935,39 @@ fn kill_9_of_members_while_messages_flow_loses_nothing() {
         "{} duplicates, but the killed runs had only {uncommitted} uncommitted messages",
         report.duplicates
     );
+}
+
+#[test]
+fn kill_9_of_members_while_messages_flow_loses_nothing() {
+    kill_9("");
+}
+
+#[test]
+fn kill_9_with_virtual_partitions_loses_nothing() {
+    kill_9("vp");
+}
+
+#[test]
+fn kill_9_with_static_multiplexing_loses_nothing() {
+    kill_9("multiplexing");
+}
+
+#[test]
+fn kill_9_with_dynamic_multiplexing_loses_nothing() {
+    kill_9("multiplexing-dynamic");
+}
+
+#[test]
+fn kill_9_with_long_running_jobs_loses_nothing() {
+    kill_9("lrj");
+}
+
+#[test]
+fn kill_9_of_swarm_nodes_loses_nothing() {
+    kill_9("swarm");
+}
+
+#[test]
+fn kill_9_with_virtual_partitions_long_running_jobs_and_multiplexing_together_loses_nothing() {
+    kill_9("vp,lrj,multiplexing-dynamic");
 }
