@@ -17,6 +17,7 @@
 //! - `ASSIGNMENT`: `cooperative-sticky` (default), `range` (eager), or `consumer` (KIP-848,
 //!   `group.protocol=consumer`);
 //! - `STATIC=1`: a `group.instance.id` per member (static membership);
+//! - `PREFETCH_MB`: the prefetch budget per subscription group, in MiB (default 64);
 //! - `COMMIT_INTERVAL_MS` (default 1000): librdkafka's `auto.commit.interval.ms`, how often
 //!   marked offsets are committed (fewer duplicates after a crash against more commits);
 //! - `DLQ`: a dead-letter topic for messages that fail twice (payloads are decimal numbers;
@@ -155,6 +156,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .into());
         }
     };
+    if let Ok(mb) = std::env::var("PREFETCH_MB") {
+        let mb: u64 = mb.parse().map_err(|_| "PREFETCH_MB: a number of MiB")?;
+        app = app.prefetch_budget(mb * 1024 * 1024);
+    }
     if std::env::var("STATIC").is_ok_and(|v| v == "1") {
         app = app.kafka("group.instance.id", format!("{group}-{member}"));
     }

@@ -242,12 +242,13 @@ struct Feed {
 
 impl Feed {
     fn start(broker: &TestBroker, topic: &str, total: usize, rate: usize) -> Feed {
-        Self::with(broker, topic, total, rate, &[], 0)
+        Self::with(broker, topic, total, rate, &[], 0, 0)
     }
 
     /// With producer settings (e.g. a short `message.timeout.ms`, so that a broker outage
-    /// hands messages back) and, unless `poison_every` is 0, one message in `poison_every`
-    /// with a payload that does not decode (`poison-<i>`; the others are numbers).
+    /// hands messages back), unless `poison_every` is 0 one message in `poison_every` with a
+    /// payload that does not decode (`poison-<i>`; the others are numbers), and `padding`
+    /// bytes of header per message (to make them bigger).
     fn with(
         broker: &TestBroker,
         topic: &str,
@@ -255,6 +256,7 @@ impl Feed {
         rate: usize,
         settings: &[(&str, &str)],
         poison_every: usize,
+        padding: usize,
     ) -> Feed {
         let mut builder = Producer::builder()
             .kafka_settings(&broker.producer_settings())
@@ -287,9 +289,12 @@ impl Feed {
                         } else {
                             i.to_string()
                         };
-                        let message = Message::new(topic.clone(), payload)
+                        let mut message = Message::new(topic.clone(), payload)
                             .key(format!("k{}", i % KEYS))
                             .partition(i as i32 % PARTITIONS);
+                        if padding > 0 {
+                            message = message.header("padding", vec![b'x'; padding]);
+                        }
                         // The label comes back with the report: it marks the poison.
                         if poison {
                             message.label("poison")
@@ -501,6 +506,7 @@ fn broker_trouble_on_the_mock_loses_nothing() {
         rate,
         &[("message.timeout.ms", "5000")],
         0,
+        0,
     );
     scene.spawn("a", 0);
     scene.spawn("b", 0);
@@ -570,6 +576,7 @@ fn a_broker_stopped_for_10_s_loses_nothing() {
         total,
         rate,
         &[("message.timeout.ms", "5000")],
+        0,
         0,
     );
     scene.spawn("a", 0);
@@ -755,7 +762,7 @@ fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
     scene.env.push(("DLQ".into(), dlq.clone()));
     let mut run = scene.run();
     run.expect(total);
-    let mut feed = Feed::with(&scene.broker, &scene.topic, total, rate, &[], every);
+    let mut feed = Feed::with(&scene.broker, &scene.topic, total, rate, &[], every, 0);
     let cluster = scene.broker.embedded_cluster().cloned();
     let mut unavailable = "";
     if let Some(cluster) = &cluster {
@@ -970,4 +977,156 @@ fn kill_9_of_swarm_nodes_loses_nothing() {
 #[test]
 fn kill_9_with_virtual_partitions_long_running_jobs_and_multiplexing_together_loses_nothing() {
     kill_9("vp,lrj,multiplexing-dynamic");
+}
+
+/// Resident memory of `pid` in bytes (`VmRSS`), if it still runs.
+fn rss(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Scenario 6: slow consumers. A backlog of 1 KB messages eight times the prefetch budget
+/// waits; two members process 2 s a batch (8 s in the long form; fetching would be much
+/// faster) for 30 s (3 minutes in the long form) with a 4 MiB budget. Their resident memory must stay
+/// under what they had once started plus the budget, the running batches and 32 MiB for
+/// librdkafka's bookkeeping and the allocator; nobody is kicked out (no partition is processed
+/// twice, and both members keep going); then faster members drain the rest, losing nothing.
+#[test]
+fn slow_consumers_stay_in_their_memory_bound_and_in_the_group() {
+    let _serial = serial();
+    let Some(broker) = TestBroker::require(&[]) else {
+        return;
+    };
+    // 30,000 x 1.1 KB: 33 MB, 8 times the budget, and 4.1 MB a partition (the mock keeps
+    // about 5 MiB of each).
+    let (total, slow, delay_ms) = if long() {
+        (30_000, Duration::from_secs(180), 8_000)
+    } else {
+        (30_000, Duration::from_secs(30), 2_000)
+    };
+    let (prefetch_mb, concurrency, batch_bytes) = (4u64, 8u64, 100 * 1100u64);
+    let mut scene = Scene::new(broker, "chaos-slow");
+    scene
+        .env
+        .push(("PREFETCH_MB".into(), prefetch_mb.to_string()));
+    let mut run = scene.run();
+    run.expect(total);
+    let mut feed = Feed::with(&scene.broker, &scene.topic, total, 50_000, &[], 0, 1000);
+    // The backlog first.
+    drive(
+        &mut scene,
+        &mut run,
+        &mut feed,
+        Duration::from_secs(120),
+        |_, fed| fed,
+    );
+    scene.env.push(("DELAY_MS".into(), delay_ms.to_string()));
+    scene.spawn("a", 0);
+    scene.spawn("b", 0);
+    let pids: Vec<u32> = scene.members.iter().map(|(_, _, c)| c.id()).collect();
+    // What a member holds once started, before its first fetch is in.
+    std::thread::sleep(Duration::from_millis(300));
+    let started_rss: Vec<u64> = pids.iter().map(|&p| rss(p).unwrap_or(0)).collect();
+    let mut max_rss = started_rss.clone();
+    let until = Instant::now() + slow;
+    let mut progress_at_two_thirds = None;
+    while Instant::now() < until {
+        pause(&mut scene, &mut run, &mut feed, Duration::from_millis(250));
+        for (i, &pid) in pids.iter().enumerate() {
+            max_rss[i] = max_rss[i].max(rss(pid).unwrap_or(0));
+        }
+        if progress_at_two_thirds.is_none() && until - Instant::now() < slow / 3 {
+            progress_at_two_thirds = Some(per_member_records(&scene.dir));
+        }
+    }
+    let slow_processed = run.ledger().unique();
+    let slow_duplicates = run.ledger().duplicates();
+    let late = per_member_records(&scene.dir);
+    let early = progress_at_two_thirds.unwrap_or_default();
+    // Then the rest, fast.
+    while !scene.members.is_empty() {
+        scene.stop(0);
+    }
+    scene.env.retain(|(k, _)| k != "DELAY_MS");
+    scene.spawn("a", 1);
+    scene.spawn("b", 1);
+    drain(&mut scene, &mut run, &mut feed);
+    let report = run.report(
+        &format!(
+            "slow consumers {}s ({delay_ms} ms a batch, prefetch budget {prefetch_mb} MiB), {total} x 1 KB",
+            slow.as_secs()
+        ),
+        &scene.broker_name(),
+    );
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    let bound: Vec<u64> = started_rss
+        .iter()
+        .map(|s| s + prefetch_mb * 1024 * 1024 + concurrency * batch_bytes + 32 * 1024 * 1024)
+        .collect();
+    publish(
+        &report,
+        &format!(
+            "while slow: {slow_processed} processed, {slow_duplicates} twice; RSS started \
+             {:.1} / {:.1} MiB, at most {:.1} / {:.1} MiB (bound {:.1} / {:.1} MiB)",
+            mib(started_rss[0]),
+            mib(started_rss[1]),
+            mib(max_rss[0]),
+            mib(max_rss[1]),
+            mib(bound[0]),
+            mib(bound[1])
+        ),
+    );
+    report.sound().unwrap();
+    for i in 0..2 {
+        assert!(
+            max_rss[i] <= bound[i],
+            "member {i} reached {:.1} MiB, over its bound {:.1} MiB",
+            mib(max_rss[i]),
+            mib(bound[i])
+        );
+    }
+    assert_eq!(
+        slow_duplicates, 0,
+        "a slow member lost its partitions (kicked out?)"
+    );
+    assert!(
+        slow_processed < total / 2,
+        "processing was not slower than the backlog ({slow_processed} of {total})"
+    );
+    for member in ["a", "b"] {
+        let (before, after) = (
+            early.get(member).copied().unwrap_or(0),
+            late.get(member).copied().unwrap_or(0),
+        );
+        assert!(
+            after > before,
+            "member {member} stopped processing in the last third ({before} -> {after})"
+        );
+    }
+}
+
+/// Records per member so far (all its runs).
+fn per_member_records(dir: &std::path::Path) -> std::collections::BTreeMap<String, usize> {
+    let mut counts = std::collections::BTreeMap::new();
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|x| x == "log") {
+            let name = path.file_stem().unwrap().to_string_lossy().to_string();
+            let member = name.split('-').next().unwrap_or_default().to_string();
+            let lines = std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .count();
+            *counts.entry(member).or_insert(0) += lines;
+        }
+    }
+    counts
 }
