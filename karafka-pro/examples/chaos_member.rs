@@ -128,13 +128,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let assignment = std::env::var("ASSIGNMENT").unwrap_or_else(|_| "cooperative-sticky".into());
 
     std::fs::create_dir_all(&output)?;
-    let file = Arc::new(std::fs::OpenOptions::new().create(true).append(true).open(
-        output.join(match std::env::var(karafka_pro::swarm::NODE_ENV) {
-            // A swarm node: a file of its own.
-            Ok(node) => format!("{member}-{run}-node{node}.log"),
-            Err(_) => format!("{member}-{run}.log"),
-        }),
-    )?);
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(
+            output.join(match std::env::var(karafka_pro::swarm::NODE_ENV) {
+                // A swarm node: a file of its own.
+                Ok(node) => format!("{member}-{run}-node{node}.log"),
+                Err(_) => format!("{member}-{run}.log"),
+            }),
+        )?;
+    // A newline first: a line an earlier, killed run of this node left unfinished ends here
+    // (and, cut short, is not a record: see `karafka_testing::chaos::parse_record`).
+    file.write_all(b"\n")?;
+    let file = Arc::new(file);
 
     let mut app = App::builder()
         .name(group.as_str())

@@ -472,12 +472,17 @@ impl TestBroker {
         self.secure.as_ref()
     }
 
-    /// The external broker's process id, from [`PROCESS_ENV`] ([`Capability::BrokerProcess`]).
+    /// The external broker's process id, from [`PROCESS_ENV`] ([`Capability::BrokerProcess`]),
+    /// when that process runs and is not this one (on Tansu: when its command line says
+    /// `tansu`, so that a stale variable does not stop an unrelated process).
     pub fn process_id(&self) -> Option<u32> {
         if self.embedded.is_some() {
             return None;
         }
-        std::env::var(PROCESS_ENV).ok()?.trim().parse().ok()
+        let pid: u32 = std::env::var(PROCESS_ENV).ok()?.trim().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let tansu = String::from_utf8_lossy(&cmdline).contains("tansu");
+        (pid != std::process::id() && (tansu || self.kind != BrokerKind::Tansu)).then_some(pid)
     }
 
     /// The embedded cluster, for fault injection (`None` on an external broker).

@@ -1,8 +1,8 @@
 //! Counting under faults: what app processes recorded as processed, checked against what was
 //! produced and what the group committed, while a test injects faults.
 //!
-//! Member processes append one line per processed message, `<run> <partition> <offset>` (more
-//! fields after those are ignored), to
+//! Member processes append one line per processed message, `<run> <partition> <offset> <unix
+//! ms>` ([`parse_record`]), to
 //! their own file in a directory, with one write before `consume` returns (so a recorded
 //! message survives `kill -9`, and a message the framework marked was recorded first). The
 //! test drives a [`ChaosRun`] over that directory: [`tick`](ChaosRun::tick) reads the new
@@ -17,8 +17,9 @@
 //!
 //! let dir = std::env::temp_dir().join(karafka_testing::unique_name("ledger-doc"));
 //! std::fs::create_dir_all(&dir).unwrap();
-//! std::fs::write(dir.join("a-0.log"), "0 0 0\n0 0 1\n0 1 0\n").unwrap();
-//! std::fs::write(dir.join("b-0.log"), "0 0 1\n0 0 2\n").unwrap();
+//! std::fs::write(dir.join("a-0.log"), "0 0 0 1\n0 0 1 1\n0 1 0 1\n").unwrap();
+//! // A torn line (its offset cut) and a line glued to one are not records.
+//! std::fs::write(dir.join("b-0.log"), "0 0 1 2\n0 0 2 2\n0 0 3\n0 0 40 0 5 3\n").unwrap();
 //! let mut ledger = Ledger::new(&dir);
 //! ledger.refresh().unwrap();
 //! assert_eq!((ledger.records(), ledger.unique()), (5, 4));
@@ -37,6 +38,20 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::CommittedOffsets;
+
+/// The partition and offset of a record line, `<run> <partition> <offset> <unix ms>`:
+/// exactly four numbers, so that a line a killed process left unfinished (the next run's
+/// first line glued to it, or alone after the newline a member writes when it opens its
+/// file) is not read as a record: cut inside its offset, it has three fields or, glued, seven.
+pub fn parse_record(line: &str) -> Option<(i32, i64)> {
+    let fields: Vec<&str> = line.split(' ').collect();
+    let [run, partition, offset, at] = fields.as_slice() else {
+        return None;
+    };
+    run.parse::<u64>().ok()?;
+    at.parse::<u64>().ok()?;
+    Some((partition.parse().ok()?, offset.parse().ok()?))
+}
 
 /// What member processes recorded, read incrementally from the files in a directory.
 #[derive(Debug)]
@@ -95,15 +110,7 @@ impl Ledger {
                 continue;
             };
             let complete: String = partial.drain(..=end).collect();
-            for line in complete.lines() {
-                let mut parts = line.split(' ');
-                let (Some(_run), Some(p), Some(o)) = (parts.next(), parts.next(), parts.next())
-                else {
-                    continue;
-                };
-                let (Ok(p), Ok(o)) = (p.parse::<i32>(), o.parse::<i64>()) else {
-                    continue;
-                };
+            for (p, o) in complete.lines().filter_map(parse_record) {
                 read += 1;
                 self.record(p, o);
             }
@@ -457,16 +464,12 @@ impl ChaosRun {
     pub fn uncommitted_in(&self, file: &Path) -> Result<usize, String> {
         let committed = self.offsets.try_of(&self.topic, self.partitions)?;
         let text = std::fs::read_to_string(file).unwrap_or_default();
+        // Complete lines only (a killed process may leave its last one unfinished).
+        let complete = text.rfind('\n').map_or("", |end| &text[..end]);
         let mut seen = std::collections::HashSet::new();
-        Ok(text
+        Ok(complete
             .lines()
-            .filter_map(|l| {
-                let mut parts = l.split(' ').skip(1);
-                Some((
-                    parts.next()?.parse::<i32>().ok()?,
-                    parts.next()?.parse::<i64>().ok()?,
-                ))
-            })
+            .filter_map(parse_record)
             .filter(|(p, o)| *o >= committed.get(p).copied().unwrap_or(0))
             .filter(|m| seen.insert(*m))
             .count())
@@ -504,7 +507,7 @@ mod tests {
         let dir = std::env::temp_dir().join(crate::unique_name("ledger"));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("m-0.log");
-        std::fs::write(&file, "0 0 0\n0 0 1\n0 0 ").unwrap();
+        std::fs::write(&file, "0 0 0 9\n0 0 1 9\n0 0 ").unwrap();
         let mut ledger = Ledger::new(&dir);
         assert_eq!(ledger.refresh().unwrap(), 2);
         assert_eq!(ledger.refresh().unwrap(), 0);
@@ -513,7 +516,8 @@ mod tests {
             .append(true)
             .open(&file)
             .unwrap();
-        f.write_all(b"2\n0 0 1\n").unwrap();
+        f.write_all(b"2 9\n0 0 1 9\n0 3 1\n0 3 4 5 0 3 9 9\n")
+            .unwrap();
         assert_eq!(ledger.refresh().unwrap(), 2);
         assert_eq!(ledger.records(), 4);
         assert_eq!(ledger.unique(), 3);
