@@ -255,3 +255,70 @@ fn marking_after_revocation_returns_false() {
         assert!(!*marked, "mark_as_consumed returned true after revocation");
     }
 }
+
+/// A committed offset the broker no longer holds (its retention deleted the records) is out
+/// of range: the consumer resets to the oldest record kept (`initial_offset`, `earliest` by
+/// default) and goes on, instead of standing still. The embedded cluster keeps 5 MiB per
+/// partition (librdkafka's mock, fixed), so 12 MiB behind the committed offset deletes it.
+#[test]
+fn a_committed_offset_deleted_by_retention_resets_to_the_oldest_kept() {
+    let Some(broker) = TestBroker::require(&[karafka_testing::Capability::RetentionBySize]) else {
+        return;
+    };
+    // Commit offset 10.
+    let (running, seen, topic, group) = start(&broker, Mode::MarkSync, 10, &[]);
+    wait_until(broker.join_deadline(), || seen.lock().unwrap().len() >= 10).unwrap();
+    running.stop_blocking().unwrap();
+    assert_eq!(committed(&broker, &group, &topic, 1).get(&0), Some(&10));
+    // 12 MiB more: the mock deletes the oldest message sets, offset 10 among them.
+    let producer = karafka_producer::Producer::builder()
+        .kafka_settings(&broker.producer_settings())
+        .build()
+        .unwrap();
+    let big = "x".repeat(8 * 1024);
+    producer
+        .produce_many_sync(
+            (0..1500)
+                .map(|_| karafka_producer::Message::new(topic.as_str(), big.clone()))
+                .collect(),
+        )
+        .unwrap();
+    producer.close().unwrap();
+    let admin = karafka_consumer::admin::Admin::new(&broker.producer_settings()).unwrap();
+    let (low, high) = admin.watermarks(&topic, 0).unwrap();
+    assert!(
+        low > 10,
+        "retention deleted offset 10: watermarks {low}..{high}"
+    );
+    assert_eq!(high, 1510);
+    // The group starts again from offset 10, which is gone: it resets to `low` and reads on.
+    let seen: Offsets = Arc::default();
+    let s = seen.clone();
+    let running = app(&broker, &group)
+        .topic(&topic, move |t| {
+            t.consumer(move || Scripted {
+                mode: Mode::MarkSync,
+                seen: s.clone(),
+                done_once: false,
+            })
+        })
+        .build()
+        .unwrap()
+        .start()
+        .unwrap();
+    let reached = wait_until(broker.join_deadline() + Duration::from_secs(20), || {
+        offsets(&seen).contains(&(high - 1))
+    });
+    running.stop_blocking().unwrap();
+    let all = offsets(&seen);
+    reached.unwrap_or_else(|_| {
+        panic!(
+            "stood still after an out-of-range committed offset: consumed {} ({:?}..{:?})",
+            all.len(),
+            all.first(),
+            all.last()
+        )
+    });
+    assert_eq!(all.first(), Some(&low), "resumed at the oldest record kept");
+    assert_eq!(committed(&broker, &group, &topic, 1).get(&0), Some(&high));
+}

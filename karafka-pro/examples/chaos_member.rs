@@ -22,6 +22,7 @@
 //!   marked offsets are committed (fewer duplicates after a crash against more commits);
 //! - `DLQ`: a dead-letter topic for messages that fail twice (payloads are decimal numbers;
 //!   any other payload does not decode and fails its batch), with a 200 ms retry back-off;
+//!   its producer never creates topics (`allow.auto.create.topics=false`);
 //! - `FEATURES`: a comma list of `vp` (virtual partitions by key), `multiplexing` (2
 //!   connections), `multiplexing-dynamic` (1 to 3, starting with 1), `lrj` (long-running job),
 //!   `swarm` (a supervisor with 2 nodes, each restarted 1 s after it dies; a node
@@ -146,7 +147,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut app = App::builder()
         .name(group.as_str())
         .concurrency(8)
-        .kafka("bootstrap.servers", brokers)
+        .kafka("bootstrap.servers", brokers.as_str())
         .kafka(
             "auto.commit.interval.ms",
             number("COMMIT_INTERVAL_MS", 1000).to_string(),
@@ -173,7 +174,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dlq = std::env::var("DLQ").ok().filter(|d| !d.is_empty());
     if dlq.is_some() {
+        // Topics are never created by a produce (as on many managed clusters): a dead-letter
+        // topic that does not exist yet fails the dispatch, which is retried.
+        let producer = karafka_producer::Producer::builder()
+            .kafka("bootstrap.servers", brokers.as_str())
+            .kafka("allow.auto.create.topics", "false")
+            .build()?;
         app = app
+            .producer(producer)
             .pause_timeout(Duration::from_millis(200))
             .pause_max_timeout(Duration::from_secs(2));
     }

@@ -28,6 +28,25 @@ fn long() -> bool {
     std::env::var("KARAFKA_CHAOS").is_ok_and(|v| v == "long")
 }
 
+/// The Pro features the combined scenarios switch on (scenario 5): virtual partitions,
+/// dynamic multiplexing and long-running jobs together.
+const PRO: &str = "vp,multiplexing-dynamic,lrj";
+
+/// ` with <features>` for a scenario's description (empty without features; `swarm` is
+/// named by the scenario itself).
+fn with_features(features: &str) -> String {
+    let named: Vec<&str> = features
+        .split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty() && *f != "swarm")
+        .collect();
+    if named.is_empty() {
+        String::new()
+    } else {
+        format!(" with {}", named.join(","))
+    }
+}
+
 /// One scenario at a time: they stop brokers and spawn processes, and share two cores.
 static SERIAL: Mutex<()> = Mutex::new(());
 
@@ -522,9 +541,9 @@ fn signal(pid: u32, name: &str) {
 /// Scenario 3 on the embedded cluster: while two members consume and the feed produces,
 /// responses slow to 500 ms for 3 s, then fetch, produce and commit requests fail with
 /// retriable errors, then the broker is down for 10 s. The producer's messages time out
-/// after 5 s, so the outage hands messages back, which the feed gives again.
-#[test]
-fn broker_trouble_on_the_mock_loses_nothing() {
+/// after 5 s, so the outage hands messages back, which the feed gives again. `features`: the
+/// members' `FEATURES`.
+fn broker_trouble_on_the_mock(features: &str) {
     let _serial = serial();
     let Some(broker) = TestBroker::require(&[Capability::FaultInjection]) else {
         return;
@@ -536,6 +555,7 @@ fn broker_trouble_on_the_mock_loses_nothing() {
     };
     let cluster = broker.embedded_cluster().unwrap().clone();
     let mut scene = Scene::new(broker, "chaos-mock-faults");
+    scene.env.push(("FEATURES".into(), features.into()));
     let mut run = scene.run();
     run.expect(total);
     let mut feed = Feed::with(
@@ -574,7 +594,10 @@ fn broker_trouble_on_the_mock_loses_nothing() {
     cluster.broker_up(1).unwrap();
     drain(&mut scene, &mut run, &mut feed);
     let report = run.report(
-        &format!("slow 3 s, request errors, broker down 10 s; 2 members, {total} messages"),
+        &format!(
+            "slow 3 s, request errors, broker down 10 s; 2 members{}, {total} messages",
+            with_features(features)
+        ),
         &scene.broker_name(),
     );
     publish(
@@ -597,11 +620,20 @@ fn broker_trouble_on_the_mock_loses_nothing() {
     );
 }
 
+#[test]
+fn broker_trouble_on_the_mock_loses_nothing() {
+    broker_trouble_on_the_mock("");
+}
+
+#[test]
+fn broker_trouble_on_the_mock_with_pro_features_loses_nothing() {
+    broker_trouble_on_the_mock(PRO);
+}
+
 /// Scenario 3 on an external broker whose process the test may stop (Tansu from
 /// `scripts/broker`): while two members consume and the feed produces, the broker is stopped
-/// (SIGSTOP) for 10 s and resumed.
-#[test]
-fn a_broker_stopped_for_10_s_loses_nothing() {
+/// (SIGSTOP) for 10 s and resumed. `features`: the members' `FEATURES`.
+fn a_broker_stopped_for_10_s(features: &str) {
     let _serial = serial();
     let Some(broker) = TestBroker::require(&[Capability::BrokerProcess]) else {
         return;
@@ -613,6 +645,7 @@ fn a_broker_stopped_for_10_s_loses_nothing() {
         (40_000, 2_000)
     };
     let mut scene = Scene::new(broker, "chaos-sigstop");
+    scene.env.push(("FEATURES".into(), features.into()));
     let mut run = scene.run();
     run.expect(total);
     let mut feed = Feed::with(
@@ -640,7 +673,10 @@ fn a_broker_stopped_for_10_s_loses_nothing() {
     drop(stopped);
     drain(&mut scene, &mut run, &mut feed);
     let report = run.report(
-        &format!("broker stopped (SIGSTOP) 10 s; 2 members, {total} messages"),
+        &format!(
+            "broker stopped (SIGSTOP) 10 s; 2 members{}, {total} messages",
+            with_features(features)
+        ),
         &scene.broker_name(),
     );
     publish(
@@ -663,10 +699,22 @@ fn a_broker_stopped_for_10_s_loses_nothing() {
     );
 }
 
+#[test]
+fn a_broker_stopped_for_10_s_loses_nothing() {
+    a_broker_stopped_for_10_s("");
+}
+
+#[test]
+fn a_broker_stopped_for_10_s_with_pro_features_loses_nothing() {
+    a_broker_stopped_for_10_s(PRO);
+}
+
 /// Scenario 2: a rebalance storm. Member `a` stays; others join and leave (SIGTERM, a
 /// graceful stop) every 1.5 to 4 s for 20 s (a minute in the long form), at most three
-/// members at a time, while messages flow.
-fn rebalance_storm(assignment: &str, needs: &[Capability]) {
+/// members at a time, while messages flow. `assignment`: the members' `ASSIGNMENT` (`None`:
+/// the scene's, cooperative-sticky where the broker supports it); `features`: their
+/// `FEATURES`.
+fn rebalance_storm(assignment: Option<&str>, needs: &[Capability], features: &str) {
     let _serial = serial();
     let Some(broker) = TestBroker::require(needs) else {
         return;
@@ -676,7 +724,7 @@ fn rebalance_storm(assignment: &str, needs: &[Capability]) {
     } else {
         (60_000, 2_500, Duration::from_secs(20))
     };
-    if assignment == "consumer"
+    if assignment == Some("consumer")
         && let Some(cluster) = broker.embedded_cluster()
     {
         // In this protocol the broker owns the session timeout and heartbeat interval (the
@@ -685,14 +733,20 @@ fn rebalance_storm(assignment: &str, needs: &[Capability]) {
         cluster.set_consumer_group_heartbeat_interval(Duration::from_millis(500));
     }
     let mut scene = Scene::new(broker, "chaos-storm");
-    scene.env.retain(|(k, _)| k != "ASSIGNMENT");
-    scene.env.push(("ASSIGNMENT".into(), assignment.into()));
+    if let Some(assignment) = assignment {
+        scene.env.retain(|(k, _)| k != "ASSIGNMENT");
+        scene.env.push(("ASSIGNMENT".into(), assignment.into()));
+    }
+    scene.env.push(("FEATURES".into(), features.into()));
     let mut run = scene.run();
     run.expect(total);
     let mut feed = Feed::start(&scene.broker, &scene.topic, total, rate);
     scene.spawn("a", 0);
     let mut random = Xorshift::from_clock();
-    eprintln!("chaos storm ({assignment}): seed {}", random.seed());
+    eprintln!(
+        "chaos storm ({assignment:?}, {features}): seed {}",
+        random.seed()
+    );
     let started = Instant::now();
     let (mut joins, mut leaves, mut next) = (0, 0, 0u32);
     let mut slowest_stop = Duration::ZERO;
@@ -717,10 +771,11 @@ fn rebalance_storm(assignment: &str, needs: &[Capability]) {
     drain(&mut scene, &mut run, &mut feed);
     let report = run.report(
         &format!(
-            "rebalance storm {}s ({joins} joins, {leaves} leaves), {total} messages",
-            storm.as_secs()
+            "rebalance storm {}s ({joins} joins, {leaves} leaves){}, {total} messages",
+            storm.as_secs(),
+            with_features(features)
         ),
-        &format!("{} ({assignment})", scene.broker.kind().as_str()),
+        &scene.broker_name(),
     );
     publish(
         &report,
@@ -733,17 +788,29 @@ fn rebalance_storm(assignment: &str, needs: &[Capability]) {
 
 #[test]
 fn a_rebalance_storm_with_eager_assignment_loses_nothing() {
-    rebalance_storm("range", &[]);
+    rebalance_storm(Some("range"), &[], "");
 }
 
 #[test]
 fn a_rebalance_storm_with_cooperative_sticky_loses_nothing() {
-    rebalance_storm("cooperative-sticky", &[Capability::CooperativeRebalances]);
+    rebalance_storm(
+        Some("cooperative-sticky"),
+        &[Capability::CooperativeRebalances],
+        "",
+    );
 }
 
 #[test]
 fn a_rebalance_storm_with_the_consumer_protocol_loses_nothing() {
-    rebalance_storm("consumer", &[Capability::ConsumerProtocol]);
+    rebalance_storm(Some("consumer"), &[Capability::ConsumerProtocol], "");
+}
+
+/// With virtual partitions, static multiplexing (two connections a member, so twice the
+/// group members joining and leaving) and long-running jobs; cooperative-sticky where the
+/// broker supports it, eager elsewhere.
+#[test]
+fn a_rebalance_storm_with_pro_features_loses_nothing() {
+    rebalance_storm(None, &[], "vp,multiplexing,lrj");
 }
 
 /// The dead-lettered messages in `dlq`: (source partition, source offset) of each copy,
@@ -798,13 +865,15 @@ fn dead_letters(
 }
 
 /// Scenario 4: one payload in 10,000 does not decode. Each goes to the dead-letter topic
-/// (after one retry) with its source headers, and its partition keeps flowing; on the
-/// embedded cluster the dead-letter topic is unavailable at first (its metadata answers an
-/// error) until a poison message and the one after it were produced and 4 s passed: its
-/// partition must stay held at it (nothing after it processed or committed), and the
-/// dispatch must go through once the topic is back.
-#[test]
-fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
+/// (after one retry) with its source headers, and its partition keeps flowing. The
+/// dead-letter topic is unavailable at first: on the embedded cluster its metadata answers
+/// an error; elsewhere it does not exist yet (the members' producer does not create topics).
+/// Once
+/// a poison message and the one after it were produced and the members reached it, 3 s
+/// more: its partition must stay held at it (nothing past it committed; without virtual
+/// partitions nothing past it processed either), and the dispatch must go through once the
+/// topic is there. `features`: the members' `FEATURES`.
+fn poison_input(features: &str) {
     let _serial = serial();
     let Some(broker) = TestBroker::require(&[]) else {
         return;
@@ -817,27 +886,36 @@ fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
     let every = 10_000;
     let mut scene = Scene::new(broker, "chaos-poison");
     let dlq = format!("{}-dlq", scene.topic);
-    scene.broker.create_topic(&dlq, 1).unwrap();
     scene.env.push(("DLQ".into(), dlq.clone()));
+    scene.env.push(("FEATURES".into(), features.into()));
+    // With virtual partitions the messages after a poison one may be processed (in other
+    // virtual partitions) before it is dead-lettered; their offsets are not committed past it.
+    let virtual_partitions = features.split(',').any(|f| f.trim() == "vp");
     let mut run = scene.run();
     run.expect(total);
     let mut feed = Feed::with(&scene.broker, &scene.topic, total, rate, &[], every, 0);
     let cluster = scene.broker.embedded_cluster().cloned();
-    let mut unavailable = "";
-    if let Some(cluster) = &cluster {
-        // The dead-letter topic's metadata answers an error from the start, so no member
-        // knows where to send a dead letter: dispatches wait (or fail and are retried). (A
-        // partition without a leader would be closer, but the mock crashes on a produce to
-        // one: librdkafka 2.12.1, rdkafka_mock_handlers.c:53.)
-        cluster
-            .set_topic_error(&dlq, ErrorCode::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
-            .unwrap();
-    }
+    let unavailable = match &cluster {
+        Some(cluster) => {
+            // The dead-letter topic's metadata answers an error from the start, so no member
+            // knows where to send a dead letter: dispatches wait (or fail and are retried). (A
+            // partition without a leader would be closer, but the mock crashes on a produce
+            // to one: librdkafka 2.12.1, rdkafka_mock_handlers.c:53.)
+            scene.broker.create_topic(&dlq, 1).unwrap();
+            cluster
+                .set_topic_error(&dlq, ErrorCode::RD_KAFKA_RESP_ERR_UNKNOWN_TOPIC_OR_PART)
+                .unwrap();
+            ", the DLQ unknown to metadata for a while"
+        }
+        // Created once a poison message waited for it (the members' producer does not
+        // create topics).
+        None => ", the DLQ created only after a poison message waited for it",
+    };
     scene.spawn("a", 0);
     scene.spawn("b", 0);
-    if let Some(cluster) = &cluster {
+    {
         let before = run.expected_dead_letters().clone();
-        // Until a poison message came after the leader left, and its successor too.
+        // Until a poison message came, and its successor too.
         let mut held = None;
         drive(
             &mut scene,
@@ -863,7 +941,7 @@ fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
             |r, _| o == 0 || r.ledger().contains(p, o - 1),
         );
         pause(&mut scene, &mut run, &mut feed, Duration::from_secs(3));
-        // Meanwhile its partition was held at it: nothing after it processed or committed.
+        // Meanwhile its partition was held at it: nothing after it committed (or processed).
         let committed = scene
             .broker
             .committed_offsets(&scene.group)
@@ -875,21 +953,30 @@ fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
             "partition {p} committed {committed:?} past the poison at {o} while the DLQ was down"
         );
         assert!(
-            !run.ledger().contains(p, o + 1),
+            virtual_partitions || !run.ledger().contains(p, o + 1),
             "{p}@{} was processed before the poison at {o} was dead-lettered",
             o + 1
         );
-        cluster
-            .set_topic_error(&dlq, ErrorCode::RD_KAFKA_RESP_ERR_NO_ERROR)
-            .unwrap();
-        unavailable = ", the DLQ unknown to metadata for a while";
+        match &cluster {
+            Some(cluster) => cluster
+                .set_topic_error(&dlq, ErrorCode::RD_KAFKA_RESP_ERR_NO_ERROR)
+                .unwrap(),
+            // Fails if the topic exists: nothing created it meanwhile.
+            None => scene
+                .broker
+                .create_topic(&dlq, 1)
+                .expect("the dead-letter topic did not exist until now"),
+        }
     }
     drain(&mut scene, &mut run, &mut feed);
     let expected = run.expected_dead_letters().len();
     let copies = dead_letters(&scene.broker, &dlq, &scene.topic, &scene.group, expected);
     let distinct: std::collections::BTreeSet<_> = copies.iter().copied().collect();
     let report = run.report(
-        &format!("1 in {every} payloads undecodable{unavailable}; 2 members, {total} messages"),
+        &format!(
+            "1 in {every} payloads undecodable{unavailable}; 2 members{}, {total} messages",
+            with_features(features)
+        ),
         &scene.broker_name(),
     );
     publish(
@@ -917,6 +1004,18 @@ fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
         run.expected_dead_letters(),
         "the dead-lettered messages are the poison ones"
     );
+}
+
+#[test]
+fn poison_input_goes_to_the_dlq_and_nothing_is_skipped() {
+    poison_input("");
+}
+
+/// With virtual partitions (a dead letter goes out from the collapsed retry) and static
+/// multiplexing.
+#[test]
+fn poison_input_with_virtual_partitions_and_multiplexing_goes_to_the_dlq() {
+    poison_input("vp,multiplexing");
 }
 
 /// Scenario 1 (and 5 with `features`, the `chaos_member`'s `FEATURES`): two members
@@ -978,10 +1077,7 @@ fn kill_9(features: &str) {
     } else {
         "2 members"
     };
-    let with = match features.replace("swarm", "").trim_matches(',') {
-        "" => String::new(),
-        f => format!(" with {f}"),
-    };
+    let with = with_features(features);
     let report = run.report(
         &format!("kill -9 x{kills} of {who}{with}, {total} messages"),
         &scene.broker_name(),

@@ -241,8 +241,12 @@ impl Swarm {
     }
 
     fn produce(&self, broker: &TestBroker, from: usize, count: usize) {
+        // A linger long enough that one call's messages go out as one message set (the
+        // embedded cluster answers a fetch with one set a partition: a set split in two makes
+        // two batches).
         let producer = Producer::builder()
             .kafka_settings(&broker.producer_settings())
+            .kafka("linger.ms", "100")
             .build()
             .unwrap();
         let batch: Vec<Message> = (from..from + count)
@@ -632,10 +636,13 @@ fn long_consume(name: &str, consuming_ttl: Option<u64>) -> (Swarm, BTreeSet<u32>
     swarm.produce(&broker, 0, 5);
     swarm.wait_started(1);
     let first = swarm.node_pid(0).unwrap();
-    let done = wait_until(Duration::from_secs(40), || swarm.processed().len() == 5);
+    // A recycled node takes about 12 s (3 s to be stuck, the rest of its 6 s batch, the 5 s
+    // restart delay): room for four of them.
+    let done = wait_until(Duration::from_secs(60), || swarm.processed().len() == 5);
     assert!(
         done.is_ok(),
-        "the slow batch was not processed:\n{}",
+        "the slow batch was not processed (processed {:?}):\n{}",
+        swarm.processed(),
         swarm.log()
     );
     let pids = swarm.records().iter().map(|r| r.1).collect();

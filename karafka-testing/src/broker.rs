@@ -88,10 +88,15 @@ impl BrokerKind {
         match (self, capability) {
             // Not a property of the kind: the embedded cluster's handle, the environment.
             (_, FaultInjection | SecureListeners | BrokerProcess) => false,
+            (BrokerKind::Kafka, RetentionBySize) => false,
             (BrokerKind::Kafka, _) => true,
             (
                 BrokerKind::Mock,
-                ConsumerProtocol | ExactHighWatermarks | Transactions | CooperativeRebalances,
+                ConsumerProtocol
+                | ExactHighWatermarks
+                | Transactions
+                | CooperativeRebalances
+                | RetentionBySize,
             ) => true,
             (
                 BrokerKind::Mock,
@@ -118,7 +123,8 @@ impl BrokerKind {
                 | ReadCommittedFiltersAborted
                 | ExactHighWatermarks
                 | OffsetsForTimes
-                | CooperativeRebalances,
+                | CooperativeRebalances
+                | RetentionBySize,
             ) => false,
         }
     }
@@ -180,6 +186,11 @@ pub enum Capability {
     /// it (SIGCONT). Not the embedded cluster (it lives in the test's own process; its fault
     /// injection takes brokers down instead).
     BrokerProcess,
+    /// A partition drops its oldest records once it holds more than a fixed size, so a
+    /// committed offset can fall out of range: the embedded cluster (librdkafka's mock keeps
+    /// 5 MiB per partition). Not Tansu (keeps everything); Kafka only with a topic's
+    /// `retention.bytes`, which the harness does not set, so not there either.
+    RetentionBySize,
 }
 
 impl Capability {
@@ -209,6 +220,9 @@ impl Capability {
             Capability::BrokerProcess => {
                 "the broker's process id (KARAFKA_TEST_BROKER_PID: `scripts/broker env` prints it), \
                  to stop and resume the broker"
+            }
+            Capability::RetentionBySize => {
+                "deleting a partition's oldest records beyond a size (the embedded cluster's 5 MiB)"
             }
             Capability::SecureListeners => {
                 "TLS and SASL_SSL listeners (KARAFKA_TEST_TLS_BROKERS, KARAFKA_TEST_SASL_SSL_BROKERS: \

@@ -15,7 +15,8 @@ use crate::payload::{BoxError, Payload};
 use crate::routing::DecodeReporter;
 use crate::split::BatchSplitter;
 
-/// Where a consumer group starts in a partition it has no committed offset for.
+/// Where a consumer group starts in a partition it has no committed offset for, or whose
+/// committed offset the broker no longer holds (deleted by retention: out of range).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InitialOffset {
     /// From the oldest message kept (librdkafka `auto.offset.reset=earliest`). The default.
@@ -363,7 +364,8 @@ impl<C: Consumer> TopicBuilder<C> {
         self
     }
 
-    /// Where to start without a committed offset (default [`InitialOffset::Earliest`]).
+    /// Where to start without a committed offset, or when the committed one is out of range
+    /// (default [`InitialOffset::Earliest`]: the oldest record kept).
     pub fn initial_offset(mut self, offset: InitialOffset) -> Self {
         self.settings.initial_offset = Some(offset);
         self
