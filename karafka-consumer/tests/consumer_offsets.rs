@@ -1,7 +1,8 @@
 //! Offsets and position: with manual offset management only what the consumer marks is
 //! committed; `seek` moves the position (and suppresses the automatic mark); `pause` holds a
 //! partition for its timeout, `resume` lifts it; `mark_as_consumed_sync` commits at once; in
-//! the `revoked` hook marking returns false.
+//! the `revoked` hook marking returns false; a committed offset deleted by retention resets
+//! to where `initial_offset` says.
 
 mod common;
 
@@ -257,11 +258,11 @@ fn marking_after_revocation_returns_false() {
 }
 
 /// A committed offset the broker no longer holds (its retention deleted the records) is out
-/// of range: the consumer resets to the oldest record kept (`initial_offset`, `earliest` by
-/// default) and goes on, instead of standing still. The embedded cluster keeps 5 MiB per
-/// partition (librdkafka's mock, fixed), so 12 MiB behind the committed offset deletes it.
-#[test]
-fn a_committed_offset_deleted_by_retention_resets_to_the_oldest_kept() {
+/// of range: the consumer resets where `initial_offset` says (the oldest record kept by
+/// default, or the end) and goes on, instead of standing still. The embedded cluster keeps
+/// 5 MiB per partition (librdkafka's mock, fixed), so 12 MiB behind the committed offset
+/// deletes it.
+fn out_of_range(initial: Option<karafka_consumer::routing::InitialOffset>) {
     let Some(broker) = TestBroker::require(&[karafka_testing::Capability::RetentionBySize]) else {
         return;
     };
@@ -276,38 +277,59 @@ fn a_committed_offset_deleted_by_retention_resets_to_the_oldest_kept() {
         .build()
         .unwrap();
     let big = "x".repeat(8 * 1024);
-    producer
-        .produce_many_sync(
-            (0..1500)
-                .map(|_| karafka_producer::Message::new(topic.as_str(), big.clone()))
-                .collect(),
-        )
-        .unwrap();
-    producer.close().unwrap();
+    let more = |count: usize| {
+        producer
+            .produce_many_sync(
+                (0..count)
+                    .map(|_| karafka_producer::Message::new(topic.as_str(), big.clone()))
+                    .collect(),
+            )
+            .unwrap();
+    };
+    more(1500);
     let admin = karafka_consumer::admin::Admin::new(&broker.producer_settings()).unwrap();
     let (low, high) = admin.watermarks(&topic, 0).unwrap();
     assert!(
         low > 10,
-        "retention deleted offset 10: watermarks {low}..{high}"
+        "retention did not delete offset 10: watermarks {low}..{high}"
     );
     assert_eq!(high, 1510);
-    // The group starts again from offset 10, which is gone: it resets to `low` and reads on.
+    // The group starts again from offset 10, which is gone.
     let seen: Offsets = Arc::default();
     let s = seen.clone();
     let running = app(&broker, &group)
         .topic(&topic, move |t| {
-            t.consumer(move || Scripted {
+            let t = t.consumer(move || Scripted {
                 mode: Mode::MarkSync,
                 seen: s.clone(),
                 done_once: false,
-            })
+            });
+            match initial {
+                Some(offset) => t.initial_offset(offset),
+                None => t,
+            }
         })
         .build()
         .unwrap()
         .start()
         .unwrap();
+    let latest = initial == Some(karafka_consumer::routing::InitialOffset::Latest);
+    if latest {
+        // At the end: only what comes from now on. Produce until some came (the reset may
+        // land after the first of these).
+        let deadline = Instant::now() + broker.join_deadline();
+        while seen.lock().unwrap().is_empty() && Instant::now() < deadline {
+            more(1);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
     let reached = wait_until(broker.join_deadline() + Duration::from_secs(20), || {
-        offsets(&seen).contains(&(high - 1))
+        let all = offsets(&seen);
+        if latest {
+            !all.is_empty()
+        } else {
+            all.contains(&(high - 1))
+        }
     });
     running.stop_blocking().unwrap();
     let all = offsets(&seen);
@@ -319,6 +341,26 @@ fn a_committed_offset_deleted_by_retention_resets_to_the_oldest_kept() {
             all.last()
         )
     });
-    assert_eq!(all.first(), Some(&low), "resumed at the oldest record kept");
-    assert_eq!(committed(&broker, &group, &topic, 1).get(&0), Some(&high));
+    if latest {
+        assert!(
+            all.iter().all(|&o| o >= high),
+            "reset to the end ({high}): consumed {:?}..{:?}",
+            all.first(),
+            all.last()
+        );
+    } else {
+        assert_eq!(all.first(), Some(&low), "resumed at the oldest record kept");
+        assert_eq!(committed(&broker, &group, &topic, 1).get(&0), Some(&high));
+    }
+    producer.close().unwrap();
+}
+
+#[test]
+fn a_committed_offset_deleted_by_retention_resets_to_the_oldest_kept() {
+    out_of_range(None);
+}
+
+#[test]
+fn a_committed_offset_deleted_by_retention_resets_to_the_end_with_initial_offset_latest() {
+    out_of_range(Some(karafka_consumer::routing::InitialOffset::Latest));
 }

@@ -174,8 +174,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     let dlq = std::env::var("DLQ").ok().filter(|d| !d.is_empty());
     if dlq.is_some() {
-        // Topics are never created by a produce (as on many managed clusters): a dead-letter
-        // topic that does not exist yet fails the dispatch, which is retried.
+        // Topics are never created by a produce (as on many managed clusters): the dispatch
+        // to a dead-letter topic that does not exist yet waits for it (librdkafka holds the
+        // message up to `topic.metadata.propagation.max.ms`, then fails it: retried).
         let producer = karafka_producer::Producer::builder()
             .kafka("bootstrap.servers", brokers.as_str())
             .kafka("allow.auto.create.topics", "false")
